@@ -1,0 +1,61 @@
+"""The ``zmqsec`` command: one parser, subcommands registered by each layer.
+
+``main(argv) -> int`` maps our error types to exit codes in one place:
+
+====  ===========================================================
+0     success
+1     an operational error (bad file, bad configuration, I/O)
+2     bad command-line usage (argparse)
+3     a certificate or message was refused by validation
+====  ===========================================================
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from keys import cli as keys_cli
+from keys.errors import CertificateRejected, ZmqsecError
+
+from . import __version__
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_REJECTED = 0, 1, 2, 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zmqsec", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"zmqsec {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keys_cli.register(sub)
+    from bridges import activemq
+    from . import demo
+
+    activemq.register(sub)
+    demo.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or usage error (2)
+        return int(exc.code or 0)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except CertificateRejected as exc:
+        print(f"zmqsec: refused [{exc.reason}]: {exc}", file=sys.stderr)
+        return EXIT_REJECTED
+    except ZmqsecError as exc:
+        print(f"zmqsec: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
