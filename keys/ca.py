@@ -82,7 +82,10 @@ def _key_usage(role: Role, key: PrivateKey) -> x509.KeyUsage:
 
 
 def _extended_key_usage(role: Role) -> x509.ExtendedKeyUsage:
-    usages = [ExtendedKeyUsageOID.EMAIL_PROTECTION, ExtendedKeyUsageOID.CLIENT_AUTH]
+    # emailProtection for CMS/S-MIME; clientAuth only where the key can sign a TLS handshake.
+    usages = [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+    if role is not Role.READER:
+        usages.append(ExtendedKeyUsageOID.CLIENT_AUTH)
     if role is Role.SERVER:
         usages.insert(0, ExtendedKeyUsageOID.SERVER_AUTH)
     return x509.ExtendedKeyUsage(usages)
@@ -288,12 +291,13 @@ class CertificateAuthority:
         return self._write_crl(entries, period=period, number=number, clock=clock)
 
     def _write_crl(self, entries, *, period: dt.timedelta, number: int, clock: Clock) -> x509.CertificateRevocationList:
-        now = clock()
+        # Back-dated a little for clock skew; the period itself is kept exactly.
+        last_update = clock() - dt.timedelta(minutes=5)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.certificate.subject)
-            .last_update(now - dt.timedelta(minutes=5))
-            .next_update(now + period)
+            .last_update(last_update)
+            .next_update(last_update + period)
             .add_extension(x509.CRLNumber(number), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False)

@@ -2,9 +2,9 @@
 
 APEL SSM, VOMS and ``/etc/grid-security`` files write DNs as
 ``/C=UK/O=eScience/OU=CLRC/L=RAL/CN=host.example.org``: the RDNs in
-certificate order, OpenSSL short names, multi-valued RDNs joined by ``+``
-(what ``X509_NAME_oneline`` and ``openssl x509 -subject -nameopt compat``
-print).  This module converts both ways and reads SSM-style DN allow-lists.
+certificate order, OpenSSL short names, multi-valued RDNs joined by ``+``,
+a ``/`` inside a value written ``\\/`` (what ``openssl x509 -subject
+-nameopt compat`` prints).  This module converts both ways and reads SSM-style DN allow-lists.
 """
 
 from __future__ import annotations
@@ -47,10 +47,14 @@ _BY_SHORT_NAME["email"] = NameOID.EMAIL_ADDRESS
 
 
 def _escape(value: str) -> str:
-    # X509_NAME_oneline writes bytes outside printable ASCII as \xHH.
+    # As OpenSSL 3's -nameopt compat: '/' inside a value becomes '\/', bytes
+    # outside printable ASCII become \xHH.
     out = []
     for byte in value.encode("utf-8"):
-        out.append(chr(byte) if 0x20 <= byte <= 0x7E else f"\\x{byte:02X}")
+        if byte == 0x2F:
+            out.append("\\/")
+        else:
+            out.append(chr(byte) if 0x20 <= byte <= 0x7E else f"\\x{byte:02X}")
     return "".join(out)
 
 

@@ -1,0 +1,99 @@
+"""The reader registry: who may read a stream, as the publisher will see it."""
+
+from __future__ import annotations
+
+import pytest
+
+from keys.ca import Role
+from keys.dn import DnAllowList
+from keys.errors import RegistryError
+from keys.registry import ReaderRegistry, fingerprint
+from keys.trust import TrustStore
+from opensslpeer import run
+
+
+@pytest.fixture
+def readers(ca, tmp_path):
+    return {name: ca.issue(role=Role.READER, cn=f"{name}.example.org", out_dir=tmp_path / "certs")
+            for name in ("portal", "dashboard", "central")}
+
+
+def test_add_list_remove_through_the_cli(ca, readers, tmp_path, run_cli):
+    registry = tmp_path / "readers"
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "add", "--trust", ca.trust_dir,
+                             *(r.cert_path for r in readers.values()))
+    assert code == 0, err
+    assert out.count("added ") == 3
+    code, out, _ = run_cli("keys", "readers", "--registry", registry, "list", "--trust", ca.trust_dir)
+    assert "3 authorized, 0 refused" in out
+    # Remove by DN, by fingerprint prefix (as openssl prints it, with colons), by file name.
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "remove", "/C=UK/O=zmqsec test/CN=portal.example.org")
+    assert code == 0 and "removed /C=UK/O=zmqsec test/CN=portal.example.org" in out, err
+    openssl_fp = run("x509", "-in", str(readers["dashboard"].cert_path), "-noout", "-fingerprint", "-sha256").stdout.decode()
+    colon_prefix = openssl_fp.split("=", 1)[1].strip()[:23]
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "remove", colon_prefix)
+    assert code == 0 and "dashboard" in out, err
+    snapshot = ReaderRegistry(registry).load()
+    assert [r.dn for r in snapshot] == ["/C=UK/O=zmqsec test/CN=central.example.org"]
+    code, _, err = run_cli("keys", "readers", "--registry", registry, "remove", "/CN=nobody")
+    assert code == 1 and "no reader" in err
+
+
+def test_fingerprint_matches_openssl(readers):
+    r = readers["portal"]
+    out = run("x509", "-in", str(r.cert_path), "-noout", "-fingerprint", "-sha256").stdout.decode()
+    assert out.split("=", 1)[1].strip().replace(":", "").lower() == fingerprint(r.certificate)
+
+
+def test_duplicate_add_is_refused(ca, readers, tmp_path):
+    registry = ReaderRegistry(tmp_path / "readers")
+    registry.add(readers["portal"].certificate)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add(readers["portal"].certificate)
+
+
+def test_revoked_and_unparseable_entries_are_refused_not_fatal(ca, readers, tmp_path):
+    registry = ReaderRegistry(tmp_path / "readers")
+    for r in readers.values():
+        registry.add(r.certificate)
+    (tmp_path / "readers" / "junk.pem").write_text("not a certificate")
+    ca.revoke(readers["dashboard"].certificate)
+    snapshot = registry.load(TrustStore.from_directory(ca.trust_dir))
+    assert sorted(r.dn.rsplit("=", 1)[1] for r in snapshot) == ["central.example.org", "portal.example.org"]
+    assert sorted(r.reason for r in snapshot.refused) == ["revoked", "unreadable"]
+
+
+def test_certificate_that_cannot_receive_keys_is_refused(ca, tmp_path):
+    publisher = ca.issue(role=Role.PUBLISHER, cn="publisher", out_dir=tmp_path)
+    registry = ReaderRegistry(tmp_path / "readers")
+    with pytest.raises(Exception) as exc:
+        registry.add(publisher.certificate, TrustStore.from_directory(ca.trust_dir))
+    assert exc.value.reason == "wrong-key-usage"
+
+
+def test_dn_allow_list_narrows_the_registry(ca, readers, tmp_path):
+    dn_file = tmp_path / "valid_dns"
+    dn_file.write_text("# readers allowed by the VO\n/C=UK/O=zmqsec test/CN=portal.example.org\n\n")
+    registry = ReaderRegistry(tmp_path / "readers", dn_file)
+    for r in readers.values():
+        ReaderRegistry(tmp_path / "readers").add(r.certificate)
+    snapshot = registry.load()
+    assert [r.dn for r in snapshot] == ["/C=UK/O=zmqsec test/CN=portal.example.org"]
+    assert {r.reason for r in snapshot.refused} == {"dn-not-allowed"}
+    # Removing by DN takes it off the list too; the snapshot is a new, smaller set.
+    registry.remove("/C=UK/O=zmqsec test/CN=portal.example.org")
+    assert "/C=UK/O=zmqsec test/CN=portal.example.org" not in DnAllowList.load(dn_file)
+    assert len(registry.load()) == 0
+    assert not snapshot.same_readers(registry.load())
+
+
+def test_malformed_allow_list_names_the_line(tmp_path):
+    dn_file = tmp_path / "valid_dns"
+    dn_file.write_text("/C=UK/CN=ok\nCN=missing-slash\n")
+    with pytest.raises(RegistryError, match=r"valid_dns:2: 'CN=missing-slash'"):
+        DnAllowList.load(dn_file)
+
+
+def test_missing_registry_directory(tmp_path, run_cli):
+    code, _, err = run_cli("keys", "readers", "--registry", tmp_path / "none", "list")
+    assert code == 1 and "reader registry not found" in err
