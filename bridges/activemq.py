@@ -13,7 +13,6 @@ requires a client certificate issued by the given CA.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil

@@ -5,6 +5,7 @@ from __future__ import annotations
 import stat
 
 import pytest
+from cryptography import x509
 
 from keys.ca import CertificateAuthority, KeyType, Role
 from keys.hashdir import name_hash, rehash
@@ -51,19 +52,20 @@ def test_reader_certificate_cannot_sign(ca, tmp_path):
     assert exc.value.reason == "wrong-key-usage"
 
 
+def _crl_number(ca) -> int:
+    return load_crl(ca.crl_path).extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+
+
 def test_revoked_certificate_fails_openssl_crl_check(ca, tmp_path, run_cli):
     keep = ca.issue(role=Role.READER, cn="keep", out_dir=tmp_path)
     gone = ca.issue(role=Role.READER, cn="gone", out_dir=tmp_path)
-    number_before = load_crl(ca.crl_path).extensions.get_extension_for_oid(
-        __import__("cryptography").x509.oid.ExtensionOID.CRL_NUMBER).value.crl_number
+    number_before = _crl_number(ca)
     code, out, err = run_cli("keys", "revoke", "--ca", ca.directory, gone.cert_path, "--reason", "key_compromise")
     assert code == 0, err
     theirs = verify(ca.trust_dir, gone.cert_path)
     assert not theirs.ok and theirs.error == 23, theirs.text
     assert verify(ca.trust_dir, keep.cert_path).ok
-    crl = load_crl(ca.crl_path)
-    assert crl.extensions.get_extension_for_oid(
-        __import__("cryptography").x509.oid.ExtensionOID.CRL_NUMBER).value.crl_number == number_before + 1
+    assert _crl_number(ca) == number_before + 1
     text = run("crl", "-in", str(ca.crl_path), "-noout", "-text").stdout.decode()
     assert f"{gone.certificate.serial_number:X}" in text.replace(":", "").upper()
     assert "Key Compromise" in text

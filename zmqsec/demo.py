@@ -8,7 +8,6 @@ file it makes stays in one directory it names at the end.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import subprocess
 from pathlib import Path
