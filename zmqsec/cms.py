@@ -1,0 +1,382 @@
+"""The one CMS implementation (RFC 5652): multi-recipient EnvelopedData and SignedData.
+
+Used by the stream (key announcements) and by the STOMP bridge (S/MIME), and
+held to the openssl CLI by the tests in both directions.  Pure: bytes in,
+bytes out, no files, no sockets.  Structures are built and parsed with
+asn1crypto; the primitives are pyca/cryptography's.
+
+Supported algorithms (see docs/PROTOCOL.md):
+
+* key transport: RSAES-OAEP (SHA-256/MGF1-SHA-256 when we encrypt; any SHA-2
+  or SHA-1 when we decrypt) and RSAES-PKCS1-v1_5 (for legacy peers);
+* content encryption: AES-128/192/256-CBC (what ``openssl cms -encrypt -aes*``
+  and APEL SSM use);
+* signatures: RSA PKCS#1 v1.5 and ECDSA over SHA-1/SHA-2, with or without
+  signed attributes, detached or attached.
+
+EnvelopedData is not authenticated by itself: the stream signs every envelope
+and checks a key-confirmation value after decrypting (docs/PROTOCOL.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from asn1crypto import algos, cms
+from asn1crypto import x509 as ax509
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from keys.errors import ZmqsecError
+from keys.pemfiles import Credential
+
+MAX_CMS_BYTES = 64 * 1024 * 1024
+
+_HASHES = {
+    "sha1": hashes.SHA1,
+    "sha224": hashes.SHA224,
+    "sha256": hashes.SHA256,
+    "sha384": hashes.SHA384,
+    "sha512": hashes.SHA512,
+}
+_AES_CBC = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
+
+
+class CmsError(ZmqsecError):
+    """A CMS structure was refused; ``reason`` is a stable token for counters."""
+
+    reason = "cms-error"
+
+
+class MalformedCms(CmsError):
+    reason = "malformed-cms"
+
+
+class UnsupportedAlgorithm(CmsError):
+    reason = "unsupported-algorithm"
+
+
+class NotARecipient(CmsError):
+    """No RecipientInfo in the envelope is addressed to our certificate."""
+
+    reason = "not-a-recipient"
+
+
+class DecryptionFailed(CmsError):
+    reason = "decryption-failed"
+
+
+class SignatureInvalid(CmsError):
+    reason = "bad-signature"
+
+
+# -- helpers -------------------------------------------------------------------
+
+
+def _asn1_cert(cert: x509.Certificate) -> ax509.Certificate:
+    return ax509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
+
+
+def _issuer_and_serial(cert: x509.Certificate) -> cms.IssuerAndSerialNumber:
+    parsed = _asn1_cert(cert)
+    return cms.IssuerAndSerialNumber({"issuer": parsed.issuer, "serial_number": parsed.serial_number})
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _matches(identifier, cert: x509.Certificate) -> bool:
+    """Does a RecipientIdentifier / SignerIdentifier name ``cert``?"""
+    if identifier.name == "issuer_and_serial_number":
+        ias = identifier.chosen
+        return (ias["serial_number"].native == cert.serial_number
+                and ias["issuer"].dump() == _asn1_cert(cert).issuer.dump())
+    if identifier.name == "subject_key_identifier":
+        return identifier.chosen.native == _ski(cert)
+    return False
+
+
+def _load_content_info(der: bytes, expected: str) -> cms.ContentInfo:
+    if not isinstance(der, (bytes, bytearray, memoryview)):
+        raise MalformedCms("CMS input must be bytes")
+    if len(der) > MAX_CMS_BYTES:
+        raise MalformedCms(f"CMS structure of {len(der)} bytes exceeds the {MAX_CMS_BYTES}-byte limit")
+    try:
+        info = cms.ContentInfo.load(bytes(der), strict=True)
+        content_type = info["content_type"].native
+        if content_type != expected:
+            raise MalformedCms(f"expected CMS {expected}, got {content_type}")
+        info["content"].native  # force a full parse now, inside the try  # noqa: B018
+    except CmsError:
+        raise
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise MalformedCms(f"not a DER CMS {expected} ({exc.__class__.__name__})") from None
+    return info
+
+
+# -- EnvelopedData -------------------------------------------------------------
+
+
+class KeyTransport:
+    """How a content-encryption key is wrapped for one RSA recipient."""
+
+    OAEP = "rsaes_oaep"
+    PKCS1V15 = "rsaes_pkcs1v15"
+
+
+_OAEP_SHA256 = algos.RSAESOAEPParams({
+    "hash_algorithm": {"algorithm": "sha256"},
+    "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
+})
+
+
+def _wrap_for(cert: x509.Certificate, cek: bytes, transport: str) -> cms.RecipientInfo:
+    public = cert.public_key()
+    if not isinstance(public, rsa.RSAPublicKey):
+        raise UnsupportedAlgorithm(f"recipient key {type(public).__name__} is not RSA; only RSA key transport is supported")
+    if transport == KeyTransport.OAEP:
+        encrypted = public.encrypt(cek, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
+        algorithm = {"algorithm": "rsaes_oaep", "parameters": _OAEP_SHA256}
+    else:
+        encrypted = public.encrypt(cek, padding.PKCS1v15())
+        algorithm = {"algorithm": "rsaes_pkcs1v15"}
+    return cms.RecipientInfo({"ktri": cms.KeyTransRecipientInfo({
+        "version": "v0",
+        "rid": cms.RecipientIdentifier({"issuer_and_serial_number": _issuer_and_serial(cert)}),
+        "key_encryption_algorithm": algorithm,
+        "encrypted_key": encrypted,
+    })})
+
+
+def envelope(
+    content: bytes,
+    recipients: Sequence[x509.Certificate],
+    *,
+    transport: str = KeyTransport.OAEP,
+    cipher: str = "aes256_cbc",
+    rng: Callable[[int], bytes] = os.urandom,
+) -> bytes:
+    """Encrypt ``content`` once for every recipient certificate; DER ContentInfo(EnvelopedData)."""
+    if not recipients:
+        raise CmsError("an envelope needs at least one recipient")
+    if cipher not in _AES_CBC:
+        raise UnsupportedAlgorithm(f"content cipher {cipher} unsupported; use one of {', '.join(_AES_CBC)}")
+    cek, iv = rng(_AES_CBC[cipher]), rng(16)
+    padder = sym_padding.PKCS7(128).padder()
+    padded = padder.update(content) + padder.finalize()
+    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+    ciphertext = encryptor.update(padded) + encryptor.finalize()
+    enveloped = cms.EnvelopedData({
+        "version": "v0",
+        "recipient_infos": [_wrap_for(cert, cek, transport) for cert in recipients],
+        "encrypted_content_info": {
+            "content_type": "data",
+            "content_encryption_algorithm": {"algorithm": cipher, "parameters": iv},
+            "encrypted_content": ciphertext,
+        },
+    })
+    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+
+
+def recipient_count(der: bytes) -> int:
+    return len(_load_content_info(der, "enveloped_data")["content"]["recipient_infos"])
+
+
+def _unwrap(ktri: cms.KeyTransRecipientInfo, key) -> bytes:
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise UnsupportedAlgorithm("key transport needs an RSA private key")
+    algorithm = ktri["key_encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    encrypted = ktri["encrypted_key"].native
+    try:
+        if name == "rsaes_oaep":
+            params = algorithm["parameters"]
+            hash_name = params["hash_algorithm"]["algorithm"].native if params else "sha1"
+            mgf_hash = params["mask_gen_algorithm"]["parameters"]["algorithm"].native if params else "sha1"
+            if hash_name not in _HASHES or mgf_hash not in _HASHES:
+                raise UnsupportedAlgorithm(f"RSA-OAEP with {hash_name}/{mgf_hash} unsupported")
+            return key.decrypt(encrypted, padding.OAEP(padding.MGF1(_HASHES[mgf_hash]()), _HASHES[hash_name](), None))
+        if name == "rsaes_pkcs1v15":
+            return key.decrypt(encrypted, padding.PKCS1v15())
+    except ValueError:
+        raise DecryptionFailed("the wrapped content key does not decrypt with our key") from None
+    raise UnsupportedAlgorithm(f"key encryption algorithm {name} unsupported")
+
+
+def open_envelope(der: bytes, credential: Credential) -> bytes:
+    """Decrypt an EnvelopedData addressed (among others) to ``credential``'s certificate."""
+    enveloped = _load_content_info(der, "enveloped_data")["content"]
+    ours = None
+    for info in enveloped["recipient_infos"]:
+        if info.name == "ktri" and _matches(info.chosen["rid"], credential.certificate):
+            ours = info.chosen
+            break
+    if ours is None:
+        raise NotARecipient("the envelope has no RecipientInfo for our certificate")
+    cek = _unwrap(ours, credential.key)
+    eci = enveloped["encrypted_content_info"]
+    algorithm = eci["content_encryption_algorithm"]
+    name = algorithm["algorithm"].native
+    if name not in _AES_CBC:
+        raise UnsupportedAlgorithm(f"content encryption {name} unsupported (AES-CBC only)")
+    if len(cek) != _AES_CBC[name]:
+        raise DecryptionFailed("the content key has the wrong length for its cipher")
+    iv = algorithm["parameters"].native
+    ciphertext = eci["encrypted_content"].native
+    if not isinstance(iv, bytes) or len(iv) != 16 or ciphertext is None or len(ciphertext) % 16:
+        raise MalformedCms("AES-CBC parameters or ciphertext length are malformed")
+    decryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).decryptor()
+    padded = decryptor.update(ciphertext) + decryptor.finalize()
+    unpadder = sym_padding.PKCS7(128).unpadder()
+    try:
+        return unpadder.update(padded) + unpadder.finalize()
+    except ValueError:
+        raise DecryptionFailed("content does not decrypt (bad padding): wrong key or altered data") from None
+
+
+# -- SignedData ------------------------------------------------------------------
+
+
+def _signature_algorithm(key, digest: str) -> dict:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return {"algorithm": "rsassa_pkcs1v15"}  # rsaEncryption, as openssl writes it
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return {"algorithm": f"{digest}_ecdsa"}
+    raise UnsupportedAlgorithm(f"cannot sign with a {type(key).__name__}")
+
+
+def _raw_sign(key, data: bytes, digest: str) -> bytes:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), _HASHES[digest]())
+    return key.sign(data, ec.ECDSA(_HASHES[digest]()))
+
+
+def sign(
+    content: bytes,
+    credential: Credential,
+    *,
+    digest: str = "sha256",
+    detached: bool = True,
+    extra_certs: Sequence[x509.Certificate] = (),
+    clock: Callable[[], dt.datetime] | None = None,
+) -> bytes:
+    """DER ContentInfo(SignedData) over ``content`` with signed attributes, embedding the signer's certificate."""
+    if digest not in _HASHES:
+        raise UnsupportedAlgorithm(f"digest {digest} unsupported; use one of {', '.join(_HASHES)}")
+    now = (clock or (lambda: dt.datetime.now(dt.timezone.utc)))().replace(microsecond=0)
+    message_digest = hashlib.new(digest, content).digest()
+    attrs = [
+        cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
+        cms.CMSAttribute({"type": "signing_time", "values": [cms.Time({"utc_time": now})]}),
+        cms.CMSAttribute({"type": "message_digest", "values": [message_digest]}),
+    ]
+    # DER orders a SET OF by encoding; OpenSSL re-encodes before verifying.
+    signed_attrs = cms.CMSAttributes(sorted(attrs, key=lambda a: a.dump()))
+    signature = _raw_sign(credential.key, signed_attrs.dump(), digest)
+    signer = cms.SignerInfo({
+        "version": "v1",
+        "sid": cms.SignerIdentifier({"issuer_and_serial_number": _issuer_and_serial(credential.certificate)}),
+        "digest_algorithm": {"algorithm": digest},
+        "signed_attrs": signed_attrs,
+        "signature_algorithm": _signature_algorithm(credential.key, digest),
+        "signature": signature,
+    })
+    signed = cms.SignedData({
+        "version": "v1",
+        "digest_algorithms": [{"algorithm": digest}],
+        "encap_content_info": {"content_type": "data", "content": None if detached else content},
+        "certificates": [_asn1_cert(c) for c in (credential.certificate, *credential.chain, *extra_certs)],
+        "signer_infos": [signer],
+    })
+    return cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+
+
+@dataclass(frozen=True)
+class Verified:
+    """The result of a good signature: what was signed, by which certificate."""
+
+    content: bytes
+    signer: x509.Certificate
+    certificates: tuple[x509.Certificate, ...]
+    digest: str
+    signing_time: dt.datetime | None
+
+
+def _verify_raw(cert: x509.Certificate, signature: bytes, data: bytes, digest: str, sig_alg: str) -> None:
+    public = cert.public_key()
+    try:
+        if isinstance(public, rsa.RSAPublicKey):
+            if sig_alg == "rsassa_pss":
+                raise UnsupportedAlgorithm("RSASSA-PSS signatures are not supported")
+            public.verify(signature, data, padding.PKCS1v15(), _HASHES[digest]())
+        elif isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(_HASHES[digest]()))
+        else:
+            raise UnsupportedAlgorithm(f"signer key {type(public).__name__} unsupported")
+    except InvalidSignature:
+        raise SignatureInvalid("the signature does not verify with the signer certificate's key") from None
+
+
+def verify_signature(der: bytes, content: bytes | None = None) -> Verified:
+    """Check the (single) signature of a SignedData; ``content`` for a detached one.
+
+    This proves the holder of the embedded signer certificate's key signed the
+    content.  Whether that certificate is acceptable is the trust layer's call
+    (``keys.trust.TrustStore.validate``), made by the caller.
+    """
+    signed = _load_content_info(der, "signed_data")["content"]
+    encap = signed["encap_content_info"]
+    attached = encap["content"].native if encap["content"] else None
+    if attached is not None and content is not None and attached != content:
+        raise MalformedCms("both attached and detached content given, and they differ")
+    data = content if content is not None else attached
+    if data is None:
+        raise MalformedCms("detached signature: the signed content must be supplied")
+    if isinstance(data, str):
+        data = data.encode()
+    infos = signed["signer_infos"]
+    if len(infos) != 1:
+        raise MalformedCms(f"expected exactly one SignerInfo, found {len(infos)}")
+    info = infos[0]
+    certs = []
+    for choice in signed["certificates"] or ():
+        if choice.name == "certificate":
+            try:
+                certs.append(x509.load_der_x509_certificate(choice.chosen.dump()))
+            except ValueError:
+                raise MalformedCms("an embedded certificate does not parse") from None
+    signer = next((c for c in certs if _matches(info["sid"], c)), None)
+    if signer is None:
+        raise SignatureInvalid("the signer's certificate is not embedded in the SignedData")
+    digest = info["digest_algorithm"]["algorithm"].native
+    if digest not in _HASHES:
+        raise UnsupportedAlgorithm(f"digest {digest} unsupported")
+    sig_alg = info["signature_algorithm"]["algorithm"].native
+    signing_time = None
+    if info["signed_attrs"]:
+        attrs = {a["type"].native: a["values"] for a in info["signed_attrs"]}
+        md = attrs.get("message_digest")
+        if md is None or attrs.get("content_type") is None:
+            raise MalformedCms("signed attributes lack messageDigest or contentType")
+        if not hmac.compare_digest(md[0].native, hashlib.new(digest, data).digest()):
+            raise SignatureInvalid("the content does not match the signed message digest (altered content)")
+        if "signing_time" in attrs:
+            signing_time = attrs["signing_time"][0].native
+        # The signature covers the attributes as a DER SET OF (tag 0x31), not as [0].
+        to_verify = b"\x31" + info["signed_attrs"].dump()[1:]
+    else:
+        to_verify = data
+    _verify_raw(signer, info["signature"].native, to_verify, digest, sig_alg)
+    return Verified(bytes(data), signer, tuple(certs), digest, signing_time)

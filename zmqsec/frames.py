@@ -1,0 +1,157 @@
+"""The wire codec of protocol v1 (docs/PROTOCOL.md §3): ZeroMQ multipart messages <-> typed frames.
+
+Pure and keyless: it knows nothing of sockets or keys.  Every ZeroMQ message
+is two parts, a topic and a msgpack body::
+
+    topic = stream name || 0x00 || kind            kind: D data, K key announcement, S checkpoint
+    D body = [1, stream_id, epoch, seq, ciphertext]
+    K body = [1, stream_id, epoch, envelope, signature]
+    S body = [1, stream_id, first_seq, digests, signature]
+
+Decoding is strict (exact arity, types, sizes); anything else raises
+:class:`FrameError` whose ``reason`` names the defect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from keys.errors import ZmqsecError
+
+from .primitives import (
+    DIGEST_BYTES,
+    MAX_ANNOUNCEMENT_FRAME,
+    MAX_CHECKPOINT_DIGESTS,
+    MAX_DATA_FRAME,
+    MAX_EPOCH,
+    MAX_SEQ,
+    MAX_TOPIC_BYTES,
+    STREAM_ID_BYTES,
+    VERSION,
+)
+
+DATA, ANNOUNCEMENT, CHECKPOINT = b"D", b"K", b"S"
+KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT)
+
+
+class FrameError(ZmqsecError):
+    """A ZeroMQ message is not a valid v1 frame; ``reason`` is a stable counter name."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    topic: bytes  # the whole topic part, stream name + b"\0D"
+    stream_id: bytes
+    epoch: int
+    seq: int
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    topic: bytes
+    stream_id: bytes
+    epoch: int
+    envelope: bytes  # DER CMS EnvelopedData of the key record
+    signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    topic: bytes
+    stream_id: bytes
+    first_seq: int
+    digests: bytes  # n * 32 bytes: SHA-256 of data frames first_seq .. first_seq + n - 1
+    signature: bytes  # raw signature by the publisher's key (see primitives.checkpoint_signing_input)
+
+    @property
+    def count(self) -> int:
+        return len(self.digests) // DIGEST_BYTES
+
+
+Frame = DataFrame | Announcement | Checkpoint
+
+
+def topic_for(stream: str | bytes, kind: bytes) -> bytes:
+    """The topic part for a stream name and a frame kind."""
+    name = stream.encode() if isinstance(stream, str) else stream
+    if not name or len(name) > MAX_TOPIC_BYTES or b"\x00" in name:
+        raise ValueError(f"stream name must be 1..{MAX_TOPIC_BYTES} bytes without NUL")
+    return name + b"\x00" + kind
+
+
+def stream_name(topic: bytes) -> bytes:
+    return topic[:-2]
+
+
+def encode(frame: Frame) -> list[bytes]:
+    if isinstance(frame, DataFrame):
+        body = [VERSION, frame.stream_id, frame.epoch, frame.seq, frame.ciphertext]
+    elif isinstance(frame, Announcement):
+        body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
+    else:
+        body = [VERSION, frame.stream_id, frame.first_seq, frame.digests, frame.signature]
+    return [frame.topic, msgpack.packb(body, use_bin_type=True)]
+
+
+def _uint(value, limit: int, field: str) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise FrameError("bad-field", f"{field} must be an integer in 0..{limit}")
+    return value
+
+
+def _bin(value, field: str, size: int | None = None, limit: int | None = None) -> bytes:
+    if type(value) is not bytes:
+        raise FrameError("bad-field", f"{field} must be binary")
+    if size is not None and len(value) != size:
+        raise FrameError("bad-field", f"{field} must be {size} bytes, not {len(value)}")
+    if limit is not None and len(value) > limit:
+        raise FrameError("oversized", f"{field} of {len(value)} bytes exceeds {limit}")
+    return value
+
+
+def decode(parts: list[bytes]) -> Frame:
+    """Parse one ZeroMQ multipart message into a frame, or raise :class:`FrameError`."""
+    if len(parts) != 2:
+        raise FrameError("bad-parts", f"expected 2 message parts, got {len(parts)}")
+    topic, body = bytes(parts[0]), parts[1]
+    if len(topic) < 3 or len(topic) > MAX_TOPIC_BYTES + 2 or topic[-2:-1] != b"\x00" or b"\x00" in topic[:-2]:
+        raise FrameError("bad-topic", "topic is not <stream name> NUL <kind>")
+    kind = topic[-1:]
+    if kind not in KINDS:
+        raise FrameError("unknown-kind", f"unknown frame kind {kind!r}")
+    limit = MAX_ANNOUNCEMENT_FRAME if kind == ANNOUNCEMENT else MAX_DATA_FRAME
+    if len(body) > limit:
+        raise FrameError("oversized", f"frame body of {len(body)} bytes exceeds {limit}")
+    try:
+        fields = msgpack.unpackb(body, raw=True, use_list=True, strict_map_key=True,
+                                 max_bin_len=limit, max_str_len=0, max_array_len=8, max_map_len=0, max_ext_len=0)
+    except msgpack.ExtraData:
+        raise FrameError("bad-msgpack", "trailing bytes after the frame body") from None
+    except Exception:
+        raise FrameError("bad-msgpack", "frame body is not valid msgpack") from None
+    if not isinstance(fields, list) or not fields:
+        raise FrameError("bad-msgpack", "frame body is not a msgpack array")
+    if fields[0] != VERSION or type(fields[0]) is not int:
+        raise FrameError("unknown-version", f"frame version {fields[0]!r} unsupported (this is v{VERSION})")
+    if len(fields) != 5:
+        raise FrameError("bad-msgpack", f"frame body has {len(fields)} fields, expected 5")
+    stream_id = _bin(fields[1], "stream_id", size=STREAM_ID_BYTES)
+    if kind == DATA:
+        return DataFrame(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"), _uint(fields[3], MAX_SEQ, "seq"),
+                         _bin(fields[4], "ciphertext", limit=MAX_DATA_FRAME))
+    if kind == ANNOUNCEMENT:
+        return Announcement(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"),
+                            _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
+                            _bin(fields[4], "signature", limit=1024 * 1024))
+    digests = _bin(fields[3], "digests", limit=MAX_CHECKPOINT_DIGESTS * DIGEST_BYTES)
+    if not digests or len(digests) % DIGEST_BYTES:
+        raise FrameError("bad-field", "checkpoint digests must be a non-empty multiple of 32 bytes")
+    first_seq = _uint(fields[2], MAX_SEQ, "first_seq")
+    return Checkpoint(topic, stream_id, first_seq, digests, _bin(fields[4], "signature", limit=16 * 1024))

@@ -1,0 +1,97 @@
+"""Every label, size and small derivation of protocol v1, in one place (docs/PROTOCOL.md §2).
+
+Pure functions over bytes: nonces, associated data, frame digests, checkpoint
+signing input, the key-confirmation value and the key record that travels
+inside each CMS envelope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+
+import msgpack
+
+VERSION = 1
+
+STREAM_ID_BYTES = 16
+KEY_BYTES = 32  # AES-256-GCM
+KEY_CHECK_BYTES = 16
+DIGEST_BYTES = 32  # SHA-256
+NONCE_BYTES = 12
+TAG_BYTES = 16
+
+MAX_TOPIC_BYTES = 200
+MAX_EPOCH = 2**32 - 1
+MAX_SEQ = 2**64 - 1
+MAX_DATA_FRAME = 16 * 1024 * 1024
+MAX_ANNOUNCEMENT_FRAME = 64 * 1024 * 1024
+MAX_CHECKPOINT_DIGESTS = 4096
+
+LABEL_DATA = b"zmqsec/v1/data"
+LABEL_DIGEST = b"zmqsec/v1/frame-digest"
+LABEL_CHECKPOINT = b"zmqsec/v1/checkpoint"
+LABEL_KEY_CHECK = b"zmqsec/v1/key-check"
+
+_AAD = struct.Struct(">H")
+_EPOCH_SEQ = struct.Struct(">IQ")
+_SEQ = struct.Struct(">Q")
+
+
+def nonce(epoch: int, seq: int) -> bytes:
+    """AES-GCM nonce: epoch (4 bytes) || sequence number (8 bytes), big-endian.
+
+    Each epoch has a fresh random key and a stream's sequence numbers only grow,
+    so no (key, nonce) pair ever repeats.
+    """
+    return _EPOCH_SEQ.pack(epoch, seq)
+
+
+def associated_data(topic: bytes, stream_id: bytes, epoch: int, seq: int) -> bytes:
+    """What AES-GCM authenticates besides the payload: label, topic, stream identity, epoch, sequence."""
+    return LABEL_DATA + _AAD.pack(len(topic)) + topic + stream_id + _EPOCH_SEQ.pack(epoch, seq)
+
+
+def frame_digest(topic: bytes, body: bytes) -> bytes:
+    """SHA-256 of a whole data frame (topic frame and body), as checkpoints list them."""
+    return hashlib.sha256(LABEL_DIGEST + _AAD.pack(len(topic)) + topic + body).digest()
+
+
+def checkpoint_signing_input(topic: bytes, stream_id: bytes, first_seq: int, digests: bytes) -> bytes:
+    """The bytes the publisher signs for a checkpoint."""
+    return LABEL_CHECKPOINT + _AAD.pack(len(topic)) + topic + stream_id + _SEQ.pack(first_seq) + digests
+
+
+def key_check(key: bytes, stream_id: bytes, epoch: int) -> bytes:
+    """Key-confirmation value: HMAC-SHA256(key, label || stream id || epoch), first 16 bytes."""
+    return hmac.new(key, LABEL_KEY_CHECK + stream_id + struct.pack(">I", epoch), hashlib.sha256).digest()[:KEY_CHECK_BYTES]
+
+
+def encode_key_record(topic: bytes, stream_id: bytes, epoch: int, key: bytes) -> bytes:
+    """The plaintext inside an epoch's CMS envelope."""
+    return msgpack.packb([VERSION, topic, stream_id, epoch, key, key_check(key, stream_id, epoch)], use_bin_type=True)
+
+
+class KeyRecordError(ValueError):
+    """The envelope decrypted to something that is not a valid key record."""
+
+
+def decode_key_record(data: bytes) -> tuple[bytes, bytes, int, bytes]:
+    """Parse and confirm a key record: (topic, stream_id, epoch, key)."""
+    try:
+        record = msgpack.unpackb(data, raw=True, use_list=True, max_bin_len=1024, max_array_len=16, max_str_len=1024)
+    except Exception:
+        raise KeyRecordError("key record is not msgpack") from None
+    if not (isinstance(record, list) and len(record) == 6):
+        raise KeyRecordError("key record is not a 6-element array")
+    version, topic, stream_id, epoch, key, check = record
+    if version != VERSION:
+        raise KeyRecordError(f"key record version {version!r} unsupported")
+    if not (isinstance(topic, bytes) and isinstance(stream_id, bytes) and len(stream_id) == STREAM_ID_BYTES
+            and isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= MAX_EPOCH
+            and isinstance(key, bytes) and len(key) == KEY_BYTES and isinstance(check, bytes)):
+        raise KeyRecordError("key record fields have wrong types or sizes")
+    if not hmac.compare_digest(check, key_check(key, stream_id, epoch)):
+        raise KeyRecordError("key confirmation failed: the decrypted key is not the publisher's")
+    return topic, stream_id, epoch, key

@@ -1,0 +1,327 @@
+"""The reader's state machine: keys, verification, ordering, loss and replay.  No sockets.
+
+Input: ``frame_received(parts, now)`` for every ZeroMQ message and ``tick(now)``
+as time passes.  Output: a list of events -- :class:`Delivered`,
+:class:`Rejected`, :class:`Gap`, :class:`Restarted`, :class:`KeyAccepted` --
+for a driver to act on.  A data frame is delivered only when
+
+1. its epoch key came in an announcement whose signature and publisher
+   certificate verified, and which decrypted to a confirmed key;
+2. AES-GCM opened it (topic, stream identity, epoch and sequence are bound);
+3. a checkpoint signed by that same publisher lists its digest (so an insider
+   holding the data key cannot forge or alter frames);
+4. its sequence number is new (replays and duplicates are dropped), in order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections import Counter, OrderedDict
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from keys.dn import DnAllowList
+from keys.pemfiles import Credential
+from keys.trust import CrlPolicy, TrustStore
+
+from .announce import AnnouncementRejected, Publisher, open_announcement, verify_announcement
+from .checkpoint import checkpoint_valid
+from .frames import Announcement, Checkpoint, DataFrame, FrameError, decode, stream_name
+from .primitives import DIGEST_BYTES, associated_data, frame_digest, nonce
+
+log = logging.getLogger("zmqsec.reader")
+
+
+@dataclass(frozen=True)
+class Delivered:
+    stream: bytes
+    stream_id: bytes
+    epoch: int
+    seq: int
+    payload: bytes
+    publisher_dn: str
+
+
+@dataclass(frozen=True)
+class Rejected:
+    reason: str
+    detail: str
+    stream_id: bytes | None = None
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class Gap:
+    stream_id: bytes
+    first_missing: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Restarted:
+    stream: bytes
+    old_stream_id: bytes
+    new_stream_id: bytes
+    publisher_dn: str
+
+
+@dataclass(frozen=True)
+class KeyAccepted:
+    stream_id: bytes
+    epoch: int
+    publisher_dn: str
+
+
+Event = Delivered | Rejected | Gap | Restarted | KeyAccepted
+
+
+@dataclass(frozen=True)
+class ReceiverPolicy:
+    """Bounds on what a reader holds while it waits (times in seconds)."""
+
+    hold_timeout: float = 5.0  # a decrypted frame waits this long for its checkpoint
+    key_timeout: float = 5.0  # a frame waits this long for its epoch's key
+    max_held: int = 100_000  # frames held in all (pending + awaiting key)
+    keep_epochs: int = 4  # old epoch keys kept for stragglers
+    max_streams: int = 8  # unknown stream identities buffered at once
+    max_candidates: int = 4  # different frames claiming one sequence number
+
+
+@dataclass
+class _Pending:
+    digest: bytes
+    payload: bytes
+    epoch: int
+    arrived: float
+
+
+@dataclass
+class _Stream:
+    stream_id: bytes
+    name: bytes
+    created: float
+    publisher: Publisher | None = None
+    keys: OrderedDict = field(default_factory=OrderedDict)  # epoch -> AESGCM
+    awaiting_key: list = field(default_factory=list)  # (DataFrame, body, arrived)
+    early_checkpoints: list = field(default_factory=list)  # (Checkpoint, arrived), before the publisher is known
+    pending: dict = field(default_factory=dict)  # seq -> list[_Pending]
+    vouched: dict = field(default_factory=dict)  # seq -> digest from a verified checkpoint
+    last_delivered: int | None = None
+    seen_announcements: set = field(default_factory=set)
+
+
+class StreamReceiver:
+    """All streams one reader follows (one per stream name and publisher run)."""
+
+    def __init__(
+        self,
+        credential: Credential,
+        trust: TrustStore,
+        *,
+        allowed_publishers: DnAllowList | None = None,
+        crl: CrlPolicy = CrlPolicy.REQUIRE,
+        policy: ReceiverPolicy | None = None,
+        wall_clock=None,
+    ) -> None:
+        self.credential = credential
+        self.trust = trust
+        self.allowed_publishers = allowed_publishers
+        self.crl = crl
+        self.policy = policy or ReceiverPolicy()
+        self.wall_clock = wall_clock or (lambda: dt.datetime.now(dt.timezone.utc))
+        self.streams: dict[bytes, _Stream] = {}
+        self.current: dict[bytes, bytes] = {}  # stream name -> stream id of the live publisher run
+        self.counters: Counter = Counter()
+        self._held = 0
+
+    # -- entry points ------------------------------------------------------------
+
+    def frame_received(self, parts: list[bytes], now: float) -> list[Event]:
+        try:
+            frame = decode(parts)
+        except FrameError as exc:
+            return [self._reject(exc.reason, str(exc))]
+        if isinstance(frame, DataFrame):
+            return self._on_data(frame, parts[1], now)
+        if isinstance(frame, Checkpoint):
+            return self._on_checkpoint(frame, now)
+        return self._on_announcement(frame, now)
+
+    def tick(self, now: float) -> list[Event]:
+        """Expire frames that waited too long for a key or a checkpoint."""
+        events: list[Event] = []
+        p = self.policy
+        for st in self.streams.values():
+            keep = []
+            for frame, body, arrived in st.awaiting_key:
+                if now - arrived >= p.key_timeout:
+                    self._held -= 1
+                    events.append(self._reject("no-key", f"epoch {frame.epoch}: no key arrived (not authorized, or revoked)",
+                                               st.stream_id, frame.seq))
+                else:
+                    keep.append((frame, body, arrived))
+            st.awaiting_key = keep
+            for seq in [s for s, cands in st.pending.items() if all(now - c.arrived >= p.hold_timeout for c in cands)]:
+                for _ in st.pending.pop(seq):
+                    self._held -= 1
+                    events.append(self._reject("unverified", "no checkpoint from the publisher vouched for this frame",
+                                               st.stream_id, seq))
+            st.early_checkpoints = [(c, t) for c, t in st.early_checkpoints if now - t < p.key_timeout]
+            events += self._release(st)
+        return events
+
+    # -- frames -------------------------------------------------------------------
+
+    def _stream(self, frame, now: float) -> _Stream | None:
+        st = self.streams.get(frame.stream_id)
+        if st is None:
+            if len(self.streams) >= self.policy.max_streams:
+                self._evict(now)
+            st = self.streams[frame.stream_id] = _Stream(frame.stream_id, stream_name(frame.topic), now)
+        return st
+
+    def _evict(self, now: float) -> None:
+        """Forget the oldest stream that is not a live publisher run."""
+        live = set(self.current.values())
+        victims = sorted((st.created, sid) for sid, st in self.streams.items() if sid not in live)
+        if victims:
+            st = self.streams.pop(victims[0][1])
+            self._held -= len(st.awaiting_key) + sum(len(c) for c in st.pending.values())
+
+    def _on_data(self, frame: DataFrame, body: bytes, now: float) -> list[Event]:
+        st = self._stream(frame, now)
+        if st.last_delivered is not None and frame.seq <= st.last_delivered:
+            return [self._reject("replayed-sequence", f"sequence {frame.seq} already delivered", st.stream_id, frame.seq)]
+        if self._held >= self.policy.max_held:
+            return [self._reject("overloaded", "too many frames held waiting for keys or checkpoints", st.stream_id, frame.seq)]
+        aead = st.keys.get(frame.epoch)
+        if aead is None:
+            st.awaiting_key.append((frame, body, now))
+            self._held += 1
+            return []
+        return self._open(st, frame, body, aead, now)
+
+    def _open(self, st: _Stream, frame: DataFrame, body: bytes, aead: AESGCM, now: float) -> list[Event]:
+        try:
+            payload = aead.decrypt(nonce(frame.epoch, frame.seq), frame.ciphertext,
+                                   associated_data(frame.topic, frame.stream_id, frame.epoch, frame.seq))
+        except InvalidTag:
+            return [self._reject("decrypt-failed", f"epoch {frame.epoch}: AES-GCM authentication failed (altered or forged)",
+                                 st.stream_id, frame.seq)]
+        digest = frame_digest(frame.topic, body)
+        candidates = st.pending.setdefault(frame.seq, [])
+        if any(c.digest == digest for c in candidates):
+            return [self._reject("duplicate", f"sequence {frame.seq} received twice", st.stream_id, frame.seq)]
+        if len(candidates) >= self.policy.max_candidates:
+            return [self._reject("overloaded", f"too many frames claim sequence {frame.seq}", st.stream_id, frame.seq)]
+        candidates.append(_Pending(digest, payload, frame.epoch, now))
+        self._held += 1
+        return self._release(st)
+
+    def _on_checkpoint(self, frame: Checkpoint, now: float) -> list[Event]:
+        st = self._stream(frame, now)
+        if st.publisher is None:
+            if len(st.early_checkpoints) < 1024:
+                st.early_checkpoints.append((frame, now))
+            return []
+        return self._apply_checkpoint(st, frame)
+
+    def _apply_checkpoint(self, st: _Stream, frame: Checkpoint) -> list[Event]:
+        if not checkpoint_valid(frame, st.publisher.certificate):
+            return [self._reject("bad-checkpoint", "checkpoint signature does not verify with the publisher's key", st.stream_id)]
+        for i in range(frame.count):
+            seq = frame.first_seq + i
+            if st.last_delivered is None or seq > st.last_delivered:
+                st.vouched[seq] = frame.digests[i * DIGEST_BYTES:(i + 1) * DIGEST_BYTES]
+        return self._release(st)
+
+    def _on_announcement(self, frame: Announcement, now: float) -> list[Event]:
+        fingerprint = hashlib.sha256(frame.envelope + frame.signature).digest()
+        st = self.streams.get(frame.stream_id)
+        if st is not None and fingerprint in st.seen_announcements:
+            return []  # periodic re-announcement of a key we already hold (or already refused)
+        try:
+            publisher = verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
+                                            crl=self.crl, at=self.wall_clock())
+        except AnnouncementRejected as exc:
+            return [self._reject(exc.reason, str(exc), frame.stream_id)]
+        st = self._stream(frame, now)
+        st.seen_announcements.add(fingerprint)
+        if st.publisher is not None and st.publisher.certificate != publisher.certificate:
+            return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
+                                 st.stream_id)]
+        try:
+            epoch_key = open_announcement(frame, publisher, self.credential)
+        except AnnouncementRejected as exc:
+            return [self._reject(exc.reason, str(exc), st.stream_id)]
+        events: list[Event] = []
+        if st.publisher is None:
+            st.publisher = publisher
+            previous = self.current.get(st.name)
+            self.current[st.name] = st.stream_id
+            if previous is not None and previous != st.stream_id:
+                events.append(Restarted(st.name, previous, st.stream_id, publisher.dn))
+                self.counters["restart"] += 1
+                old = self.streams.pop(previous, None)
+                if old is not None:
+                    self._held -= len(old.awaiting_key) + sum(len(c) for c in old.pending.values())
+        if frame.epoch not in st.keys:
+            st.keys[frame.epoch] = AESGCM(epoch_key.key)
+            while len(st.keys) > self.policy.keep_epochs:
+                st.keys.popitem(last=False)
+            events.append(KeyAccepted(st.stream_id, frame.epoch, publisher.dn))
+            log.info("stream %s epoch %d: key accepted from %s", st.name.decode(errors="replace"), frame.epoch, publisher.dn)
+        # Frames that were waiting for this key, then checkpoints that were waiting for the publisher.
+        waiting, st.awaiting_key = st.awaiting_key, []
+        for data, body, arrived in waiting:
+            self._held -= 1
+            aead = st.keys.get(data.epoch)
+            if aead is None:
+                st.awaiting_key.append((data, body, arrived))
+                self._held += 1
+            else:
+                events += self._open(st, data, body, aead, arrived)
+        early, st.early_checkpoints = st.early_checkpoints, []
+        for checkpoint, _ in early:
+            events += self._apply_checkpoint(st, checkpoint)
+        return events
+
+    # -- delivery ---------------------------------------------------------------
+
+    def _release(self, st: _Stream) -> list[Event]:
+        """Deliver, in sequence order, every held frame a checkpoint vouched for."""
+        events: list[Event] = []
+        ready = sorted(seq for seq in st.pending if seq in st.vouched)
+        if not ready:
+            return events
+        # Never overtake a frame still waiting for its key: it may be next in order.
+        blocked = min((f.seq for f, _, _ in st.awaiting_key), default=None)
+        for seq in ready:
+            if blocked is not None and seq > blocked:
+                break
+            expected = st.vouched.pop(seq)
+            for cand in st.pending.pop(seq):
+                self._held -= 1
+                if cand.digest != expected:
+                    events.append(self._reject("forged", "frame differs from what the publisher signed (insider forgery or alteration)",
+                                               st.stream_id, seq))
+                    continue
+                if st.last_delivered is not None and seq > st.last_delivered + 1:
+                    events.append(Gap(st.stream_id, st.last_delivered + 1, seq - st.last_delivered - 1))
+                    self.counters["gap"] += seq - st.last_delivered - 1
+                st.last_delivered = seq
+                self.counters["delivered"] += 1
+                events.append(Delivered(st.name, st.stream_id, cand.epoch, seq, cand.payload, st.publisher.dn))
+        # Vouched sequences we never received and can no longer deliver are dropped from memory.
+        if st.last_delivered is not None:
+            for seq in [s for s in st.vouched if s <= st.last_delivered]:
+                del st.vouched[seq]
+        return events
+
+    def _reject(self, reason: str, detail: str, stream_id: bytes | None = None, seq: int | None = None) -> Rejected:
+        self.counters[f"rejected:{reason}"] += 1
+        return Rejected(reason, detail, stream_id, seq)
