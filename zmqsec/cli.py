@@ -31,8 +31,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keys_cli.register(sub)
     from bridges import activemq
-    from . import demo
 
+    from . import demo, stream_cli
+
+    stream_cli.register(sub)
     activemq.register(sub)
     demo.register(sub)
     return parser

@@ -1,0 +1,155 @@
+"""The publisher driver: a ZeroMQ XPUB socket, a clock and the reader registry around a StreamSender.
+
+The socket sees subscriptions (XPUB_VERBOSE), so a reader that connects gets
+the current key announcement at once; the registry and the trust directory are
+watched, so ``zmqsec keys readers remove`` or a new CRL rekeys the live stream
+within ``watch_interval`` seconds, without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zmq
+
+from keys.pemfiles import Credential
+from keys.registry import ReaderRegistry, ReaderSet
+from keys.trust import CrlPolicy, TrustStore
+
+from .sender import RotationPolicy, StreamSender
+from .transports import check_endpoint
+from .watch import signature
+
+log = logging.getLogger("zmqsec.publisher")
+
+
+@dataclass
+class RegistryWatch:
+    """Reload the authorized reader set when the registry, the DN list or the trust directory change."""
+
+    registry: ReaderRegistry
+    trust_dir: Path | None
+    crl: CrlPolicy = CrlPolicy.REQUIRE
+    _seen: tuple = field(default=(), init=False)
+
+    def _signature(self) -> tuple:
+        return (signature(self.registry.directory), signature(self.registry.allowed_dns_path),
+                signature(self.trust_dir))
+
+    def load(self) -> ReaderSet:
+        self._seen = self._signature()
+        trust = TrustStore.from_directory(self.trust_dir) if self.trust_dir else None
+        readers = self.registry.load(trust, crl=self.crl) if trust else self.registry.load()
+        for refusal in readers.refused:
+            log.warning("reader registry: %s refused [%s]: %s", refusal.path.name, refusal.reason, refusal.message)
+        return readers
+
+    def changed(self) -> bool:
+        return self._signature() != self._seen
+
+
+class Publisher:
+    """Publish one encrypted stream.
+
+    ``publish()`` does the per-message work in the caller's thread; call
+    ``tick()`` when idle (or use :meth:`run_idle`) so checkpoints, periodic
+    re-announcements and registry changes are handled on time.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        endpoints: list[str],
+        credential: Credential,
+        registry: ReaderRegistry,
+        *,
+        trust_dir: str | os.PathLike | None = None,
+        crl: CrlPolicy = CrlPolicy.REQUIRE,
+        policy: RotationPolicy | None = None,
+        watch_interval: float = 0.25,
+        context: zmq.Context | None = None,
+        sndhwm: int = 100_000,
+        curve: dict | None = None,
+    ) -> None:
+        self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
+        self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy())
+        self.watch_interval = watch_interval
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        if curve:
+            self.socket.curve_server = True
+            self.socket.curve_secretkey = curve["secret"]
+            self.socket.curve_publickey = curve["public"]
+        for endpoint in endpoints:
+            check_endpoint(endpoint)
+            self.socket.bind(endpoint)
+        self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
+        self._next_watch = 0.0
+        self._send(self.sender.start(time.monotonic()))
+
+    @property
+    def stats(self):
+        return self.sender.stats
+
+    def _send(self, messages: list[list[bytes]]) -> None:
+        for message in messages:
+            self.socket.send_multipart(message, copy=False)
+
+    def publish(self, payload: bytes) -> None:
+        now = time.monotonic()
+        self._send(self.sender.publish(payload, now))
+        if now >= self._next_watch:
+            self.tick(now)
+
+    def flush(self) -> None:
+        self._send(self.sender.flush(time.monotonic()))
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.monotonic() if now is None else now
+        new_subscriber = False
+        while self.socket.poll(0, zmq.POLLIN):
+            message = self.socket.recv()
+            if message[:1] == b"\x01":
+                new_subscriber = True
+        if new_subscriber:
+            self._send(self.sender.subscription_seen(now))
+        if now >= self._next_watch:
+            self._next_watch = now + self.watch_interval
+            if self._watch.changed():
+                self.reload_readers(now)
+        self._send(self.sender.tick(now))
+
+    def reload_readers(self, now: float | None = None) -> None:
+        """Re-read the registry now; rekey if the authorized set changed."""
+        now = time.monotonic() if now is None else now
+        readers = self._watch.load()
+        if not len(readers):
+            log.error("stream %s: registry now authorizes no reader; keeping epoch %d until one is added",
+                      self.sender.stream, self.sender.epoch)
+            return
+        self._send(self.sender.readers_changed(readers, now))
+
+    def run_idle(self, seconds: float) -> None:
+        """Service timers and subscriptions for ``seconds`` without publishing."""
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline:
+            wait = min(deadline, self.sender.next_deadline or deadline, now + self.watch_interval) - now
+            self.socket.poll(max(0, int(wait * 1000)), zmq.POLLIN)
+            self.tick()
+
+    def close(self) -> None:
+        self.flush()
+        self.socket.close()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,191 @@
+"""The reader drivers: a ZeroMQ SUB socket around a StreamReceiver, blocking or asyncio.
+
+Both runners share the receiver (all decisions) and :class:`_Events` (logging,
+counters, callbacks); they differ only in how they wait for the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from keys.dn import DnAllowList
+from keys.pemfiles import Credential
+from keys.trust import CrlPolicy, TrustStore
+
+from .receiver import Delivered, Gap, KeyAccepted, ReceiverPolicy, Rejected, Restarted, StreamReceiver
+from .transports import check_endpoint
+from .watch import signature
+
+log = logging.getLogger("zmqsec.reader")
+
+TICK = 0.1  # seconds between housekeeping passes while waiting
+
+
+class _Events:
+    """Turns receiver events into log lines, callbacks and a delivery queue."""
+
+    def __init__(self, stream: str, on_gap, on_restart, on_reject) -> None:
+        self.stream = stream
+        self.on_gap, self.on_restart, self.on_reject = on_gap, on_restart, on_reject
+        self.ready: collections.deque[Delivered] = collections.deque()
+        self.epoch = 0
+
+    def handle(self, events) -> None:
+        for event in events:
+            if isinstance(event, Delivered):
+                self.ready.append(event)
+            elif isinstance(event, Rejected):
+                log.warning("stream %s seq %s: rejected [%s] %s", self.stream, event.seq, event.reason, event.detail)
+                if self.on_reject:
+                    self.on_reject(event)
+            elif isinstance(event, Gap):
+                log.warning("stream %s: gap of %d message(s) from seq %d", self.stream, event.count, event.first_missing)
+                if self.on_gap:
+                    self.on_gap(event)
+            elif isinstance(event, Restarted):
+                log.warning("stream %s: publisher restarted (%s, new stream id %s)", self.stream,
+                            event.publisher_dn, event.new_stream_id.hex())
+                if self.on_restart:
+                    self.on_restart(event)
+            elif isinstance(event, KeyAccepted):
+                self.epoch = event.epoch
+
+
+class _Base:
+    def __init__(
+        self,
+        stream: str,
+        endpoints: list[str],
+        credential: Credential,
+        trust_dir: str | os.PathLike,
+        *,
+        allowed_publishers: DnAllowList | None = None,
+        crl: CrlPolicy = CrlPolicy.REQUIRE,
+        policy: ReceiverPolicy | None = None,
+        on_gap: Callable[[Gap], None] | None = None,
+        on_restart: Callable[[Restarted], None] | None = None,
+        on_reject: Callable[[Rejected], None] | None = None,
+        curve: dict | None = None,
+        socket: zmq.Socket,
+    ) -> None:
+        self.stream = stream
+        self.trust_dir = Path(trust_dir)
+        self._trust_seen = signature(self.trust_dir)
+        self.receiver = StreamReceiver(credential, TrustStore.from_directory(self.trust_dir),
+                                       allowed_publishers=allowed_publishers, crl=crl, policy=policy)
+        self.events = _Events(stream, on_gap, on_restart, on_reject)
+        self.socket = socket
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve:
+            self.socket.curve_serverkey = curve["server"]
+            self.socket.curve_secretkey = curve["secret"]
+            self.socket.curve_publickey = curve["public"]
+        self.socket.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\x00")
+        for endpoint in endpoints:
+            check_endpoint(endpoint)
+            self.socket.connect(endpoint)
+        self._next_tick = 0.0
+
+    @property
+    def counters(self):
+        return self.receiver.counters
+
+    def _housekeeping(self, now: float) -> None:
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK
+        self.events.handle(self.receiver.tick(now))
+        current = signature(self.trust_dir)
+        if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
+            self._trust_seen = current
+            self.receiver.trust = TrustStore.from_directory(self.trust_dir)
+            log.info("trust directory %s reloaded", self.trust_dir)
+
+    def _process(self, parts: list[bytes]) -> None:
+        self.events.handle(self.receiver.frame_received(parts, time.monotonic()))
+
+
+class Subscriber(_Base):
+    """Blocking reader: ``receive(timeout)`` returns the next verified message, or None."""
+
+    def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
+                 context: zmq.Context | None = None, **options) -> None:
+        ctx = context or zmq.Context.instance()
+        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+
+    def receive(self, timeout: float | None = None) -> Delivered | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.events.ready:
+            now = time.monotonic()
+            self._housekeeping(now)
+            if self.events.ready:
+                break
+            if deadline is not None and now >= deadline:
+                return None
+            wait = TICK if deadline is None else min(TICK, deadline - now)
+            if self.socket.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                while True:
+                    try:
+                        parts = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._process(parts)
+        return self.events.ready.popleft()
+
+    def __iter__(self):
+        while True:
+            yield self.receive()
+
+    def close(self) -> None:
+        self.socket.close()
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSubscriber(_Base):
+    """asyncio reader: ``await receive(timeout)``, or ``async for message in subscriber``."""
+
+    def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
+                 context: zmq.asyncio.Context | None = None, **options) -> None:
+        ctx = context or zmq.asyncio.Context.instance()
+        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+
+    async def receive(self, timeout: float | None = None) -> Delivered | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.events.ready:
+            now = time.monotonic()
+            self._housekeeping(now)
+            if self.events.ready:
+                break
+            if deadline is not None and now >= deadline:
+                return None
+            wait = TICK if deadline is None else min(TICK, deadline - now)
+            try:
+                parts = await asyncio.wait_for(self.socket.recv_multipart(), wait)
+            except asyncio.TimeoutError:
+                continue
+            self._process(parts)
+        return self.events.ready.popleft()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Delivered:
+        return await self.receive()
+
+    def close(self) -> None:
+        self.socket.close()

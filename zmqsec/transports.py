@@ -1,0 +1,28 @@
+"""Which ZeroMQ transports this libzmq has, said clearly before a bind or connect fails obscurely."""
+
+from __future__ import annotations
+
+import zmq
+
+from keys.errors import ZmqsecError
+
+# scheme -> the zmq.has() capability it needs (None: always there)
+_NEEDS = {"tcp": None, "ipc": "ipc", "inproc": None, "epgm": "pgm", "pgm": "pgm", "norm": "norm", "ws": "draft", "udp": "draft"}
+
+
+class TransportUnavailable(ZmqsecError):
+    """The endpoint's transport is not compiled into the libzmq pyzmq is linked against."""
+
+
+def check_endpoint(endpoint: str) -> str:
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        raise TransportUnavailable(f"endpoint {endpoint!r} is not SCHEME://ADDRESS (e.g. tcp://127.0.0.1:5556)")
+    if scheme not in _NEEDS:
+        raise TransportUnavailable(f"endpoint {endpoint!r}: unknown transport {scheme!r} (use {', '.join(_NEEDS)})")
+    need = _NEEDS[scheme]
+    if need is not None and not zmq.has(need):
+        raise TransportUnavailable(
+            f"endpoint {endpoint!r}: libzmq {zmq.zmq_version()} was built without {scheme}; "
+            "rebuild pyzmq against Debian's libzmq (./run setup does: pip install --no-binary pyzmq pyzmq)")
+    return scheme

@@ -1,0 +1,20 @@
+"""Cheap change detection for the files a long-running daemon depends on."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def signature(path: Path | None) -> tuple:
+    """Names, sizes and mtimes of a directory's entries (or of a single file)."""
+    if path is None:
+        return ()
+    try:
+        if path.is_dir():
+            stats = [(e.name, e.stat()) for e in os.scandir(path)]
+            return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns)
+    except FileNotFoundError:
+        return ("missing",)
