@@ -21,6 +21,7 @@ and checks a key-confirmation value after decrypting (docs/PROTOCOL.md).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import os
@@ -126,6 +127,22 @@ def _load_content_info(der: bytes, expected: str) -> cms.ContentInfo:
     return info
 
 
+def _parsing(func):
+    """asn1crypto parses lazily, so a malformed field can surface at any access:
+    every library exception inside a decoder becomes :class:`MalformedCms`."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CmsError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+            raise MalformedCms(f"malformed CMS structure ({exc.__class__.__name__})") from None
+
+    return wrapper
+
+
 # -- EnvelopedData -------------------------------------------------------------
 
 
@@ -190,6 +207,7 @@ def envelope(
     return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
 
 
+@_parsing
 def recipient_count(der: bytes) -> int:
     return len(_load_content_info(der, "enveloped_data")["content"]["recipient_infos"])
 
@@ -215,6 +233,7 @@ def _unwrap(ktri: cms.KeyTransRecipientInfo, key) -> bytes:
     raise UnsupportedAlgorithm(f"key encryption algorithm {name} unsupported")
 
 
+@_parsing
 def open_envelope(der: bytes, credential: Credential) -> bytes:
     """Decrypt an EnvelopedData addressed (among others) to ``credential``'s certificate."""
     enveloped = _load_content_info(der, "enveloped_data")["content"]
@@ -329,6 +348,7 @@ def _verify_raw(cert: x509.Certificate, signature: bytes, data: bytes, digest: s
         raise SignatureInvalid("the signature does not verify with the signer certificate's key") from None
 
 
+@_parsing
 def verify_signature(der: bytes, content: bytes | None = None) -> Verified:
     """Check the (single) signature of a SignedData; ``content`` for a detached one.
 

@@ -63,14 +63,19 @@ def checkpoint_signing_input(topic: bytes, stream_id: bytes, first_seq: int, dig
     return LABEL_CHECKPOINT + _AAD.pack(len(topic)) + topic + stream_id + _SEQ.pack(first_seq) + digests
 
 
-def key_check(key: bytes, stream_id: bytes, epoch: int) -> bytes:
-    """Key-confirmation value: HMAC-SHA256(key, label || stream id || epoch), first 16 bytes."""
-    return hmac.new(key, LABEL_KEY_CHECK + stream_id + struct.pack(">I", epoch), hashlib.sha256).digest()[:KEY_CHECK_BYTES]
+def key_check(key: bytes, topic: bytes, stream_id: bytes, epoch: int) -> bytes:
+    """Key confirmation: HMAC-SHA256(key, label || len(topic) || topic || stream id || epoch), first 16 bytes.
+
+    It covers every field of the key record, so a record altered in transit
+    (AES-CBC is malleable) never confirms.
+    """
+    data = LABEL_KEY_CHECK + _AAD.pack(len(topic)) + topic + stream_id + struct.pack(">I", epoch)
+    return hmac.new(key, data, hashlib.sha256).digest()[:KEY_CHECK_BYTES]
 
 
 def encode_key_record(topic: bytes, stream_id: bytes, epoch: int, key: bytes) -> bytes:
     """The plaintext inside an epoch's CMS envelope."""
-    return msgpack.packb([VERSION, topic, stream_id, epoch, key, key_check(key, stream_id, epoch)], use_bin_type=True)
+    return msgpack.packb([VERSION, topic, stream_id, epoch, key, key_check(key, topic, stream_id, epoch)], use_bin_type=True)
 
 
 class KeyRecordError(ValueError):
@@ -92,6 +97,6 @@ def decode_key_record(data: bytes) -> tuple[bytes, bytes, int, bytes]:
             and isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= MAX_EPOCH
             and isinstance(key, bytes) and len(key) == KEY_BYTES and isinstance(check, bytes)):
         raise KeyRecordError("key record fields have wrong types or sizes")
-    if not hmac.compare_digest(check, key_check(key, stream_id, epoch)):
+    if not hmac.compare_digest(check, key_check(key, topic, stream_id, epoch)):
         raise KeyRecordError("key confirmation failed: the decrypted key is not the publisher's")
     return topic, stream_id, epoch, key
