@@ -92,6 +92,7 @@ class Publisher:
             self.socket.bind(endpoint)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
         self._next_watch = 0.0
+        self.subscriptions = 0  # subscription messages seen (XPUB_VERBOSE: one per subscriber and topic)
         self._send(self.sender.start(time.monotonic()))
 
     @property
@@ -118,6 +119,7 @@ class Publisher:
             message = self.socket.recv()
             if message[:1] == b"\x01":
                 new_subscriber = True
+                self.subscriptions += 1
         if new_subscriber:
             self._send(self.sender.subscription_seen(now))
         if now >= self._next_watch:
@@ -143,6 +145,13 @@ class Publisher:
             wait = min(deadline, self.sender.next_deadline or deadline, now + self.watch_interval) - now
             self.socket.poll(max(0, int(wait * 1000)), zmq.POLLIN)
             self.tick()
+
+    def wait_for_subscribers(self, count: int, timeout: float) -> bool:
+        """Service the socket until ``count`` subscriptions were seen (a PUB drops what nobody subscribed to)."""
+        deadline = time.monotonic() + timeout
+        while self.subscriptions < count and time.monotonic() < deadline:
+            self.run_idle(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.subscriptions >= count
 
     def close(self) -> None:
         self.flush()
