@@ -252,3 +252,16 @@ def test_announcement_signed_by_a_revoked_publisher_is_refused(tmp_path):
     receiver = StreamReceiver(Credential.load(reader.cert_path, reader.key_path), TrustStore.from_directory(ca.trust_dir))
     events = _feed(receiver, sender.start(0.0))
     assert [e.reason for e in events] == ["publisher-revoked"]
+
+
+def test_announcement_signed_with_an_expired_certificate_is_refused(tmp_path):
+    import datetime as dt
+
+    ca = CertificateAuthority.init(tmp_path / "ca", rsa_bits=2048)
+    now = dt.datetime.now(dt.timezone.utc)
+    pub = ca.issue(role=Role.PUBLISHER, cn="pub", out_dir=tmp_path, not_before=now - dt.timedelta(days=30),
+                   not_after=now - dt.timedelta(days=1))
+    reader = ca.issue(role=Role.READER, cn="reader", out_dir=tmp_path)
+    sender = StreamSender("s", Credential.load(pub.cert_path, pub.key_path), ReaderSet((Reader(reader.certificate),)))
+    receiver = StreamReceiver(Credential.load(reader.cert_path, reader.key_path), TrustStore.from_directory(ca.trust_dir))
+    assert [e.reason for e in _feed(receiver, sender.start(0.0))] == ["publisher-expired"]
