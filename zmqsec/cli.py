@@ -31,10 +31,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     keys_cli.register(sub)
     from bridges import activemq
+    from bridges import cli as bridges_cli
 
     from . import demo, stream_cli
 
     stream_cli.register(sub)
+    bridges_cli.register(sub)
     activemq.register(sub)
     demo.register(sub)
     return parser

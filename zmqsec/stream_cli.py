@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import signal
 import sys
 import time
 from collections import Counter
@@ -27,6 +25,7 @@ from keys.trust import CrlPolicy
 
 from . import cms, config, frames
 from .config import Option
+from .daemon import Stop, utc_stamp, write_status
 from .publisher import Publisher
 from .receiver import Delivered, Rejected, StreamReceiver
 from .sender import RotationPolicy
@@ -67,26 +66,6 @@ SUBSCRIBE = COMMON + [
 ]
 
 
-class _Stop:
-    """SIGTERM/SIGINT set a flag; loops finish the message in hand and exit cleanly."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        signal.signal(signal.SIGTERM, self._set)
-        signal.signal(signal.SIGINT, self._set)
-
-    def _set(self, *_):
-        self.requested = True
-
-
-def _write_status(path: Path | None, status: dict) -> None:
-    if path is None:
-        return
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(status, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def _credential(settings) -> Credential:
     return Credential.load(settings["certificates.certificate"], settings["certificates.key"])
 
@@ -103,7 +82,7 @@ def cmd_publish(args) -> int:
         transport=cms.KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else cms.KeyTransport.PKCS1V15)
     registry = ReaderRegistry(settings["readers.registry"], settings["readers.dn_list"])
     spool = OutgoingSpool(settings["messaging.path"], settings["messaging.spool"]) if settings["messaging.path"] else None
-    stop = _Stop()
+    stop = Stop()
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), _credential(settings), registry,
                           trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]), policy=policy)
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
@@ -128,12 +107,12 @@ def cmd_publish(args) -> int:
             if now >= next_status:
                 next_status = now + status_every
                 status = _publisher_status(settings, publisher)
-                _write_status(settings["status.status_file"], status)
+                write_status(settings["status.status_file"], status)
                 log.info("status: epoch %(epoch)d, %(readers)d readers, %(sent)d sent, %(rekeys)d rekeys", status)
             publisher.run_idle(0 if published else settings["messaging.poll_interval"])
     finally:
         publisher.close()
-        _write_status(settings["status.status_file"], _publisher_status(settings, publisher))
+        write_status(settings["status.status_file"], _publisher_status(settings, publisher))
     return 0
 
 
@@ -143,7 +122,7 @@ def _publisher_status(settings, publisher: Publisher) -> dict:
             "epoch": s.epoch, "readers": s.readers, "sent": s.sent, "bytes": s.bytes, "rekeys": s.rekeys,
             "last_rekey_cause": s.last_rekey_cause, "last_rekey_seconds": round(s.last_rekey_seconds, 4),
             "announcement_bytes": s.announcement_bytes, "checkpoints": s.checkpoints,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "updated": utc_stamp()}
 
 
 # -- subscribe ---------------------------------------------------------------------
@@ -166,14 +145,14 @@ def _reader_status(settings, counters: Counter, epoch: int) -> dict:
     return {"role": "subscriber", "stream": settings["stream.name"], "epoch": epoch,
             "received": counters.get("delivered", 0), "gaps": counters.get("gap", 0),
             "restarts": counters.get("restart", 0), "rejected": rejects,
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "updated": utc_stamp()}
 
 
 def cmd_subscribe(args) -> int:
     settings = config.load(SUBSCRIBE, args)
     allowed = DnAllowList.load(settings["publishers.dn_list"]) if settings["publishers.dn_list"] else None
     spool = IncomingSpool(settings["messaging.path"], settings["messaging.reject_path"]) if settings["messaging.path"] else None
-    stop = _Stop()
+    stop = Stop()
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), _credential(settings),
                             settings["certificates.capath"], allowed_publishers=allowed,
                             crl=CrlPolicy(settings["certificates.crl"]))
@@ -194,10 +173,10 @@ def cmd_subscribe(args) -> int:
             if now >= next_status:
                 next_status = now + settings["status.status_interval"]
                 status = _reader_status(settings, subscriber.counters, subscriber.events.epoch)
-                _write_status(settings["status.status_file"], status)
+                write_status(settings["status.status_file"], status)
                 log.info("status: epoch %(epoch)d, %(received)d received, %(gaps)d lost, rejected %(rejected)s", status)
     finally:
-        _write_status(settings["status.status_file"], _reader_status(settings, subscriber.counters, subscriber.events.epoch))
+        write_status(settings["status.status_file"], _reader_status(settings, subscriber.counters, subscriber.events.epoch))
         subscriber.close()
     return 0
 
@@ -217,7 +196,7 @@ def cmd_capture(args) -> int:
     for endpoint in args.endpoint:
         check_endpoint(endpoint)
         socket.connect(endpoint)
-    stop = _Stop()
+    stop = Stop()
     deadline = time.monotonic() + args.duration if args.duration else None
     count = 0
     with open(out / "frames.zcap", "ab") as capture:

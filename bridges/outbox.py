@@ -1,0 +1,88 @@
+"""The bridge's durable outbox: S/MIME bodies waiting for the broker's RECEIPT.
+
+A dirq ``Queue`` (body, empa-id).  ``add`` returns only after the element's
+files and directory are fsync'ed, so a message the bridge has taken from the
+stream survives kill -9 and power loss; ``remove`` happens only after the
+broker's receipt.  One bridge owns an outbox (an exclusive lock says so), which
+lets it reclaim the elements a crashed predecessor had locked.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from dirq.queue import Queue
+
+from keys.errors import ZmqsecError
+
+SCHEMA = {"body": "binary", "empaid": "string"}
+
+
+class OutboxError(ZmqsecError):
+    """The outbox directory cannot be used (or another bridge holds it)."""
+
+
+def _fsync_tree(path: Path) -> None:
+    for entry in path.iterdir():
+        fd = os.open(entry, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    for directory in (path, path.parent):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class Outbox:
+    def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.fsync = fsync
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            # Beside the queue, not in it: dirq counts what its directory holds.
+            self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
+        except OSError as exc:
+            raise OutboxError(f"{self.path}: cannot use outbox ({exc.strerror})") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise OutboxError(f"{self.path}: another bridge is using this outbox; give each bridge its own") from None
+        self.queue = Queue(str(self.path), schema=SCHEMA)
+        # We own the outbox now: anything still locked belonged to a dead predecessor.
+        self.queue.purge(maxtemp=60, maxlock=1)
+        for name in list(self.queue):
+            self.queue.unlock(name, permissive=True)
+
+    def add(self, body: bytes, empaid: str) -> str:
+        name = self.queue.add({"body": body, "empaid": empaid})
+        if self.fsync:
+            _fsync_tree(self.path / name)
+        return name
+
+    def pending(self, limit: int) -> list[str]:
+        names = []
+        for name in self.queue:
+            names.append(name)
+            if len(names) >= limit:
+                break
+        return names
+
+    def get(self, name: str) -> tuple[bytes, str]:
+        self.queue.lock(name, permissive=True)
+        element = self.queue.get(name)
+        return element["body"], element["empaid"]
+
+    def remove(self, name: str) -> None:
+        self.queue.remove(name)
+
+    def count(self) -> int:
+        return sum(1 for _ in self.queue)
+
+    def close(self) -> None:
+        self._lock.close()

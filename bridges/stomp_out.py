@@ -1,0 +1,100 @@
+"""Stream -> broker: every verified stream message becomes one EMI S/MIME message on ActiveMQ.
+
+The bridge is an authorized reader of the stream.  For each delivered message
+it signs (and, given a server certificate, encrypts) the body with the one
+S/MIME module, writes it to the durable outbox, and only then counts it as
+taken.  A sender pass sends a window of outbox messages with ``receipt``
+headers and removes each one when its RECEIPT arrives.  With the broker down
+the outbox grows while the stream is still read; on reconnection everything is
+sent.  A message keeps its ``empa-id`` (stream id and sequence number) on every
+retry, so a duplicate after a crash is recognisable as one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from keys.pemfiles import Credential
+from zmqsec import smime
+from zmqsec.receiver import Delivered
+
+from .outbox import Outbox
+from .stomplink import Backoff, BrokerUnavailable, StompLink
+
+log = logging.getLogger("zmqsec.bridge.out")
+
+
+@dataclass(frozen=True)
+class OutSettings:
+    destination: str
+    digest: str = "sha256"
+    server_certs: tuple[x509.Certificate, ...] = ()  # encrypt to these (the central server); empty: sign only
+    cipher: str = "aes256"
+    window: int = 100
+    receipt_timeout: float = 10.0
+
+
+def empa_id(message: Delivered) -> str:
+    return f"{message.stream_id.hex()}-{message.seq}"
+
+
+class StompOutBridge:
+    def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings) -> None:
+        self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
+        self.backoff = Backoff(link.settings.backoff_initial, link.settings.backoff_max)
+        self.counters: Counter = Counter()
+
+    def body_for(self, content: bytes) -> bytes:
+        """Sign first, then (optionally) encrypt, as the EMI protocol orders it."""
+        body = smime.sign(content, self.credential, digest=self.settings.digest)
+        if self.settings.server_certs:
+            body = smime.encrypt(body, self.settings.server_certs, cipher=self.settings.cipher)
+        return body
+
+    def take(self, message: Delivered) -> None:
+        """Durably queue one stream message (before anything counts it as taken)."""
+        self.outbox.add(self.body_for(message.payload), empa_id(message))
+        self.counters["queued"] += 1
+
+    def send_pending(self, now: float) -> int:
+        """One window of the outbox to the broker; returns how many the broker receipted."""
+        if not self.link.connected:
+            if not self.backoff.due(now):
+                return 0
+            try:
+                self.link.connect()
+            except BrokerUnavailable as exc:
+                self.backoff.failed(now)
+                self.counters["connect-failed"] += 1
+                log.warning("%s; %d message(s) wait in the outbox", exc, self.outbox.count())
+                return 0
+            self.backoff.succeeded()
+        names = self.outbox.pending(self.settings.window)
+        if not names:
+            return 0
+        by_receipt = {}
+        try:
+            for name in names:
+                body, empaid = self.outbox.get(name)
+                receipt = f"{empaid}/{name}"
+                self.link.send(self.settings.destination, body,
+                               {"empa-id": empaid, "persistent": "true", "content-type": "text/plain"}, receipt)
+                by_receipt[receipt] = name
+            got = self.link.wait_receipts(set(by_receipt), self.settings.receipt_timeout)
+        except BrokerUnavailable as exc:
+            log.warning("broker lost mid-send (%s); unreceipted messages stay in the outbox", exc)
+            self.link.close()
+            self.backoff.failed(now)
+            return 0
+        for receipt in got:
+            self.outbox.remove(by_receipt[receipt])
+        self.counters["sent"] += len(got)
+        if len(got) < len(by_receipt):
+            log.warning("%d message(s) had no receipt within %.0fs; they will be sent again",
+                        len(by_receipt) - len(got), self.settings.receipt_timeout)
+            self.link.close()
+        return len(got)
