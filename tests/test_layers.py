@@ -26,13 +26,21 @@ def test_keys_imports_neither_the_stream_nor_the_bridges(path):
     assert not _imports(path) & {"zmqsec", "bridges"}
 
 
-# Pure modules: parsing, formats and decisions, no sockets, no processes.
-PURE = ["keys/errors.py", "keys/dn.py", "keys/hashdir.py", "keys/trust.py", "keys/registry.py", "keys/ca.py", "keys/pemfiles.py"]
+# Pure modules: parsing, formats, crypto and decisions -- no sockets, no processes, no queues.
+PURE = ["keys/errors.py", "keys/dn.py", "keys/hashdir.py", "keys/trust.py", "keys/registry.py", "keys/ca.py",
+        "keys/pemfiles.py", "zmqsec/primitives.py", "zmqsec/frames.py", "zmqsec/cms.py", "zmqsec/smime.py",
+        "zmqsec/announce.py", "zmqsec/checkpoint.py", "zmqsec/sender.py", "zmqsec/receiver.py"]
 
 
 @pytest.mark.parametrize("rel", PURE)
 def test_pure_modules_do_no_network_io(rel):
     assert not _imports(ROOT / rel) & IO_MODULES
+
+
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "zmqsec").glob("*.py") if p.name != "cli.py"), ids=lambda p: p.name)
+def test_the_stream_does_not_import_the_bridges(path):
+    """Only the CLI (the top layer) brings the two together."""
+    assert "bridges" not in _imports(path)
 
 
 def test_the_contract_sees_a_violation(tmp_path):
