@@ -3,11 +3,8 @@ through broker and bridge crashes, TLS, failover, and the inbound direction with
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -24,7 +21,7 @@ from zmqsec.spool import IncomingSpool, OutgoingSpool
 from keys.pemfiles import Credential
 import ssmpeer
 from opensslpeer import run
-from test_stream_processes import _cli, _status, _stop, _wait
+import daemons
 
 pytestmark = pytest.mark.broker
 HOST = "127.0.0.1"
@@ -50,7 +47,7 @@ def site(tmp_path, broker):
 
 def _publisher(site, endpoint):
     d, c = site["dir"], site["certs"]["publisher"]
-    return _cli("publish", "--stream", "apel", "--endpoint", endpoint, "--certificate", c.cert_path, "--key", c.key_path,
+    return daemons.cli("publish", "--stream", "apel", "--endpoint", endpoint, "--certificate", c.cert_path, "--key", c.key_path,
                 "--capath", site["ca"].trust_dir, "--registry", d / "readers.d", "--outgoing", d / "outgoing",
                 "--poll-interval", "0.05", "--status-file", d / "publisher.json", "--status-interval", "0.2",
                 log=d / "publisher.log")
@@ -64,10 +61,10 @@ def _bridge_out(site, endpoint, hosts, *extra):
             "--status-interval", "0.2", "--heartbeat", "2000", *extra]
     for h in hosts:
         args += ["--hosts", h]
-    return _cli(*args, log=d / "bridge.log")
+    return daemons.cli(*args, log=d / "bridge.log")
 
 
-def _drain(port: int, destination: str, expect: int, timeout: float = 30.0, use_ssl=None) -> list:
+def _drain(port: int, destination: str, expect: int, timeout: float = 30.0) -> list:
     """Consume a queue until ``expect`` messages or ``timeout``; return (headers, body) pairs."""
     got = []
 
@@ -99,14 +96,14 @@ def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, broker, encr
     pub = _publisher(site, endpoint)
     bridge = _bridge_out(site, endpoint, [f"{HOST}:{broker['stomp_ports'][0]}"], *extra)
     try:
-        _wait(lambda: _status(site, "bridge").get("broker"), what="bridge connected", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker"), what="bridge connected", logs=_logs(site))
         spool = OutgoingSpool(d / "outgoing")
         for i in range(30):
             spool.add(b"APEL-individual-job-message: v0.3\nLocalJobId: %d\nWallDuration: 3600\n%%%%\n" % i)
-        _wait(lambda: _status(site, "bridge").get("sent", 0) == 30, what="30 receipts", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 30, what="30 receipts", logs=_logs(site))
         messages = _drain(broker["stomp_ports"][0], site["queue"], 30)
     finally:
-        _stop(pub, bridge)
+        daemons.stop(pub, bridge)
     assert len(messages) == 30
     empaids = [h["empa-id"] for h, _ in messages]
     assert len(set(empaids)) == 30 and all(h.get("persistent") == "true" for h, _ in messages)
@@ -148,30 +145,30 @@ def test_nothing_is_lost_through_broker_outage_and_crashes(site, own_broker):
     bridge = _bridge_out(site, endpoint, [f"{HOST}:{port}"])
     try:
         # 1. Broker down: messages wait in the durable outbox while the stream is still read.
-        _wait(lambda: _status(site, "bridge").get("role"), what="bridge up", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("role"), what="bridge up", logs=_logs(site))
         for i in range(40):
             spool.add(b"outage %d" % i)
-        _wait(lambda: _status(site, "bridge").get("outbox") == 40, what="40 in the outbox", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 40, what="40 in the outbox", logs=_logs(site))
         # 2. kill -9 the bridge with the broker still down; restart it: the outbox is its memory.
         bridge.send_signal(signal.SIGKILL)
         bridge.wait()
         bridge = _bridge_out(site, endpoint, [f"{HOST}:{port}"])
         own_broker.start()
-        _wait(lambda: _status(site, "bridge").get("outbox") == 0 and _status(site, "bridge").get("sent") == 40,
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent") == 40,
               what="outbox flushed after the broker came up", logs=_logs(site))
         # 3. kill -9 the broker while the bridge is sending; restart it.
         for i in range(300):
             spool.add(b"crash %d" % i)
-        _wait(lambda: _status(site, "bridge").get("sent", 0) >= 60, what="sending under way", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) >= 60, what="sending under way", logs=_logs(site))
         own_broker.kill()
         time.sleep(0.5)
         own_broker.start()
-        _wait(lambda: _status(site, "publisher").get("sent") == 340, what="publisher done", logs=_logs(site))
-        _wait(lambda: _status(site, "bridge").get("outbox") == 0 and _status(site, "bridge").get("sent", 0) >= 300,
+        daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 340, what="publisher done", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent", 0) >= 300,
               timeout=60, what="everything receipted", logs=_logs(site))
         messages = _drain(port, site["queue"], 340)
     finally:
-        _stop(pub, bridge)
+        daemons.stop(pub, bridge)
     ids = [h["empa-id"] for h, _ in messages]
     assert len(set(ids)) == 340, f"{len(set(ids))} distinct of {len(ids)} received"
     # Duplicates, if any, are byte-identical resends under the same empa-id.
@@ -190,14 +187,14 @@ def test_tls_with_client_certificate_and_failover(site, broker):
     bridge = _bridge_out(site, endpoint, [dead, f"localhost:{broker['stomp_ssl_port']}"], "--use-ssl", "yes",
                          "--ca-certs", Path(broker["ca_dir"]) / "ca.pem")
     try:
-        _wait(lambda: _status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}",
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}",
               what="TLS connection after failing over", logs=_logs(site))
         spool = OutgoingSpool(d / "outgoing")
         for i in range(10):
             spool.add(b"tls %d" % i)
-        _wait(lambda: _status(site, "bridge").get("sent", 0) == 10, what="receipts over TLS", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 10, what="receipts over TLS", logs=_logs(site))
     finally:
-        _stop(pub, bridge)
+        daemons.stop(pub, bridge)
     assert "unavailable" in (d / "bridge.log").read_text()  # it did try the dead broker first
     assert len(_drain(broker["stomp_ports"][0], site["queue"], 10)) == 10
 
@@ -246,17 +243,17 @@ def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, broker, 
     ca.revoke(revoked.certificate)
     _send_raw(broker["stomp_ports"][0], site["queue"], good + [(n, b) for n, b, _ in bad])
     server = c["server"]
-    proc = _cli("--log-level", "INFO", "bridge", "stomp-in", "--hosts", f"{HOST}:{broker['stomp_ports'][0]}",
+    proc = daemons.cli("--log-level", "INFO", "bridge", "stomp-in", "--hosts", f"{HOST}:{broker['stomp_ports'][0]}",
                 "--certificate", server.cert_path, "--key", server.key_path, "--capath", site["ca"].trust_dir,
                 "--destination", site["queue"], "--incoming", d / "incoming", "--reject", d / "reject",
                 "--dn-list", dn_list, "--max-bytes", "200000", "--status-file", d / "bridge-in.json",
                 "--status-interval", "0.2", log=d / "bridge-in.log")
     try:
-        _wait(lambda: _status(site, "bridge-in").get("accepted", 0) + sum(
-            v for k, v in _status(site, "bridge-in").items() if k.startswith("rejected:")) == 12,
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("accepted", 0) + sum(
+            v for k, v in daemons.status(site, "bridge-in").items() if k.startswith("rejected:")) == 12,
             what="all 12 handled", logs=_logs(site))
     finally:
-        _stop(proc)
+        daemons.stop(proc)
     incoming = IncomingSpool(d / "incoming", d / "reject")
     accepted = {m["empaid"]: m for m in incoming.messages()}
     assert set(accepted) == {n for n, _ in good}

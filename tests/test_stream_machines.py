@@ -265,3 +265,28 @@ def test_announcement_signed_with_an_expired_certificate_is_refused(tmp_path):
     sender = StreamSender("s", Credential.load(pub.cert_path, pub.key_path), ReaderSet((Reader(reader.certificate),)))
     receiver = StreamReceiver(Credential.load(reader.cert_path, reader.key_path), TrustStore.from_directory(ca.trust_dir))
     assert [e.reason for e in _feed(receiver, sender.start(0.0))] == ["publisher-expired"]
+
+
+def test_no_reader_left_suspends_publishing_and_epochs_keep_growing(pki):
+    from zmqsec.sender import NoReaders
+
+    sender = _sender(pki, "portal")
+    wire = sender.start(0.0) + _run(sender, 2)
+    sender.readers_changed(ReaderSet(), 1.0)
+    assert sender.epoch == 0 and sender.stats.readers == 0
+    with pytest.raises(NoReaders):
+        sender.publish(b"nobody may read this", 1.0)
+    wire += sender.readers_changed(_readers(pki, "portal"), 2.0) + _run(sender, 2, prefix=b"again")
+    assert sender.epoch == 2  # never epoch 1 again under this stream id
+    assert _delivered(_feed(_receiver(pki, "portal"), wire)) == [b"record 0", b"record 1", b"again 0", b"again 1"]
+
+
+def test_outgoing_spool_item_stays_when_publishing_fails(tmp_path):
+    from zmqsec.spool import OutgoingSpool
+
+    spool = OutgoingSpool(tmp_path / "out")
+    spool.add(b"keep me")
+    items = spool.take()
+    name, data, done = next(items)
+    items.close()  # the publisher failed: done() was never called
+    assert [d for _, d, _ in spool.take()] == [b"keep me"]

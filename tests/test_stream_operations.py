@@ -12,7 +12,7 @@ import zmq
 
 from keys.registry import ReaderRegistry
 from zmqsec.spool import OutgoingSpool
-from test_stream_processes import _cli, _endpoint, _incoming, _status, _stop, _subscriber, _wait, site  # noqa: F401
+import daemons
 
 
 def _publisher_ini(site, endpoint, spool_kind="directory") -> str:
@@ -47,32 +47,32 @@ status_interval = 0.2
 
 def test_crl_revocation_reaches_the_live_publisher(site, run_cli):
     d = site["dir"]
-    endpoint = _endpoint("tcp", d)
+    endpoint = daemons.endpoint("tcp", d)
     logs = [d / n for n in ("publisher.log", "portal.log", "central.log")]
-    publisher = _cli("--log-level", "INFO", "publish", "--config", _publisher_ini(site, endpoint), log=d / "publisher.log")
-    subs = [_subscriber(site, n, endpoint) for n in ("portal", "central")]
+    publisher = daemons.cli("--log-level", "INFO", "publish", "--config", _publisher_ini(site, endpoint), log=d / "publisher.log")
+    subs = [daemons.subscriber(site, n, endpoint) for n in ("portal", "central")]
     outgoing = OutgoingSpool(d / "outgoing", "directory")
     try:
-        _wait(lambda: all(_status(site, n).get("epoch") == 1 for n in ("portal", "central")), what="key", logs=logs)
+        daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 1 for n in ("portal", "central")), what="key", logs=logs)
         for i in range(50):
             outgoing.add(b"before %d" % i)
-        _wait(lambda: all(len(_incoming(site, n)) == 50 for n in ("portal", "central")), what="phase 1", logs=logs)
+        daemons.wait(lambda: all(len(daemons.incoming(site, n)) == 50 for n in ("portal", "central")), what="phase 1", logs=logs)
         assert not any(p.name[0] != "." for p in (d / "outgoing").iterdir())  # plain-directory spool emptied
         # The CA revokes central; the publisher sees the new CRL in its trust directory and rekeys.
         result = subprocess.run([sys.executable, "-m", "zmqsec.cli", "keys", "revoke", "--ca", site["ca"].directory,
                                  site["certs"]["central"].cert_path], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
-        _wait(lambda: _status(site, "publisher").get("epoch") == 2, what="rekey after CRL", logs=logs)
-        _wait(lambda: _status(site, "portal").get("epoch") == 2, what="portal to switch", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "publisher").get("epoch") == 2, what="rekey after CRL", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 2, what="portal to switch", logs=logs)
         for i in range(50):
             outgoing.add(b"after %d" % i)
-        _wait(lambda: len(_incoming(site, "portal")) == 100, what="phase 2", logs=logs)
-        _wait(lambda: _status(site, "central").get("rejected", {}).get("no-key", 0) == 50, what="central dark", logs=logs)
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 100, what="phase 2", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "central").get("rejected", {}).get("no-key", 0) == 50, what="central dark", logs=logs)
         code, out, err = run_cli("status", d / "publisher.json")
         assert code == 0 and "readers: 3" in out and "last_rekey_cause: readers-changed" in out, out + err
     finally:
-        _stop(publisher, *subs)
-    assert len(_incoming(site, "central")) == 50
+        daemons.stop(publisher, *subs)
+    assert len(daemons.incoming(site, "central")) == 50
     assert ReaderRegistry(d / "readers.d").load().readers  # the registry itself was not edited
 
 
@@ -103,38 +103,38 @@ def _lossy_relay(upstream: str, downstream_port_holder: list, drop: set, stop: t
 
 def test_loss_garbage_and_restart_through_a_relay(site):
     d = site["dir"]
-    endpoint = _endpoint("tcp", d)
+    endpoint = daemons.endpoint("tcp", d)
     logs = [d / "publisher.log", d / "portal.log"]
     garbage = [[b"apel.jobs\x00D", b"\xc1\xc1"], [b"apel.jobs\x00K", msgpack.packb([1, b"x" * 16, 1, b"junk", b"junk"])],
                [b"apel.jobs\x00Q", b"?"], [b"apel.jobs\x00D"]]
     port, stop = [], threading.Event()
     relay = threading.Thread(target=_lossy_relay, args=(endpoint, port, {5, 6}, stop, garbage), daemon=True)
     relay.start()
-    _wait(lambda: port, what="relay")
-    publisher = _cli("--log-level", "INFO", "publish", "--config", _publisher_ini(site, endpoint, "dirq"), log=d / "publisher.log")
-    sub = _subscriber(site, "portal", f"tcp://127.0.0.1:{port[0]}")
+    daemons.wait(lambda: port, what="relay")
+    publisher = daemons.cli("--log-level", "INFO", "publish", "--config", _publisher_ini(site, endpoint, "dirq"), log=d / "publisher.log")
+    sub = daemons.subscriber(site, "portal", f"tcp://127.0.0.1:{port[0]}")
     outgoing = OutgoingSpool(d / "outgoing")
     try:
-        _wait(lambda: _status(site, "portal").get("epoch") == 1, what="key through the relay", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key through the relay", logs=logs)
         for i in range(20):
             outgoing.add(b"run one %d" % i)
-        _wait(lambda: len(_incoming(site, "portal")) == 18, what="delivery with two lost", logs=logs)
-        _wait(lambda: _status(site, "portal").get("gaps") == 2, what="the gap to be counted", logs=logs)
-        rejected = _status(site, "portal")["rejected"]
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 18, what="delivery with two lost", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("gaps") == 2, what="the gap to be counted", logs=logs)
+        rejected = daemons.status(site, "portal")["rejected"]
         assert set(rejected) == {"bad-msgpack", "unknown-kind", "bad-parts", "announcement-malformed-cms"}, rejected
         # Restart the publisher: a new stream id; the reader notices and carries on.
-        _stop(publisher)
-        publisher = _cli("--log-level", "INFO", "publish", "--config", d / "publisher.ini", log=d / "publisher.log")
-        _wait(lambda: _status(site, "portal").get("restarts") == 1, what="restart noticed", logs=logs)
+        daemons.stop(publisher)
+        publisher = daemons.cli("--log-level", "INFO", "publish", "--config", d / "publisher.ini", log=d / "publisher.log")
+        daemons.wait(lambda: daemons.status(site, "portal").get("restarts") == 1, what="restart noticed", logs=logs)
         for i in range(20):
             outgoing.add(b"run two %d" % i)
         # seqs 5 and 6 of the new run are dropped by the relay too
-        _wait(lambda: len(_incoming(site, "portal")) == 36, what="delivery after restart", logs=logs)
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 36, what="delivery after restart", logs=logs)
     finally:
-        _stop(publisher, sub)
+        daemons.stop(publisher, sub)
         stop.set()
         relay.join(5)
-    bodies = [m["body"] for m in _incoming(site, "portal")]
+    bodies = [m["body"] for m in daemons.incoming(site, "portal")]
     assert sorted(bodies) == sorted([f"run one {i}" for i in range(20) if i not in (4, 5)]
                                     + [f"run two {i}" for i in range(20) if i not in (4, 5)])
-    _wait(lambda: _status(site, "portal").get("gaps") == 4, what="gaps of both runs", timeout=5)
+    daemons.wait(lambda: daemons.status(site, "portal").get("gaps") == 4, what="gaps of both runs", timeout=5)

@@ -3,173 +3,87 @@ with SSM-style spools, a live revocation, a late joiner and an insider on the pa
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
-from keys.ca import CertificateAuthority, Role
-from keys.dn import parse_slash_dn
+import daemons
 from keys.pemfiles import Credential
-from keys.registry import ReaderRegistry
 from keys.trust import TrustStore
 from zmqsec import frames
 from zmqsec.primitives import associated_data, nonce
 from zmqsec.receiver import StreamReceiver
-from zmqsec.spool import IncomingSpool, OutgoingSpool
-
-READERS = ("portal", "dashboard", "central")
-
-
-@pytest.fixture
-def site(tmp_path):
-    ca = CertificateAuthority.init(tmp_path / "ca", subject=parse_slash_dn("/O=zmqsec test/CN=Site CA"), rsa_bits=2048)
-    certs = {"publisher": ca.issue(role=Role.PUBLISHER, cn="publisher.example.org", out_dir=tmp_path / "certs")}
-    registry = ReaderRegistry(tmp_path / "readers.d")
-    for name in READERS + ("latecomer",):
-        certs[name] = ca.issue(role=Role.READER, cn=f"{name}.example.org", out_dir=tmp_path / "certs")
-        registry.add(certs[name].certificate)
-    return {"dir": tmp_path, "ca": ca, "certs": certs, "registry": registry}
-
-
-def _cli(*args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "zmqsec.cli", *map(str, args)],
-                            stdout=open(log, "ab"), stderr=subprocess.STDOUT)
-
-
-def _publisher(site, endpoint, **extra) -> subprocess.Popen:
-    d, c = site["dir"], site["certs"]["publisher"]
-    args = ["--log-level", "INFO", "publish", "--stream", "apel.jobs", "--endpoint", endpoint,
-            "--certificate", c.cert_path, "--key", c.key_path, "--capath", site["ca"].trust_dir,
-            "--registry", d / "readers.d", "--outgoing", d / "outgoing", "--status-file", d / "publisher.json",
-            "--status-interval", "0.2", "--poll-interval", "0.05"]
-    for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", v]
-    return _cli(*args, log=d / "publisher.log")
-
-
-def _subscriber(site, name, *endpoints) -> subprocess.Popen:
-    d, c = site["dir"], site["certs"][name]
-    args = ["--log-level", "INFO", "subscribe", "--stream", "apel.jobs", "--certificate", c.cert_path,
-            "--key", c.key_path, "--capath", site["ca"].trust_dir, "--incoming", d / f"in-{name}",
-            "--status-file", d / f"{name}.json", "--status-interval", "0.2"]
-    for e in endpoints:
-        args += ["--endpoint", e]
-    return _cli(*args, log=d / f"{name}.log")
-
-
-def _status(site, name) -> dict:
-    try:
-        return json.loads((site["dir"] / f"{name}.json").read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _wait(predicate, timeout=30.0, what="condition", logs=()):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    details = "\n".join(f"--- {p.name}\n{p.read_text()[-2000:]}" for p in logs if p.exists())
-    raise AssertionError(f"timed out waiting for {what}\n{details}")
-
-
-def _incoming(site, name) -> list[dict]:
-    path = site["dir"] / f"in-{name}"
-    return IncomingSpool(path).messages() if path.exists() else []
-
-
-def _stop(*procs):
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            p.kill()
-
-
-def _endpoint(kind, tmp_path):
-    if kind == "tcp":
-        with zmq.Context.instance().socket(zmq.PUB) as probe:
-            port = probe.bind_to_random_port("tcp://127.0.0.1")
-        return f"tcp://127.0.0.1:{port}"
-    return f"ipc://{tmp_path}/apel.ipc"
-
+from zmqsec.spool import OutgoingSpool
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 def test_spool_to_spool_with_live_revocation_and_late_joiner(site, transport):
     d = site["dir"]
-    endpoint = _endpoint(transport, d)
-    logs = [d / f"{n}.log" for n in ("publisher",) + READERS + ("latecomer",)]
+    endpoint = daemons.endpoint(transport, d)
+    logs = [d / f"{n}.log" for n in ("publisher",) + daemons.READERS + ("latecomer",)]
     outgoing = OutgoingSpool(d / "outgoing")
-    publisher = _publisher(site, endpoint)
-    subs = {n: _subscriber(site, n, endpoint) for n in READERS}
+    publisher = daemons.publisher(site, endpoint)
+    subs = {n: daemons.subscriber(site, n, endpoint) for n in daemons.READERS}
     try:
-        _wait(lambda: all(_status(site, n).get("epoch") == 1 for n in READERS), what="readers to hold epoch 1", logs=logs)
+        daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 1 for n in daemons.READERS), what="readers to hold epoch 1", logs=logs)
         for i in range(100):
             outgoing.add(f"job {i:04d} wallclock=3600".encode())
-        _wait(lambda: all(len(_incoming(site, n)) == 100 for n in READERS), what="phase 1 delivery", logs=logs)
+        daemons.wait(lambda: all(len(daemons.incoming(site, n)) == 100 for n in daemons.READERS), what="phase 1 delivery", logs=logs)
         assert list(outgoing.take()) == []  # the spool empties as messages are published
 
         # Revoke "dashboard" on the live publisher, from another process, as an operator would.
         removed = subprocess.run([sys.executable, "-m", "zmqsec.cli", "keys", "readers", "--registry", d / "readers.d",
                                   "remove", "/O=zmqsec test/CN=dashboard.example.org"], capture_output=True, text=True)
         assert removed.returncode == 0, removed.stderr
-        _wait(lambda: _status(site, "publisher").get("epoch") == 2, what="rekey after removal", logs=logs)
-        assert _status(site, "publisher")["last_rekey_cause"] == "readers-changed"
-        _wait(lambda: all(_status(site, n).get("epoch") == 2 for n in ("portal", "central")), what="readers to switch", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "publisher").get("epoch") == 2, what="rekey after removal", logs=logs)
+        assert daemons.status(site, "publisher")["last_rekey_cause"] == "readers-changed"
+        daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 2 for n in ("portal", "central")), what="readers to switch", logs=logs)
 
-        late = _subscriber(site, "latecomer", endpoint)
+        late = daemons.subscriber(site, "latecomer", endpoint)
         subs["latecomer"] = late
-        _wait(lambda: _status(site, "latecomer").get("epoch") == 2, what="late joiner to get the current key", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "latecomer").get("epoch") == 2, what="late joiner to get the current key", logs=logs)
         for i in range(100, 200):
             outgoing.add(f"job {i:04d} wallclock=3600".encode())
-        _wait(lambda: all(len(_incoming(site, n)) == 200 for n in ("portal", "central")), what="phase 2 delivery", logs=logs)
-        _wait(lambda: len(_incoming(site, "latecomer")) == 100, what="late joiner delivery", logs=logs)
-        _wait(lambda: _status(site, "dashboard").get("rejected", {}).get("no-key", 0) == 100,
+        daemons.wait(lambda: all(len(daemons.incoming(site, n)) == 200 for n in ("portal", "central")), what="phase 2 delivery", logs=logs)
+        daemons.wait(lambda: len(daemons.incoming(site, "latecomer")) == 100, what="late joiner delivery", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "dashboard").get("rejected", {}).get("no-key", 0) == 100,
               what="revoked reader to give up on phase 2", timeout=20, logs=logs)
     finally:
-        _stop(publisher, *subs.values())
+        daemons.stop(publisher, *subs.values())
 
     expected = [f"job {i:04d} wallclock=3600" for i in range(200)]
     for name in ("portal", "central"):
-        messages = _incoming(site, name)
+        messages = daemons.incoming(site, name)
         assert sorted(m["body"] for m in messages) == expected
         assert {m["signer"] for m in messages} == {"/O=zmqsec test/CN=publisher.example.org"}
         assert len({m["empaid"] for m in messages}) == 200
-        assert _status(site, name)["gaps"] == 0
+        assert daemons.status(site, name)["gaps"] == 0
     # The revoked reader read everything before the rekey and nothing after it.
-    assert sorted(m["body"] for m in _incoming(site, "dashboard")) == expected[:100]
-    assert _status(site, "dashboard")["rejected"].get("not-a-recipient", 0) >= 1
-    assert sorted(m["body"] for m in _incoming(site, "latecomer")) == expected[100:]
+    assert sorted(m["body"] for m in daemons.incoming(site, "dashboard")) == expected[:100]
+    assert daemons.status(site, "dashboard")["rejected"].get("not-a-recipient", 0) >= 1
+    assert sorted(m["body"] for m in daemons.incoming(site, "latecomer")) == expected[100:]
 
 
 def test_insider_on_the_path_cannot_inject(site):
     """An authorized reader ('dashboard') relays into portal's feed and forges frames with the real data key."""
     d = site["dir"]
-    endpoint = _endpoint("tcp", d)
+    endpoint = daemons.endpoint("tcp", d)
     ctx = zmq.Context.instance()
     insider_out = ctx.socket(zmq.PUB)
     insider_port = insider_out.bind_to_random_port("tcp://127.0.0.1")
     logs = [d / "publisher.log", d / "portal.log"]
-    publisher = _publisher(site, endpoint)
-    victim = _subscriber(site, "portal", endpoint, f"tcp://127.0.0.1:{insider_port}")
+    publisher = daemons.publisher(site, endpoint)
+    victim = daemons.subscriber(site, "portal", endpoint, f"tcp://127.0.0.1:{insider_port}")
     c = site["certs"]["dashboard"]
     insider = StreamReceiver(Credential.load(c.cert_path, c.key_path), TrustStore.from_directory(site["ca"].trust_dir))
     tap = ctx.socket(zmq.SUB)
     tap.setsockopt(zmq.SUBSCRIBE, b"apel.jobs\x00")
     tap.connect(endpoint)
     try:
-        _wait(lambda: _status(site, "portal").get("epoch") == 1, what="victim to hold the key", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="victim to hold the key", logs=logs)
         key = None
         deadline = time.monotonic() + 20
         while key is None and time.monotonic() < deadline:
@@ -190,16 +104,16 @@ def test_insider_on_the_path_cannot_inject(site):
                 ct = key.encrypt(nonce(1, seq), b"forged usage record", associated_data(topic, stream_id, 1, seq))
                 insider_out.send_multipart(frames.encode(frames.DataFrame(topic, stream_id, 1, seq, ct)))
                 forged += 1
-        _wait(lambda: len(_incoming(site, "portal")) == 20, what="genuine delivery", logs=logs)
-        _wait(lambda: sum(_status(site, "portal").get("rejected", {}).values()) >= 20, timeout=15,
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 20, what="genuine delivery", logs=logs)
+        daemons.wait(lambda: sum(daemons.status(site, "portal").get("rejected", {}).values()) >= 20, timeout=15,
               what="forgeries to be rejected", logs=logs)
     finally:
-        _stop(publisher, victim)
+        daemons.stop(publisher, victim)
         tap.close()
         insider_out.close()
-    bodies = sorted(m["body"] for m in _incoming(site, "portal"))
+    bodies = sorted(m["body"] for m in daemons.incoming(site, "portal"))
     assert bodies == sorted(f"genuine {i}" for i in range(20))
-    rejected = _status(site, "portal")["rejected"]
+    rejected = daemons.status(site, "portal")["rejected"]
     assert set(rejected) <= {"forged", "unverified", "replayed-sequence", "duplicate"}, rejected
     assert sum(rejected.values()) >= 20
 

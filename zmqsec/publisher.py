@@ -131,12 +131,7 @@ class Publisher:
     def reload_readers(self, now: float | None = None) -> None:
         """Re-read the registry now; rekey if the authorized set changed."""
         now = time.monotonic() if now is None else now
-        readers = self._watch.load()
-        if not len(readers):
-            log.error("stream %s: registry now authorizes no reader; keeping epoch %d until one is added",
-                      self.sender.stream, self.sender.epoch)
-            return
-        self._send(self.sender.readers_changed(readers, now))
+        self._send(self.sender.readers_changed(self._watch.load(), now))
 
     def run_idle(self, seconds: float) -> None:
         """Service timers and subscriptions for ``seconds`` without publishing."""

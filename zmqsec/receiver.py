@@ -111,7 +111,7 @@ class _Stream:
     pending: dict = field(default_factory=dict)  # seq -> list[_Pending]
     vouched: dict = field(default_factory=dict)  # seq -> digest from a verified checkpoint
     last_delivered: int | None = None
-    seen_announcements: set = field(default_factory=set)
+    seen_announcements: OrderedDict = field(default_factory=OrderedDict)  # bounded, oldest first
 
 
 class StreamReceiver:
@@ -250,7 +250,9 @@ class StreamReceiver:
         except AnnouncementRejected as exc:
             return [self._reject(exc.reason, str(exc), frame.stream_id)]
         st = self._stream(frame, now)
-        st.seen_announcements.add(fingerprint)
+        st.seen_announcements[fingerprint] = None
+        while len(st.seen_announcements) > 64:
+            st.seen_announcements.popitem(last=False)
         if st.publisher is not None and st.publisher.certificate != publisher.certificate:
             return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
                                  st.stream_id)]

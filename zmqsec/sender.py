@@ -108,6 +108,7 @@ class StreamSender:
         self._data_topic = topic_for(self.stream, DATA)
         self._seq = 0
         self._epoch: _Epoch | None = None
+        self._last_epoch = 0  # epochs only grow within a stream id, even across a suspension
         self._digests: list[bytes] = []
         self._first_unsigned_seq = 1
         self._first_unsigned_at = 0.0
@@ -123,7 +124,7 @@ class StreamSender:
     def _rekey(self, now: float, cause: RekeyCause) -> list[list[bytes]]:
         if not len(self.readers):
             raise NoReaders(f"stream {self.stream}: no authorized reader to wrap a key for (check the reader registry)")
-        number = self.epoch + 1
+        number = self._last_epoch + 1
         if number > MAX_EPOCH:
             raise ZmqsecError(f"stream {self.stream}: epoch counter exhausted; restart the publisher")
         started = time.perf_counter()  # a statistic only; logic uses ``now``
@@ -133,6 +134,7 @@ class StreamSender:
             transport=self.policy.transport)
         message = encode(announcement)
         self._epoch = _Epoch(number, AESGCM(key), message, now)
+        self._last_epoch = number
         self._last_announce = now
         s = self.stats
         s.epoch, s.readers, s.rekeys, s.announcements = number, len(self.readers), s.rekeys + 1, s.announcements + 1
@@ -152,6 +154,12 @@ class StreamSender:
             return []
         out = self.flush(now)
         self.readers = readers
+        if not len(readers):
+            # Nobody may read: forget the key; publish() refuses (NoReaders) until a reader is added.
+            self._epoch = None
+            self.stats.readers = 0
+            log.warning("stream %s: no authorized reader left; publishing suspended", self.stream)
+            return out
         return out + self._rekey(now, RekeyCause.READERS)
 
     def subscription_seen(self, now: float) -> list[list[bytes]]:

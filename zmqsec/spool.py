@@ -53,7 +53,12 @@ class OutgoingSpool:
                 except OSError:
                     self._queue.unlock(name)
                     continue
-                yield name, data if isinstance(data, bytes) else data.encode(), (lambda n=name: self._queue.remove(n))
+                taken = []
+                try:
+                    yield name, data if isinstance(data, bytes) else data.encode(), (lambda n=name: (self._queue.remove(n), taken.append(n)))
+                finally:
+                    if not taken:  # not published: leave it for the next pass, unlocked
+                        self._queue.unlock(name)
             return
         entries = [e for e in os.scandir(self.path) if e.is_file() and not e.name.startswith(".")]
         for entry in sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name)):

@@ -8,6 +8,7 @@ moves bytes between spools, sockets and files; every decision is made in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -28,7 +29,7 @@ from .config import Option
 from .daemon import Stop, utc_stamp, write_status
 from .publisher import Publisher
 from .receiver import Delivered, Rejected, StreamReceiver
-from .sender import RotationPolicy
+from .sender import NoReaders, RotationPolicy
 from .spool import IncomingSpool, OutgoingSpool
 from .subscriber import Subscriber
 
@@ -93,12 +94,17 @@ def cmd_publish(args) -> int:
         while not stop.requested:
             published = 0
             if spool is not None:
-                for name, data, done in spool.take():
-                    publisher.publish(data)
-                    done()  # removed only after the stream has it
-                    published += 1
-                    if stop.requested:
-                        break
+                try:
+                    with contextlib.closing(spool.take()) as items:
+                        for name, data, done in items:
+                            publisher.publish(data)
+                            done()  # removed only after the stream has it
+                            published += 1
+                            if stop.requested:
+                                break
+                except NoReaders as exc:  # the message stays in the spool until a reader is authorized
+                    if time.monotonic() >= next_status:
+                        log.warning("%s", exc)
             if published:
                 idle_since = time.monotonic()
             elif args.exit_when_idle and time.monotonic() - idle_since >= args.exit_when_idle:

@@ -111,6 +111,17 @@ class _Base:
             self.receiver.trust = TrustStore.from_directory(self.trust_dir)
             log.info("trust directory %s reloaded", self.trust_dir)
 
+    def _next_wait(self, deadline: float | None) -> float | None:
+        """Housekeeping, then how long to wait on the socket; None once a message is ready or time is up."""
+        now = time.monotonic()
+        self._housekeeping(now)
+        if self.events.ready or (deadline is not None and now >= deadline):
+            return None
+        return TICK if deadline is None else min(TICK, deadline - now)
+
+    def _ready(self) -> Delivered | None:
+        return self.events.ready.popleft() if self.events.ready else None
+
     def _process(self, parts: list[bytes]) -> None:
         self.events.handle(self.receiver.frame_received(parts, time.monotonic()))
 
@@ -125,14 +136,7 @@ class Subscriber(_Base):
 
     def receive(self, timeout: float | None = None) -> Delivered | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.events.ready:
-            now = time.monotonic()
-            self._housekeeping(now)
-            if self.events.ready:
-                break
-            if deadline is not None and now >= deadline:
-                return None
-            wait = TICK if deadline is None else min(TICK, deadline - now)
+        while (wait := self._next_wait(deadline)) is not None:
             if self.socket.poll(max(1, int(wait * 1000)), zmq.POLLIN):
                 while True:
                     try:
@@ -140,7 +144,7 @@ class Subscriber(_Base):
                     except zmq.Again:
                         break
                     self._process(parts)
-        return self.events.ready.popleft()
+        return self._ready()
 
     def __iter__(self):
         while True:
@@ -166,20 +170,13 @@ class AsyncSubscriber(_Base):
 
     async def receive(self, timeout: float | None = None) -> Delivered | None:
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.events.ready:
-            now = time.monotonic()
-            self._housekeeping(now)
-            if self.events.ready:
-                break
-            if deadline is not None and now >= deadline:
-                return None
-            wait = TICK if deadline is None else min(TICK, deadline - now)
+        while (wait := self._next_wait(deadline)) is not None:
             try:
                 parts = await asyncio.wait_for(self.socket.recv_multipart(), wait)
             except asyncio.TimeoutError:
                 continue
             self._process(parts)
-        return self.events.ready.popleft()
+        return self._ready()
 
     def __aiter__(self):
         return self
