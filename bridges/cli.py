@@ -92,7 +92,7 @@ def cmd_stomp_out(args) -> int:
              ", ".join(f"{h}:{p}" for h, p in link.settings.hosts), "sign+encrypt" if servers else "sign")
 
     def status() -> dict:
-        return {"role": "stomp-out", "outbox": outbox.count(), "broker": "%s:%d" % link.current if link.connected else None,
+        return {"role": "stomp-out", "epoch": subscriber.events.epoch, "outbox": outbox.count(), "broker": "%s:%d" % link.current if link.connected else None,
                 **dict(bridge.counters), "stream_rejected": sum(v for k, v in subscriber.counters.items() if k.startswith("rejected:")),
                 "updated": utc_stamp()}
 

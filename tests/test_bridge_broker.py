@@ -96,7 +96,8 @@ def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, broker, encr
     pub = _publisher(site, endpoint)
     bridge = _bridge_out(site, endpoint, [f"{HOST}:{broker['stomp_ports'][0]}"], *extra)
     try:
-        daemons.wait(lambda: daemons.status(site, "bridge").get("broker"), what="bridge connected", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
+                     what="bridge connected and holding the stream key", logs=_logs(site))
         spool = OutgoingSpool(d / "outgoing")
         for i in range(30):
             spool.add(b"APEL-individual-job-message: v0.3\nLocalJobId: %d\nWallDuration: 3600\n%%%%\n" % i)
@@ -145,7 +146,7 @@ def test_nothing_is_lost_through_broker_outage_and_crashes(site, own_broker):
     bridge = _bridge_out(site, endpoint, [f"{HOST}:{port}"])
     try:
         # 1. Broker down: messages wait in the durable outbox while the stream is still read.
-        daemons.wait(lambda: daemons.status(site, "bridge").get("role"), what="bridge up", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("epoch") == 1, what="bridge holding the stream key", logs=_logs(site))
         for i in range(40):
             spool.add(b"outage %d" % i)
         daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 40, what="40 in the outbox", logs=_logs(site))
@@ -154,7 +155,8 @@ def test_nothing_is_lost_through_broker_outage_and_crashes(site, own_broker):
         bridge.wait()
         bridge = _bridge_out(site, endpoint, [f"{HOST}:{port}"])
         own_broker.start()
-        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent") == 40,
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent") == 40
+                     and daemons.status(site, "bridge").get("epoch") == 1,
               what="outbox flushed after the broker came up", logs=_logs(site))
         # 3. kill -9 the broker while the bridge is sending; restart it.
         for i in range(300):
@@ -187,7 +189,8 @@ def test_tls_with_client_certificate_and_failover(site, broker):
     bridge = _bridge_out(site, endpoint, [dead, f"localhost:{broker['stomp_ssl_port']}"], "--use-ssl", "yes",
                          "--ca-certs", Path(broker["ca_dir"]) / "ca.pem")
     try:
-        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}",
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}"
+                     and daemons.status(site, "bridge").get("epoch") == 1,
               what="TLS connection after failing over", logs=_logs(site))
         spool = OutgoingSpool(d / "outgoing")
         for i in range(10):
