@@ -299,6 +299,20 @@ def cmd_decrypt(args) -> int:
     return 0
 
 
+def cmd_relay(args) -> int:
+    from .relay import Relay
+
+    stop = Stop()
+    relay = Relay(args.input, args.output, streams=args.stream or []).start()
+    log.info("relay: %s -> %s", ", ".join(args.input), ", ".join(args.output))
+    try:
+        while not stop.requested:
+            time.sleep(0.2)
+    finally:
+        relay.stop()
+    return 0
+
+
 def cmd_status(args) -> int:
     from keys.errors import KeyFileError
 
@@ -323,6 +337,12 @@ def register(subparsers) -> None:
     p.add_argument("--count", type=int, default=0, help="exit after this many messages")
     p.add_argument("--exit-when-idle", type=float, default=0, metavar="SECONDS", help="exit after this long without a message")
     p.set_defaults(func=cmd_subscribe)
+
+    p = subparsers.add_parser("relay", help="forward streams unchanged (no key), e.g. into a subtree or multicast")
+    p.add_argument("--in", dest="input", action="append", required=True, metavar="ENDPOINT", help="upstream to connect")
+    p.add_argument("--out", dest="output", action="append", required=True, metavar="ENDPOINT", help="downstream to bind")
+    p.add_argument("--stream", action="append", help="stream to subscribe upstream (needed behind multicast; default all)")
+    p.set_defaults(func=cmd_relay)
 
     p = subparsers.add_parser("capture", help="record a stream's raw frames without any key")
     p.add_argument("endpoint", nargs="+")

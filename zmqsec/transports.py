@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import zmq
 
 from keys.errors import ZmqsecError
+
+log = logging.getLogger("zmqsec.transport")
 
 # scheme -> the zmq.has() capability it needs (None: always there)
 _NEEDS = {"tcp": None, "ipc": "ipc", "inproc": None, "epgm": "pgm", "pgm": "pgm", "norm": "norm", "ws": "draft", "udp": "draft"}
@@ -20,6 +24,9 @@ def check_endpoint(endpoint: str) -> str:
         raise TransportUnavailable(f"endpoint {endpoint!r} is not SCHEME://ADDRESS (e.g. tcp://127.0.0.1:5556)")
     if scheme not in _NEEDS:
         raise TransportUnavailable(f"endpoint {endpoint!r}: unknown transport {scheme!r} (use {', '.join(_NEEDS)})")
+    if scheme == "norm" and zmq.zmq_version_info() <= (4, 3, 4):
+        log.warning("endpoint %s: libzmq %s's NORM engine drops messages over 1400 bytes, and zmqsec's key "
+                    "announcements are larger; use epgm:// for multicast", endpoint, zmq.zmq_version())
     need = _NEEDS[scheme]
     if need is not None and not zmq.has(need):
         raise TransportUnavailable(

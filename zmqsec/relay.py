@@ -1,0 +1,82 @@
+"""A relay: forwards a stream's frames, announcements and checkpoints unchanged, holding no key.
+
+libzmq's own proxy (XSUB -> XPUB, in C) moves the messages; Python only sets
+the sockets up and waits for a stop.  Subscriptions travel upstream (the XPUB
+side is verbose, so every new subscriber reaches the publisher, which then
+re-announces the current key at once).  On outputs where subscriptions are
+invisible (epgm://, norm://) the relay subscribes upstream itself to the
+configured stream prefixes, and late joiners rely on the publisher's periodic
+re-announcement.  Relays chain into trees.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import zmq
+
+from .transports import check_endpoint
+
+log = logging.getLogger("zmqsec.relay")
+
+MULTICAST = ("epgm", "pgm", "norm")
+
+
+class Relay:
+    def __init__(self, inputs: list[str], outputs: list[str], *, streams: list[str] = (),
+                 context: zmq.Context | None = None, hwm: int = 100_000, curve_out: dict | None = None,
+                 curve_in: dict | None = None) -> None:
+        self._ctx = context or zmq.Context.instance()
+        self.upstream = self._ctx.socket(zmq.XSUB)
+        self.downstream = self._ctx.socket(zmq.XPUB)
+        self.downstream.setsockopt(zmq.XPUB_VERBOSE, 1)
+        for sock in (self.upstream, self.downstream):
+            sock.setsockopt(zmq.SNDHWM, hwm)
+            sock.setsockopt(zmq.RCVHWM, hwm)
+            sock.setsockopt(zmq.LINGER, 0)
+        if curve_in:
+            self.upstream.curve_serverkey = curve_in["server"]
+            self.upstream.curve_secretkey = curve_in["secret"]
+            self.upstream.curve_publickey = curve_in["public"]
+        if curve_out:
+            self.downstream.curve_server = True
+            self.downstream.curve_secretkey = curve_out["secret"]
+            self.downstream.curve_publickey = curve_out["public"]
+        schemes = {check_endpoint(e) for e in outputs}
+        for endpoint in outputs:
+            self.downstream.bind(endpoint)
+        for endpoint in inputs:
+            check_endpoint(endpoint)
+            self.upstream.connect(endpoint)
+        if schemes & set(MULTICAST) or streams:
+            # Nobody downstream can tell us what to subscribe to: subscribe ourselves.
+            prefixes = [s.encode() + b"\x00" for s in streams] or [b""]
+            for prefix in prefixes:
+                self.upstream.send(b"\x01" + prefix)
+        self._control = self._ctx.socket(zmq.PAIR)
+        self._control_addr = f"inproc://zmqsec-relay-{id(self)}"
+        self._control.bind(self._control_addr)
+        self._thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        control = self._ctx.socket(zmq.PAIR)
+        control.connect(self._control_addr)
+        try:
+            zmq.proxy_steerable(self.upstream, self.downstream, None, control)
+        except zmq.ContextTerminated:
+            pass
+        finally:
+            control.close()
+
+    def start(self) -> "Relay":
+        self._thread = threading.Thread(target=self._run, name="zmqsec-relay", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._control.send(b"TERMINATE")
+            self._thread.join(5)
+        for sock in (self._control, self.upstream, self.downstream):
+            sock.close()
