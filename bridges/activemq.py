@@ -247,9 +247,11 @@ def make_tls_stores(base: Path, ca_dir: Path, password: str) -> tuple[Path, Path
     tls.mkdir(parents=True, exist_ok=True)
     issued = ca.issue(role=Role.SERVER, cn="localhost", out_dir=tls, sans=["localhost", "127.0.0.1"])
     keystore = tls / "broker.p12"
-    keystore.write_bytes(pkcs12.serialize_key_and_certificates(
-        b"broker", issued.key, issued.certificate, [ca.certificate], BestAvailableEncryption(password.encode())))
-    os.chmod(keystore, 0o600)
+    fd = os.open(keystore, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # holds the broker's key: 0600 from birth
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fd, 0o600)
+        fh.write(pkcs12.serialize_key_and_certificates(
+            b"broker", issued.key, issued.certificate, [ca.certificate], BestAvailableEncryption(password.encode())))
     truststore = tls / "trust.p12"
     truststore.unlink(missing_ok=True)
     keytool = shutil.which("keytool")

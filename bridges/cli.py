@@ -11,6 +11,7 @@ import logging
 import time
 
 from keys.dn import DnAllowList
+from keys.errors import ZmqsecError
 from keys.pemfiles import Credential, load_certificates
 from keys.registry import ReaderRegistry
 from keys.trust import CrlPolicy, TrustStore
@@ -19,6 +20,7 @@ from zmqsec.config import ConfigError, Option
 from zmqsec.daemon import Stop, utc_stamp, write_status
 from zmqsec.publisher import Publisher
 from zmqsec.spool import IncomingSpool
+from zmqsec.stream_cli import publishers
 from zmqsec.subscriber import Subscriber
 
 from .outbox import Outbox
@@ -50,7 +52,9 @@ OUT = BROKER + [
     Option("encryption", "cipher", "choice", "aes256", "content cipher", choices=tuple(smime.CIPHERS)),
     Option("stream", "name", required=True, help="stream to read", flag_name="stream"),
     Option("stream", "endpoint", "list", required=True, help="stream endpoint to connect (repeatable)"),
-    Option("stream", "publisher_dn_list", "path", help="allowed publisher DNs"),
+    Option("stream", "dn", "list", help="DN of the stream's publisher (repeatable); dn or dn_list is required",
+           flag_name="publisher_dn"),
+    Option("stream", "dn_list", "path", help="file of publisher DNs", flag_name="publisher_dn_list"),
 ]
 IN = BROKER + [
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema)", flag_name="incoming"),
@@ -83,7 +87,7 @@ def cmd_stomp_out(args) -> int:
     bridge = StompOutBridge(link, outbox, credential, OutSettings(
         destination=settings["messaging.destination"], digest=settings["signing.digest"], server_certs=servers,
         cipher=settings["encryption.cipher"]))
-    allowed = DnAllowList.load(settings["stream.publisher_dn_list"]) if settings["stream.publisher_dn_list"] else None
+    allowed = publishers(settings, "stream")
     subscriber = Subscriber(settings["stream.name"], list(settings["stream.endpoint"]), credential,
                             settings["certificates.capath"], allowed_publishers=allowed,
                             crl=CrlPolicy(settings["certificates.crl"]))
@@ -161,6 +165,11 @@ def cmd_stomp_in(args) -> int:
             except BrokerUnavailable as exc:
                 log.warning("%s; reconnecting", exc)
                 link.close()
+            except (OSError, ZmqsecError) as exc:
+                # Not stored, so not acknowledged: drop the connection and the broker redelivers it later.
+                log.error("cannot store a message (%s); reconnecting, the broker will redeliver it", exc)
+                link.close()
+                backoff.failed(time.monotonic())
             if publisher is not None:
                 publisher.tick()
             if now >= next_status:

@@ -16,27 +16,13 @@ from pathlib import Path
 from dirq.queue import Queue
 
 from keys.errors import ZmqsecError
+from zmqsec.spool import fsync_element
 
 SCHEMA = {"body": "binary", "empaid": "string"}
 
 
 class OutboxError(ZmqsecError):
     """The outbox directory cannot be used (or another bridge holds it)."""
-
-
-def _fsync_tree(path: Path) -> None:
-    for entry in path.iterdir():
-        fd = os.open(entry, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    for directory in (path, path.parent):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 class Outbox:
@@ -62,7 +48,7 @@ class Outbox:
     def add(self, body: bytes, empaid: str) -> str:
         name = self.queue.add({"body": body, "empaid": empaid})
         if self.fsync:
-            _fsync_tree(self.path / name)
+            fsync_element(self.path, name)
         return name
 
     def pending(self, limit: int) -> list[str]:

@@ -59,14 +59,22 @@ class StompInBridge:
         try:
             content, signer = self.verdict(frame.body)
         except (cms.CmsError, CertificateRejected) as exc:
-            self.counters[f"rejected:{exc.reason}"] += 1
-            log.warning("message %s rejected [%s]: %s", empaid, exc.reason, exc)
+            reason, detail = exc.reason, str(exc)
+        except Exception as exc:  # a bug of ours must not stop the bridge nor lose the message
+            log.exception("message %s: unexpected error while verifying", empaid)
+            reason, detail = "internal-error", exc.__class__.__name__
+        else:
+            reason = None
+        if reason is not None:
+            self.counters[f"rejected:{reason}"] += 1
+            log.warning("message %s rejected [%s]: %s", empaid, reason, detail)
             if self.incoming is not None:
-                self.incoming.reject(frame.body[:self.settings.max_bytes], f"{exc.reason}: {exc}", None, empaid)
+                self.incoming.reject(frame.body[:self.settings.max_bytes], f"{reason}: {detail}", None, empaid)
             self.link.ack(frame)
             return False
-        if self.incoming is not None:
-            self.incoming.accept(content, signer, empaid)
+        # Storing may fail (disk full, no reader for the stream): then no ACK, and the broker redelivers.
+        if self.incoming is not None and self.incoming.accept(content, signer, empaid) is None:
+            self.counters["rejected:not-utf8"] += 1
         if self.publisher is not None:
             self.publisher.publish(content)
         self.link.ack(frame)

@@ -38,10 +38,6 @@ class OutSettings:
     receipt_timeout: float = 10.0
 
 
-def empa_id(message: Delivered) -> str:
-    return f"{message.stream_id.hex()}-{message.seq}"
-
-
 class StompOutBridge:
     def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings) -> None:
         self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
@@ -57,7 +53,7 @@ class StompOutBridge:
 
     def take(self, message: Delivered) -> None:
         """Durably queue one stream message (before anything counts it as taken)."""
-        self.outbox.add(self.body_for(message.payload), empa_id(message))
+        self.outbox.add(self.body_for(message.payload), message.message_id)
         self.counters["queued"] += 1
 
     def send_pending(self, now: float) -> int:

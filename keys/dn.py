@@ -139,6 +139,15 @@ class DnAllowList:
             dns.add(line)
         return cls(frozenset(dns), path)
 
+    @classmethod
+    def combine(cls, dns=(), path: str | os.PathLike | None = None) -> "DnAllowList":
+        """DNs given one by one plus those of an optional file."""
+        listed = cls.load(path) if path else cls(frozenset())
+        for dn in dns:
+            if not dn.startswith("/") or "=" not in dn:
+                raise RegistryError(f"{dn!r} is not a DN in /C=../O=../CN=.. form")
+        return cls(listed.dns | frozenset(dns), listed.path)
+
     def __contains__(self, dn: object) -> bool:
         return dn in self.dns
 

@@ -46,6 +46,12 @@ class CertificateRejected(ZmqsecError):
         self.depth = depth
 
 
+class MalformedCertificate(CertificateRejected):
+    """The certificate does not parse (e.g. a duplicated or malformed extension)."""
+
+    reason = "malformed-certificate"
+
+
 class UnknownIssuer(CertificateRejected):
     """No trusted CA issued this certificate (or one of its issuers)."""
 

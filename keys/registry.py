@@ -17,6 +17,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .dn import DnAllowList, slash_dn
 from .errors import CertificateRejected, KeyFileError, RegistryError
@@ -123,6 +124,9 @@ class ReaderRegistry:
                 refused.append(Refusal(path, "unreadable", str(exc)))
                 continue
             reader = Reader(cert, path)
+            if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+                refused.append(Refusal(path, "unsupported-key", f"{reader.dn}: reader keys must be RSA (key transport)"))
+                continue
             if reader.fingerprint in seen:
                 continue
             if allow is not None and reader.dn not in allow:
@@ -140,6 +144,8 @@ class ReaderRegistry:
 
     def add(self, cert: x509.Certificate, trust: TrustStore | None = None, **validate_options) -> Reader:
         """Add a reader certificate (validated first when ``trust`` is given)."""
+        if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+            raise RegistryError(f"{slash_dn(cert.subject)}: reader keys must be RSA (the stream wraps keys by RSA key transport)")
         if trust is not None:
             trust.validate(cert, usage=Usage.ENCRYPT, **validate_options)
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -88,10 +88,6 @@ class Chain:
     def subject_dn(self) -> str:
         return slash_dn(self.leaf.subject)
 
-    @property
-    def issuer_dn(self) -> str:
-        return slash_dn(self.leaf.issuer)
-
 
 def _ext(cert_or_crl, oid):
     try:
@@ -102,6 +98,13 @@ def _ext(cert_or_crl, oid):
 
 def _describe(cert: x509.Certificate) -> str:
     return slash_dn(cert.subject) or "<empty subject>"
+
+
+def _describe_safe(cert: x509.Certificate) -> str:
+    try:
+        return _describe(cert)
+    except ValueError:
+        return "<unparseable subject>"
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -145,7 +148,8 @@ def _ca_status(cert: x509.Certificate) -> bool:
     return ku is not None
 
 
-def _eku_allows(cert: x509.Certificate, usage: Usage) -> bool:
+def _eku_allows(cert: x509.Certificate) -> bool:
+    """S/MIME signing and encryption both need emailProtection when an EKU is present (OpenSSL's XKU_SMIME)."""
     eku = _ext(cert, ExtensionOID.EXTENDED_KEY_USAGE)
     return eku is None or ExtendedKeyUsageOID.EMAIL_PROTECTION in eku.value
 
@@ -234,7 +238,8 @@ class TrustStore:
 
     def _issuer_candidates(self, cert: x509.Certificate, untrusted: Iterable[x509.Certificate]) -> list[tuple[x509.Certificate, bool]]:
         found = [(c, True) for c in self.cas.get(name_hash(cert.issuer), ()) if c.subject == cert.issuer]
-        found += [(c, False) for c in untrusted if c.subject == cert.issuer]
+        # An untrusted certificate may be an intermediate, never its own issuer: only the store ends a chain.
+        found += [(c, False) for c in untrusted if c.subject == cert.issuer and c != cert]
         # X509_check_issued: names equal and, where both are present, AKI matches SKI.
         return [pair for pair in found if _key_ids_match(cert, pair[0])]
 
@@ -260,7 +265,11 @@ class TrustStore:
                 raise errors.BadSignature(
                     f"{_describe(current)}: signature does not verify with the key of {slash_dn(current.issuer)}",
                     depth=len(chain) - 1)
-            if issuer == current:
+            if issuer == current:  # self-signed: acceptable only as a trust anchor from the store
+                if not any(c == current for c in self.cas.get(name_hash(current.subject), ())):
+                    raise errors.UnknownIssuer(
+                        f"{_describe(current)}: self-signed certificate is not in the trust directory {self.source}",
+                        depth=len(chain) - 1)
                 return chain
             chain.append(issuer)
             if _self_issued(issuer):
@@ -288,10 +297,17 @@ class TrustStore:
         """Validate ``cert`` now (or ``at``); return the chain or raise :class:`CertificateRejected`."""
         if at is None:
             at = clock() if clock else dt.datetime.now(dt.timezone.utc)
+        try:
+            return self._validate(cert, usage, tuple(untrusted), at, crl, crl_all, allowed_dns)
+        except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as exc:
+            # cryptography parses extensions lazily: a malformed certificate surfaces here.
+            raise errors.MalformedCertificate(f"{_describe_safe(cert)}: malformed certificate ({exc.__class__.__name__})") from None
+
+    def _validate(self, cert, usage, untrusted, at, crl, crl_all, allowed_dns) -> Chain:
         # Checks run in OpenSSL's order (check_chain, check_revocation,
         # internal_verify) so that a certificate with several defects is
         # refused for the same reason by both.
-        chain = self._build(cert, tuple(untrusted))
+        chain = self._build(cert, untrusted)
         for depth, link in enumerate(chain):
             self._check_extensions(link, depth)
             if depth > 0:
@@ -352,7 +368,7 @@ class TrustStore:
         if not _ku_allows(leaf, usage):
             raise errors.WrongKeyUsage(f"{_describe(leaf)}: keyUsage does not allow {usage.value}")
         for depth, cert in enumerate(chain):
-            if not _eku_allows(cert, usage):
+            if not _eku_allows(cert):
                 raise errors.WrongKeyUsage(
                     f"{_describe(cert)}: extendedKeyUsage lacks emailProtection (needed to {usage.value})", depth=depth)
 

@@ -14,6 +14,7 @@ import zmq
 from zmqsec.spool import IncomingSpool
 
 READERS = ("portal", "dashboard", "central")
+PUBLISHER_DN = "/O=zmqsec test/CN=publisher.example.org"  # the conftest site's publisher
 
 
 def cli(*args, log: Path) -> subprocess.Popen:
@@ -35,6 +36,7 @@ def publisher(site, endpoint, **extra) -> subprocess.Popen:
 def subscriber(site, name, *endpoints) -> subprocess.Popen:
     d, c = site["dir"], site["certs"][name]
     args = ["--log-level", "INFO", "subscribe", "--stream", "apel.jobs", "--certificate", c.cert_path,
+            "--publisher-dn", PUBLISHER_DN,
             "--key", c.key_path, "--capath", site["ca"].trust_dir, "--incoming", d / f"in-{name}",
             "--status-file", d / f"{name}.json", "--status-interval", "0.2"]
     for e in endpoints:

@@ -10,10 +10,13 @@ import os
 import pytest
 
 from keys.ca import CertificateAuthority, Role
-from keys.dn import parse_slash_dn
+from keys.dn import DnAllowList, parse_slash_dn
 from keys.pemfiles import Credential
 from keys.registry import ReaderRegistry
 from zmqsec import AsyncSubscriber, Publisher, RotationPolicy, Subscriber
+
+
+PUBLISHERS = DnAllowList(frozenset({"/O=zmqsec test/CN=publisher"}))
 
 
 @pytest.fixture
@@ -52,7 +55,7 @@ def test_many_rotations_lose_nothing_across_processes(site, flavour):
     cred = Credential.load(site["reader"].cert_path, site["reader"].key_path)
     received, epochs = [], set()
     if flavour == "blocking":
-        with Subscriber("apel.jobs", [endpoint], cred, site["ca"].trust_dir) as sub:
+        with Subscriber("apel.jobs", [endpoint], cred, site["ca"].trust_dir, allowed_publishers=PUBLISHERS) as sub:
             go.set()
             while (message := sub.receive(timeout=10)) is not None:
                 received.append(message.payload)
@@ -62,7 +65,7 @@ def test_many_rotations_lose_nothing_across_processes(site, flavour):
             counters = dict(sub.counters)
     else:
         async def read():
-            sub = AsyncSubscriber("apel.jobs", [endpoint], cred, site["ca"].trust_dir)
+            sub = AsyncSubscriber("apel.jobs", [endpoint], cred, site["ca"].trust_dir, allowed_publishers=PUBLISHERS)
             go.set()
             try:
                 while (message := await sub.receive(timeout=10)) is not None:
@@ -76,6 +79,7 @@ def test_many_rotations_lose_nothing_across_processes(site, flavour):
 
         counters = asyncio.run(read())
     proc.join(30)
+    assert proc.exitcode == 0
     assert received == [b"record %05d" % i for i in range(1000)]
     assert len(epochs) == 50  # a new key every 20 messages, every one usable
     assert counters.get("gap", 0) == 0 and not any(k.startswith("rejected:") for k in counters), counters

@@ -56,6 +56,7 @@ def _publisher(site, endpoint):
 def _bridge_out(site, endpoint, hosts, *extra):
     d, c = site["dir"], site["certs"]["bridge"]
     args = ["--log-level", "INFO", "bridge", "stomp-out", "--stream", "apel", "--endpoint", endpoint,
+            "--publisher-dn", slash_dn(site["certs"]["publisher"].certificate.subject),
             "--certificate", c.cert_path, "--key", c.key_path, "--capath", site["ca"].trust_dir,
             "--destination", site["queue"], "--outbox", d / "outbox", "--status-file", d / "bridge.json",
             "--status-interval", "0.2", "--heartbeat", "2000", *extra]

@@ -91,13 +91,15 @@ def test_decrypt_reads_the_capture_as_a_reader_would(recorded, tmp_path):
     r = recorded["readers"]["beta"]
     result = subprocess.run([sys.executable, "-m", "zmqsec.cli", "decrypt", str(recorded["cap"] / "frames.zcap"),
                              "--certificate", str(r.cert_path), "--key", str(r.key_path),
-                             "--capath", str(recorded["ca"].trust_dir)], capture_output=True)
+                             "--capath", str(recorded["ca"].trust_dir), "--publisher-dn", "/O=zmqsec test/CN=publisher"],
+                            capture_output=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [b"record %d" % i for i in range(30)]
     outsider = recorded["readers"]["gamma"]
     result = subprocess.run([sys.executable, "-m", "zmqsec.cli", "decrypt", str(recorded["cap"] / "frames.zcap"),
                              "--certificate", str(outsider.cert_path), "--key", str(outsider.key_path),
-                             "--capath", str(recorded["ca"].trust_dir)], capture_output=True)
+                             "--capath", str(recorded["ca"].trust_dir), "--publisher-dn", "/O=zmqsec test/CN=publisher"],
+                            capture_output=True)
     assert result.returncode == 0 and result.stdout == b""
     assert b"rejected:no-key=30" in result.stderr and b"rejected:not-a-recipient=3" in result.stderr
 

@@ -37,6 +37,7 @@ class Publisher:
     """A publisher identity as a reader learned it from a verified announcement."""
 
     certificate: x509.Certificate
+    signed_at: dt.datetime | None = None  # the announcement's CMS signingTime
 
     @property
     def dn(self) -> str:
@@ -88,7 +89,7 @@ def verify_announcement(
                        allowed_dns=allowed_publishers, crl=crl, at=at)
     except CertificateRejected as exc:
         raise AnnouncementRejected(f"publisher-{exc.reason}", f"announcement publisher refused: {exc}") from None
-    return Publisher(verified.signer)
+    return Publisher(verified.signer, verified.signing_time)
 
 
 def open_announcement(announcement: Announcement, publisher: Publisher, credential: Credential) -> EpochKey:

@@ -137,7 +137,7 @@ def _parsing(func):
             return func(*args, **kwargs)
         except CmsError:
             raise
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError) as exc:
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, OverflowError, x509.DuplicateExtension) as exc:
             raise MalformedCms(f"malformed CMS structure ({exc.__class__.__name__})") from None
 
     return wrapper

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import configparser
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +138,3 @@ def load(schema: Iterable[Option], args: argparse.Namespace) -> Settings:
         values[f"{option.section}.{option.name}"] = value
     return Settings(values, source)
 
-
-def env_default(name: str, fallback: str) -> str:
-    return os.environ.get(name, fallback)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import zmq
 
+from keys.errors import ZmqsecError
 from keys.pemfiles import Credential
 from keys.registry import ReaderRegistry, ReaderSet
 from keys.trust import CrlPolicy, TrustStore
@@ -34,14 +35,16 @@ class RegistryWatch:
     registry: ReaderRegistry
     trust_dir: Path | None
     crl: CrlPolicy = CrlPolicy.REQUIRE
+    recheck_interval: float = 60.0  # certificates and CRLs expire without any file changing
     _seen: tuple = field(default=(), init=False)
+    _loaded_at: float = field(default=0.0, init=False)
 
     def _signature(self) -> tuple:
         return (signature(self.registry.directory), signature(self.registry.allowed_dns_path),
                 signature(self.trust_dir))
 
     def load(self) -> ReaderSet:
-        self._seen = self._signature()
+        self._seen, self._loaded_at = self._signature(), time.monotonic()
         trust = TrustStore.from_directory(self.trust_dir) if self.trust_dir else None
         readers = self.registry.load(trust, crl=self.crl) if trust else self.registry.load()
         for refusal in readers.refused:
@@ -49,7 +52,7 @@ class RegistryWatch:
         return readers
 
     def changed(self) -> bool:
-        return self._signature() != self._seen
+        return self._signature() != self._seen or time.monotonic() - self._loaded_at >= self.recheck_interval
 
 
 class Publisher:
@@ -131,7 +134,12 @@ class Publisher:
     def reload_readers(self, now: float | None = None) -> None:
         """Re-read the registry now; rekey if the authorized set changed."""
         now = time.monotonic() if now is None else now
-        self._send(self.sender.readers_changed(self._watch.load(), now))
+        try:
+            readers = self._watch.load()
+        except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
+            log.error("stream %s: cannot reload readers (%s); keeping the current set", self.sender.stream, exc)
+            return
+        self._send(self.sender.readers_changed(readers, now))
 
     def run_idle(self, seconds: float) -> None:
         """Service timers and subscriptions for ``seconds`` without publishing."""

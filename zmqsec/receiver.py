@@ -45,6 +45,11 @@ class Delivered:
     payload: bytes
     publisher_dn: str
 
+    @property
+    def message_id(self) -> str:
+        """Unique per message and stable on every retry: ``<stream id hex>-<seq>`` (SSM's empa-id)."""
+        return f"{self.stream_id.hex()}-{self.seq}"
+
 
 @dataclass(frozen=True)
 class Rejected:
@@ -106,12 +111,12 @@ class _Stream:
     created: float
     publisher: Publisher | None = None
     keys: OrderedDict = field(default_factory=OrderedDict)  # epoch -> AESGCM
-    awaiting_key: list = field(default_factory=list)  # (DataFrame, body, arrived)
+    awaiting_key: list = field(default_factory=list)  # (DataFrame, body, arrived, digest)
     early_checkpoints: list = field(default_factory=list)  # (Checkpoint, arrived), before the publisher is known
     pending: dict = field(default_factory=dict)  # seq -> list[_Pending]
     vouched: dict = field(default_factory=dict)  # seq -> digest from a verified checkpoint
     last_delivered: int | None = None
-    seen_announcements: OrderedDict = field(default_factory=OrderedDict)  # bounded, oldest first
+    seen_announcements: OrderedDict = field(default_factory=OrderedDict)  # fingerprint -> accepted?, bounded
 
 
 class StreamReceiver:
@@ -135,6 +140,8 @@ class StreamReceiver:
         self.wall_clock = wall_clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.streams: dict[bytes, _Stream] = {}
         self.current: dict[bytes, bytes] = {}  # stream name -> stream id of the live publisher run
+        self.latest_signed: dict[bytes, dt.datetime] = {}  # stream name -> newest announcement signingTime
+        self.retired: OrderedDict = OrderedDict()  # stream ids of earlier runs: never accepted again
         self.counters: Counter = Counter()
         self._held = 0
 
@@ -157,13 +164,14 @@ class StreamReceiver:
         p = self.policy
         for st in self.streams.values():
             keep = []
-            for frame, body, arrived in st.awaiting_key:
+            for entry in st.awaiting_key:
+                frame, arrived = entry[0], entry[2]
                 if now - arrived >= p.key_timeout:
                     self._held -= 1
                     events.append(self._reject("no-key", f"epoch {frame.epoch}: no key arrived (not authorized, or revoked)",
                                                st.stream_id, frame.seq))
                 else:
-                    keep.append((frame, body, arrived))
+                    keep.append(entry)
             st.awaiting_key = keep
             for seq in [s for s, cands in st.pending.items() if all(now - c.arrived >= p.hold_timeout for c in cands)]:
                 for _ in st.pending.pop(seq):
@@ -177,6 +185,9 @@ class StreamReceiver:
     # -- frames -------------------------------------------------------------------
 
     def _stream(self, frame, now: float) -> _Stream | None:
+        """The state of the frame's stream id, created on first sight; None for a retired run."""
+        if frame.stream_id in self.retired:
+            return None
         st = self.streams.get(frame.stream_id)
         if st is None:
             if len(self.streams) >= self.policy.max_streams:
@@ -194,13 +205,15 @@ class StreamReceiver:
 
     def _on_data(self, frame: DataFrame, body: bytes, now: float) -> list[Event]:
         st = self._stream(frame, now)
+        if st is None:
+            return [self._reject("retired-stream", "frame of an earlier publisher run (replay)", frame.stream_id, frame.seq)]
         if st.last_delivered is not None and frame.seq <= st.last_delivered:
             return [self._reject("replayed-sequence", f"sequence {frame.seq} already delivered", st.stream_id, frame.seq)]
         if self._held >= self.policy.max_held:
             return [self._reject("overloaded", "too many frames held waiting for keys or checkpoints", st.stream_id, frame.seq)]
         aead = st.keys.get(frame.epoch)
         if aead is None:
-            st.awaiting_key.append((frame, body, now))
+            st.awaiting_key.append((frame, body, now, frame_digest(frame.topic, body)))
             self._held += 1
             return []
         return self._open(st, frame, body, aead, now)
@@ -224,8 +237,10 @@ class StreamReceiver:
 
     def _on_checkpoint(self, frame: Checkpoint, now: float) -> list[Event]:
         st = self._stream(frame, now)
+        if st is None:
+            return [self._reject("retired-stream", "checkpoint of an earlier publisher run (replay)", frame.stream_id)]
         if st.publisher is None:
-            if len(st.early_checkpoints) < 1024:
+            if len(st.early_checkpoints) < 64:
                 st.early_checkpoints.append((frame, now))
             return []
         return self._apply_checkpoint(st, frame)
@@ -237,53 +252,72 @@ class StreamReceiver:
             seq = frame.first_seq + i
             if st.last_delivered is None or seq > st.last_delivered:
                 st.vouched[seq] = frame.digests[i * DIGEST_BYTES:(i + 1) * DIGEST_BYTES]
+        # Vouched frames that never arrive (a revoked reader holds no key for them) must not pile up.
+        excess = len(st.vouched) - self.policy.max_held
+        if excess > 0:
+            for seq in sorted(st.vouched)[:excess]:
+                del st.vouched[seq]
         return self._release(st)
 
     def _on_announcement(self, frame: Announcement, now: float) -> list[Event]:
+        if frame.stream_id in self.retired:
+            return [self._reject("retired-stream", "announcement of an earlier publisher run (replay)", frame.stream_id)]
         fingerprint = hashlib.sha256(frame.envelope + frame.signature).digest()
         st = self.streams.get(frame.stream_id)
         if st is not None and fingerprint in st.seen_announcements:
-            return []  # periodic re-announcement of a key we already hold (or already refused)
+            accepted = st.seen_announcements[fingerprint]
+            if not accepted or frame.epoch in st.keys:
+                return []  # a periodic re-announcement of a key we hold (or were refused): costs nothing
+        if st is not None and len(st.keys) >= self.policy.keep_epochs and frame.epoch < min(st.keys):
+            return [self._reject("stale-epoch", f"epoch {frame.epoch} is older than every key held", frame.stream_id)]
         try:
             publisher = verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
                                             crl=self.crl, at=self.wall_clock())
         except AnnouncementRejected as exc:
             return [self._reject(exc.reason, str(exc), frame.stream_id)]
         st = self._stream(frame, now)
-        st.seen_announcements[fingerprint] = None
-        while len(st.seen_announcements) > 64:
-            st.seen_announcements.popitem(last=False)
+        events: list[Event] = []
+        name = st.name
+        previous = self.current.get(name)
+        if st.publisher is None and previous is not None and previous != st.stream_id:
+            # A new run claims the stream: only one signed after everything the live run announced.
+            latest = self.latest_signed.get(name)
+            if publisher.signed_at is None or (latest is not None and publisher.signed_at < latest):
+                self._forget(st.stream_id)
+                return [self._reject("stale-restart", "announcement of a publisher run older than the live one (replay)",
+                                     frame.stream_id)]
         if st.publisher is not None and st.publisher.certificate != publisher.certificate:
             return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
                                  st.stream_id)]
         try:
             epoch_key = open_announcement(frame, publisher, self.credential)
         except AnnouncementRejected as exc:
+            self._remember(st, fingerprint, False)
             return [self._reject(exc.reason, str(exc), st.stream_id)]
-        events: list[Event] = []
+        self._remember(st, fingerprint, True)
         if st.publisher is None:
             st.publisher = publisher
-            previous = self.current.get(st.name)
-            self.current[st.name] = st.stream_id
+            self.current[name] = st.stream_id
             if previous is not None and previous != st.stream_id:
-                events.append(Restarted(st.name, previous, st.stream_id, publisher.dn))
+                events.append(Restarted(name, previous, st.stream_id, publisher.dn))
                 self.counters["restart"] += 1
-                old = self.streams.pop(previous, None)
-                if old is not None:
-                    self._held -= len(old.awaiting_key) + sum(len(c) for c in old.pending.values())
+                self._forget(previous)
+        if publisher.signed_at is not None:
+            self.latest_signed[name] = max(publisher.signed_at, self.latest_signed.get(name, publisher.signed_at))
         if frame.epoch not in st.keys:
             st.keys[frame.epoch] = AESGCM(epoch_key.key)
             while len(st.keys) > self.policy.keep_epochs:
-                st.keys.popitem(last=False)
+                del st.keys[min(st.keys)]  # the oldest epoch, not the oldest arrival
             events.append(KeyAccepted(st.stream_id, frame.epoch, publisher.dn))
-            log.info("stream %s epoch %d: key accepted from %s", st.name.decode(errors="replace"), frame.epoch, publisher.dn)
+            log.info("stream %s epoch %d: key accepted from %s", name.decode(errors="replace"), frame.epoch, publisher.dn)
         # Frames that were waiting for this key, then checkpoints that were waiting for the publisher.
         waiting, st.awaiting_key = st.awaiting_key, []
-        for data, body, arrived in waiting:
+        for entry in waiting:
+            data, body, arrived, _ = entry
             self._held -= 1
             aead = st.keys.get(data.epoch)
             if aead is None:
-                st.awaiting_key.append((data, body, arrived))
+                st.awaiting_key.append(entry)
                 self._held += 1
             else:
                 events += self._open(st, data, body, aead, arrived)
@@ -291,6 +325,23 @@ class StreamReceiver:
         for checkpoint, _ in early:
             events += self._apply_checkpoint(st, checkpoint)
         return events
+
+    @staticmethod
+    def _remember(st: _Stream, fingerprint: bytes, accepted: bool) -> None:
+        st.seen_announcements[fingerprint] = accepted
+        while len(st.seen_announcements) > 64:
+            st.seen_announcements.popitem(last=False)
+
+    def _forget(self, stream_id: bytes) -> None:
+        """Retire a stream id: its state goes, and it is never accepted again (replays of that run)."""
+        old = self.streams.pop(stream_id, None)
+        if old is not None:
+            self._held -= len(old.awaiting_key) + sum(len(c) for c in old.pending.values())
+        if self.current.get(old.name if old else b"") == stream_id:
+            return  # never retire the live run (only its replacement is retired by callers)
+        self.retired[stream_id] = None
+        while len(self.retired) > 256:
+            self.retired.popitem(last=False)
 
     # -- delivery ---------------------------------------------------------------
 
@@ -300,8 +351,9 @@ class StreamReceiver:
         ready = sorted(seq for seq in st.pending if seq in st.vouched)
         if not ready:
             return events
-        # Never overtake a frame still waiting for its key: it may be next in order.
-        blocked = min((f.seq for f, _, _ in st.awaiting_key), default=None)
+        # Never overtake a genuine frame still waiting for its key (the checkpoint vouches for its bytes);
+        # junk claiming a sequence number blocks nothing.
+        blocked = min((f.seq for f, _, _, digest in st.awaiting_key if st.vouched.get(f.seq) == digest), default=None)
         for seq in ready:
             if blocked is not None and seq > blocked:
                 break

@@ -101,6 +101,7 @@ class StreamSender:
     policy: RotationPolicy = field(default_factory=RotationPolicy)
     rng: Callable[[int], bytes] = os.urandom
     stream_id: bytes | None = None
+    wall_clock: Callable | None = None  # signingTime of announcements (None: now)
 
     def __post_init__(self) -> None:
         self.stream_bytes = stream_name(topic_for(self.stream, DATA))
@@ -131,7 +132,7 @@ class StreamSender:
         key = self.rng(KEY_BYTES)
         announcement: Announcement = make_announcement(
             self.stream_bytes, self.stream_id, number, key, [r.certificate for r in self.readers], self.credential,
-            transport=self.policy.transport)
+            transport=self.policy.transport, clock=self.wall_clock)
         message = encode(announcement)
         self._epoch = _Epoch(number, AESGCM(key), message, now)
         self._last_epoch = number
@@ -160,10 +161,19 @@ class StreamSender:
             self.stats.readers = 0
             log.warning("stream %s: no authorized reader left; publishing suspended", self.stream)
             return out
-        return out + self._rekey(now, RekeyCause.READERS)
+        try:
+            return out + self._rekey(now, RekeyCause.READERS)
+        except ZmqsecError as exc:
+            # No new key: stop using the old one too, or a removed reader would go on reading.
+            self.readers, self._epoch, self.stats.readers = ReaderSet(), None, 0
+            log.error("stream %s: rekey failed (%s); publishing suspended until the reader set changes", self.stream, exc)
+            return out
 
     def subscription_seen(self, now: float) -> list[list[bytes]]:
-        """A new subscriber (XPUB): re-announce the current epoch so it can decrypt at once."""
+        """A new subscriber (XPUB): re-announce the current epoch so it can decrypt at once
+        (at most every 50 ms, so a burst of subscriptions is not an amplifier)."""
+        if now - self._last_announce < 0.05:
+            return []
         return self._reannounce(now)
 
     def _reannounce(self, now: float) -> list[list[bytes]]:

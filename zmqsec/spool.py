@@ -7,13 +7,12 @@ Incoming: a dirq ``Queue`` with ``body``, ``signer`` (the publisher DN) and
 ``empaid`` (a message id), so APEL's loader reads it unchanged; refusals go to
 a reject queue with an ``error`` field.  dirq writes each element to a
 temporary file and renames it into place, so an added message is durable
-before anything is acknowledged.
+and fsync'ed before anything is acknowledged.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 from dirq.queue import Queue
@@ -23,6 +22,18 @@ from keys.errors import ZmqsecError
 
 QSCHEMA = {"body": "string", "signer": "string", "empaid": "string?"}
 REJECT_SCHEMA = {"body": "string", "signer": "string?", "empaid": "string?", "error": "string"}
+
+
+def fsync_element(queue_root: Path, name: str) -> None:
+    """Make a freshly added dirq element durable: its files, its directory, and the directories above it."""
+    element = queue_root / name
+    paths = [*element.iterdir(), element, element.parent, queue_root] if element.is_dir() else [element, element.parent, queue_root]
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class SpoolError(ZmqsecError):
@@ -41,11 +52,14 @@ class OutgoingSpool:
         except OSError as exc:
             raise SpoolError(f"{self.path}: cannot use outgoing spool ({exc.strerror})") from None
 
-    def take(self) -> Iterator[tuple[str, bytes, callable]]:
-        """Yield (name, content, done) for each waiting message; call ``done()`` once it is published."""
+    def take(self, limit: int = 1000) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` waiting messages, oldest first, each locked until :meth:`done` or :meth:`release`."""
+        items: list[tuple[str, bytes]] = []
         if self._queue is not None:
             self._queue.purge(maxtemp=300, maxlock=600)  # recover items a crashed run left locked
             for name in sorted(self._queue):
+                if len(items) >= limit:
+                    break
                 if not self._queue.lock(name):
                     continue
                 try:
@@ -53,20 +67,27 @@ class OutgoingSpool:
                 except OSError:
                     self._queue.unlock(name)
                     continue
-                taken = []
-                try:
-                    yield name, data if isinstance(data, bytes) else data.encode(), (lambda n=name: (self._queue.remove(n), taken.append(n)))
-                finally:
-                    if not taken:  # not published: leave it for the next pass, unlocked
-                        self._queue.unlock(name)
-            return
+                items.append((name, data if isinstance(data, bytes) else data.encode()))
+            return items
         entries = [e for e in os.scandir(self.path) if e.is_file() and not e.name.startswith(".")]
-        for entry in sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name)):
+        for entry in sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))[:limit]:
             try:
-                data = Path(entry.path).read_bytes()
+                items.append((entry.name, Path(entry.path).read_bytes()))
             except OSError:
                 continue
-            yield entry.name, data, (lambda p=entry.path: os.unlink(p))
+        return items
+
+    def done(self, name: str) -> None:
+        """The message is published: remove it."""
+        if self._queue is not None:
+            self._queue.remove(name)
+        else:
+            os.unlink(self.path / name)
+
+    def release(self, name: str) -> None:
+        """The message was not published: leave it for the next pass."""
+        if self._queue is not None:
+            self._queue.unlock(name)
 
     def add(self, data: bytes) -> str:
         """Put a message in the spool (what an accounting client does)."""
@@ -97,7 +118,9 @@ class IncomingSpool:
         except UnicodeDecodeError:
             self.reject(body, "message body is not UTF-8 text", signer, empaid)
             return None
-        return self.queue.add({"body": text, "signer": signer, "empaid": empaid})
+        name = self.queue.add({"body": text, "signer": signer, "empaid": empaid})
+        fsync_element(self.path, name)  # durable before anyone acknowledges it
+        return name
 
     def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None) -> str | None:
         if self.rejects is None:
@@ -107,7 +130,9 @@ class IncomingSpool:
             element["signer"] = signer
         if empaid:
             element["empaid"] = empaid
-        return self.rejects.add(element)
+        name = self.rejects.add(element)
+        fsync_element(Path(self.rejects.path), name)
+        return name
 
     def messages(self) -> list[dict]:
         """Every message in the incoming queue, oldest first (for tools and tests)."""

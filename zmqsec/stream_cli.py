@@ -8,7 +8,6 @@ moves bytes between spools, sockets and files; every decision is made in
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import sys
@@ -61,10 +60,21 @@ PUBLISH = COMMON + [
 ]
 SUBSCRIBE = COMMON + [
     Option("subscriber", "endpoint", "list", required=True, help="endpoint to connect (repeatable)"),
-    Option("publishers", "dn_list", "path", help="SSM-style allow-list of publisher DNs (default: any the CAs vouch for)", flag_name="publisher_dn_list"),
+    Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
+           "dn or dn_list is required", flag_name="publisher_dn"),
+    Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema: body, signer, empaid); default stdout", flag_name="incoming"),
     Option("messaging", "reject_path", "path", help="reject dirq queue for messages that cannot be stored", flag_name="reject"),
 ]
+
+
+def publishers(settings, section: str) -> DnAllowList:
+    """Who may publish the stream: a reader must know it; "any certificate the CAs vouch for" is no answer."""
+    allowed = DnAllowList.combine(settings[f"{section}.dn"] or (), settings[f"{section}.dn_list"])
+    if not allowed.dns:
+        raise config.ConfigError(f"[{section}] dn or dn_list is required: the DN(s) of the stream's publisher "
+                                 "(--publisher-dn '/O=../CN=..')")
+    return allowed
 
 
 def _credential(settings) -> Credential:
@@ -76,11 +86,14 @@ def _credential(settings) -> Credential:
 
 def cmd_publish(args) -> int:
     settings = config.load(PUBLISH, args)
-    policy = RotationPolicy(
-        max_age=settings["rotation.max_age"], max_messages=settings["rotation.max_messages"],
-        max_bytes=settings["rotation.max_bytes"], reannounce_interval=settings["rotation.reannounce_interval"],
-        checkpoint_interval=settings["rotation.checkpoint_interval"], checkpoint_max=settings["rotation.checkpoint_max"],
-        transport=cms.KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else cms.KeyTransport.PKCS1V15)
+    try:
+        policy = RotationPolicy(
+            max_age=settings["rotation.max_age"], max_messages=settings["rotation.max_messages"],
+            max_bytes=settings["rotation.max_bytes"], reannounce_interval=settings["rotation.reannounce_interval"],
+            checkpoint_interval=settings["rotation.checkpoint_interval"], checkpoint_max=settings["rotation.checkpoint_max"],
+            transport=cms.KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else cms.KeyTransport.PKCS1V15)
+    except ValueError as exc:
+        raise config.ConfigError(f"{settings.source}: [rotation] {exc}") from None
     registry = ReaderRegistry(settings["readers.registry"], settings["readers.dn_list"])
     spool = OutgoingSpool(settings["messaging.path"], settings["messaging.spool"]) if settings["messaging.path"] else None
     stop = Stop()
@@ -94,17 +107,27 @@ def cmd_publish(args) -> int:
         while not stop.requested:
             published = 0
             if spool is not None:
+                items, sent = spool.take(), []
                 try:
-                    with contextlib.closing(spool.take()) as items:
-                        for name, data, done in items:
-                            publisher.publish(data)
-                            done()  # removed only after the stream has it
-                            published += 1
-                            if stop.requested:
-                                break
-                except NoReaders as exc:  # the message stays in the spool until a reader is authorized
+                    for name, data in items:
+                        publisher.publish(data)
+                        sent.append(name)
+                        if stop.requested:
+                            break
+                    # Removed only once the checkpoint vouching for them is out: a crash before this
+                    # point publishes them again after the restart rather than losing them.
+                    publisher.flush()
+                    for name in sent:
+                        spool.done(name)
+                except NoReaders as exc:  # messages stay in the spool until a reader is authorized
+                    sent = []
                     if time.monotonic() >= next_status:
                         log.warning("%s", exc)
+                finally:
+                    for name, _ in items:
+                        if name not in sent:
+                            spool.release(name)
+                published = len(sent)
             if published:
                 idle_since = time.monotonic()
             elif args.exit_when_idle and time.monotonic() - idle_since >= args.exit_when_idle:
@@ -134,16 +157,17 @@ def _publisher_status(settings, publisher: Publisher) -> dict:
 # -- subscribe ---------------------------------------------------------------------
 
 
-def _message_id(message: Delivered) -> str:
-    return f"{message.stream_id.hex()}-{message.seq}"
-
-
-def _deliver(message: Delivered, spool: IncomingSpool | None) -> None:
+def _deliver(message: Delivered, spool: IncomingSpool | None) -> bool:
+    """Store one message; False if the incoming queue refused it (not UTF-8 text)."""
     if spool is not None:
-        spool.accept(message.payload, message.publisher_dn, _message_id(message))
+        if spool.accept(message.payload, message.publisher_dn, message.message_id) is None:
+            log.warning("seq %d: payload is not UTF-8 text; %s", message.seq,
+                        "in the reject queue" if spool.rejects is not None else "dropped (no reject queue configured)")
+            return False
     else:
         sys.stdout.buffer.write(message.payload + b"\n")
         sys.stdout.buffer.flush()
+    return True
 
 
 def _reader_status(settings, counters: Counter, epoch: int) -> dict:
@@ -156,7 +180,7 @@ def _reader_status(settings, counters: Counter, epoch: int) -> dict:
 
 def cmd_subscribe(args) -> int:
     settings = config.load(SUBSCRIBE, args)
-    allowed = DnAllowList.load(settings["publishers.dn_list"]) if settings["publishers.dn_list"] else None
+    allowed = publishers(settings, "publishers")
     spool = IncomingSpool(settings["messaging.path"], settings["messaging.reject_path"]) if settings["messaging.path"] else None
     stop = Stop()
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), _credential(settings),
@@ -169,7 +193,8 @@ def cmd_subscribe(args) -> int:
             message = subscriber.receive(timeout=0.2)
             now = time.monotonic()
             if message is not None:
-                _deliver(message, spool)  # durable (dirq rename) before we count it
+                if not _deliver(message, spool):  # durable (fsync'ed) before we count it
+                    subscriber.counters["rejected:not-utf8"] += 1
                 received += 1
                 last_message = now
                 if args.count and received >= args.count:
@@ -279,8 +304,11 @@ def cmd_decrypt(args) -> int:
     """Read a capture as an authorized reader would have, with the same checks."""
     from keys.trust import TrustStore
 
+    allowed = DnAllowList.combine(args.publisher_dn or (), args.publisher_dn_list)
+    if not allowed.dns:
+        raise config.ConfigError("--publisher-dn or --publisher-dn-list is required: the DN(s) of the stream's publisher")
     receiver = StreamReceiver(Credential.load(args.certificate, args.key), TrustStore.from_directory(args.capath),
-                              allowed_publishers=DnAllowList.load(args.publisher_dn_list) if args.publisher_dn_list else None,
+                              allowed_publishers=allowed,
                               crl=CrlPolicy(args.crl))
     spool = IncomingSpool(args.incoming) if args.incoming else None
     first = None
@@ -362,6 +390,7 @@ def register(subparsers) -> None:
     p.add_argument("--key", required=True, type=Path)
     p.add_argument("--capath", required=True, type=Path)
     p.add_argument("--crl", choices=[c.value for c in CrlPolicy], default="require")
+    p.add_argument("--publisher-dn", action="append", help="DN of the stream's publisher (repeatable)")
     p.add_argument("--publisher-dn-list", type=Path)
     p.add_argument("--incoming", type=Path, help="incoming dirq queue instead of stdout")
     p.set_defaults(func=cmd_decrypt)

@@ -18,9 +18,11 @@ import zmq
 import zmq.asyncio
 
 from keys.dn import DnAllowList
+from keys.errors import ZmqsecError
 from keys.pemfiles import Credential
 from keys.trust import CrlPolicy, TrustStore
 
+from .primitives import MAX_ANNOUNCEMENT_FRAME
 from .receiver import Delivered, Gap, KeyAccepted, ReceiverPolicy, Rejected, Restarted, StreamReceiver
 from .transports import check_endpoint
 from .watch import signature
@@ -68,7 +70,7 @@ class _Base:
         credential: Credential,
         trust_dir: str | os.PathLike,
         *,
-        allowed_publishers: DnAllowList | None = None,
+        allowed_publishers: DnAllowList,
         crl: CrlPolicy = CrlPolicy.REQUIRE,
         policy: ReceiverPolicy | None = None,
         on_gap: Callable[[Gap], None] | None = None,
@@ -85,6 +87,7 @@ class _Base:
         self.events = _Events(stream, on_gap, on_restart, on_reject)
         self.socket = socket
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve:
             self.socket.curve_serverkey = curve["server"]
@@ -107,8 +110,12 @@ class _Base:
         self.events.handle(self.receiver.tick(now))
         current = signature(self.trust_dir)
         if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
+            try:
+                self.receiver.trust = TrustStore.from_directory(self.trust_dir)
+            except ZmqsecError as exc:
+                log.error("trust directory %s: %s; keeping the previous one", self.trust_dir, exc)
+                return
             self._trust_seen = current
-            self.receiver.trust = TrustStore.from_directory(self.trust_dir)
             log.info("trust directory %s reloaded", self.trust_dir)
 
     def _next_wait(self, deadline: float | None) -> float | None:
