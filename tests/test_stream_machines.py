@@ -290,3 +290,13 @@ def test_outgoing_spool_item_stays_when_publishing_fails(tmp_path):
     spool.done(first)
     spool.release(second)  # the publisher failed on this one
     assert [d for _, d in spool.take()] == [b"and me"]
+
+
+def test_a_burst_of_subscriptions_is_coalesced_not_dropped(pki):
+    sender = _sender(pki, "portal", reannounce_interval=3600.0)
+    sender.start(0.0)
+    assert len(sender.subscription_seen(1.0)) == 1
+    assert sender.subscription_seen(1.01) == []  # too soon: deferred
+    assert sender.next_deadline == pytest.approx(1.05)
+    assert [m[0][-1:] for m in sender.tick(1.06)] == [frames.ANNOUNCEMENT]
+    assert sender.tick(1.2) == []

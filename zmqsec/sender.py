@@ -32,6 +32,9 @@ from .primitives import KEY_BYTES, MAX_EPOCH, STREAM_ID_BYTES, VERSION, associat
 
 log = logging.getLogger("zmqsec.publisher")
 
+# Subscriptions trigger at most one re-announcement per this many seconds (bursts are coalesced, not dropped).
+SUBSCRIPTION_REANNOUNCE_GAP = 0.05
+
 
 class NoReaders(ZmqsecError):
     """The publisher has no authorized reader to wrap a key for."""
@@ -114,6 +117,7 @@ class StreamSender:
         self._first_unsigned_seq = 1
         self._first_unsigned_at = 0.0
         self._last_announce = 0.0
+        self._reannounce_pending = False
         self.stats = SenderStats()
 
     # -- epochs ----------------------------------------------------------------
@@ -172,7 +176,8 @@ class StreamSender:
     def subscription_seen(self, now: float) -> list[list[bytes]]:
         """A new subscriber (XPUB): re-announce the current epoch so it can decrypt at once
         (at most every 50 ms, so a burst of subscriptions is not an amplifier)."""
-        if now - self._last_announce < 0.05:
+        if now - self._last_announce < SUBSCRIPTION_REANNOUNCE_GAP:
+            self._reannounce_pending = True  # sent by tick() when the gap has passed
             return []
         return self._reannounce(now)
 
@@ -180,6 +185,7 @@ class StreamSender:
         if self._epoch is None:
             return []
         self._last_announce = now
+        self._reannounce_pending = False
         self.stats.announcements += 1
         return [self._epoch.announcement]
 
@@ -241,7 +247,8 @@ class StreamSender:
             out += self.flush(now)
         if self._epoch is not None and now - self._epoch.started >= self.policy.max_age:
             out += self.flush(now) + self._rekey(now, RekeyCause.AGE)
-        if self._epoch is not None and now - self._last_announce >= self.policy.reannounce_interval:
+        gap = SUBSCRIPTION_REANNOUNCE_GAP if self._reannounce_pending else self.policy.reannounce_interval
+        if self._epoch is not None and now - self._last_announce >= gap:
             out += self._reannounce(now)
         return out
 
@@ -250,7 +257,8 @@ class StreamSender:
         """When ``tick`` next has something to do (for a driver's poll timeout)."""
         if self._epoch is None:
             return None
-        deadlines = [self._last_announce + self.policy.reannounce_interval, self._epoch.started + self.policy.max_age]
+        gap = SUBSCRIPTION_REANNOUNCE_GAP if self._reannounce_pending else self.policy.reannounce_interval
+        deadlines = [self._last_announce + gap, self._epoch.started + self.policy.max_age]
         if self._digests:
             deadlines.append(self._first_unsigned_at + self.policy.checkpoint_interval)
         return min(deadlines)
