@@ -26,7 +26,7 @@ def test_keys_imports_neither_the_stream_nor_the_bridges(path):
     assert not _imports(path) & {"zmqsec", "bridges"}
 
 
-# Pure modules: parsing, formats, crypto and decisions -- no sockets, no processes, no queues.
+# Modules without network I/O: no sockets, no subprocesses, no queues (keys/ reads certificate files itself).
 PURE = ["keys/errors.py", "keys/dn.py", "keys/hashdir.py", "keys/trust.py", "keys/registry.py", "keys/ca.py",
         "keys/pemfiles.py", "zmqsec/primitives.py", "zmqsec/frames.py", "zmqsec/cms.py", "zmqsec/smime.py",
         "zmqsec/announce.py", "zmqsec/checkpoint.py", "zmqsec/sender.py", "zmqsec/receiver.py"]
