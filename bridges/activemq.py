@@ -53,6 +53,7 @@ class BrokerConfig:
     truststore: Path | None = None  # PKCS#12 with the CA(s) that issue client certificates
     store_password: str = "zmqsec-broker"
     heap_mb: int = 256
+    users: tuple[tuple[str, str], ...] = ()  # (login, passcode): when set, connections must authenticate
 
     @property
     def pid_file(self) -> Path:
@@ -80,6 +81,11 @@ class BrokerConfig:
                 f" trustStore={quoteattr('file:' + str(self.truststore))} trustStorePassword={quoteattr(self.store_password)} trustStoreType=\"PKCS12\""
                 "/></sslContext>"
             )
+        plugins = ""
+        if self.users:
+            entries = "".join(f"<authenticationUser username={quoteattr(u)} password={quoteattr(p)} groups=\"users\"/>"
+                              for u, p in self.users)
+            plugins = f"<plugins><simpleAuthenticationPlugin><users>{entries}</users></simpleAuthenticationPlugin></plugins>"
         return f"""<beans xmlns="http://www.springframework.org/schema/beans"
   xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
   xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
@@ -87,6 +93,7 @@ class BrokerConfig:
   <broker xmlns="http://activemq.apache.org/schema/core" useJmx="false" brokerName="zmqsec"
           persistent="true" dataDirectory={quoteattr(str(data))}>
     <persistenceAdapter><kahaDB directory={quoteattr(str(data / 'kahadb'))}/></persistenceAdapter>
+    {plugins}
     {ssl_context}
     <transportConnectors>
       {chr(10).join('      ' + c for c in connectors).strip()}
@@ -136,6 +143,7 @@ class LocalBroker:
             if raw.get(key):
                 raw[key] = Path(raw[key])
         raw["stomp_ports"] = tuple(raw["stomp_ports"])
+        raw["users"] = tuple(tuple(u) for u in raw.get("users", ()))
         return cls(BrokerConfig(**raw))
 
     def pid(self) -> int | None:

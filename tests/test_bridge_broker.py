@@ -203,6 +203,34 @@ def test_tls_with_client_certificate_and_failover(site, broker):
     assert len(_drain(broker["stomp_ports"][0], site["queue"], 10)) == 10
 
 
+def test_login_and_passcode(site, tmp_path):
+    """Against a broker that requires authentication: a wrong passcode is refused, the right one delivers."""
+    config = BrokerConfig(base=tmp_path / "amq-auth", openwire_port=_free_port(), stomp_ports=(_free_port(),),
+                          users=(("accounting", "s3cret"),))
+    config.base.mkdir()
+    instance = LocalBroker(config)
+    instance.start()
+    d = site["dir"]
+    endpoint = f"ipc://{d}/stream.ipc"
+    hosts = [f"{HOST}:{config.stomp_ports[0]}"]
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, endpoint, hosts, "--login", "accounting", "--passcode", "wrong")
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge").get("connect-failed", 0) >= 1, what="refusal", logs=_logs(site))
+        assert daemons.status(site, "bridge").get("broker") is None
+        daemons.stop(bridge)
+        bridge = _bridge_out(site, endpoint, hosts, "--login", "accounting", "--passcode", "s3cret")
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
+                     what="authenticated connection", logs=_logs(site))
+        spool = OutgoingSpool(d / "outgoing")
+        for i in range(5):
+            spool.add(b"authenticated %d" % i)
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 5, what="receipts", logs=_logs(site))
+    finally:
+        daemons.stop(pub, bridge)
+        instance.stop()
+
+
 def _send_raw(port: int, destination: str, bodies: list[tuple[str, bytes]]) -> None:
     conn = stomp.Connection([(HOST, port)], auto_decode=False)
     conn.connect(wait=True)
