@@ -130,15 +130,26 @@ def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, broker, encr
 
 @pytest.fixture
 def own_broker(tmp_path):
-    """A broker this test may stop and kill -9 (the session's broker stays up for the others)."""
-    config = BrokerConfig(base=tmp_path / "amq", openwire_port=_free_port(), stomp_ports=(_free_port(),))
-    config.base.mkdir()
-    instance = LocalBroker(config)
-    yield instance
-    instance.stop()
+    """Brokers this test may stop and kill -9 (the session's broker stays up for the others).
+
+    Call it to configure one (``users`` to require a login); every one is stopped at teardown.
+    """
+    made = []
+
+    def make(users=()) -> LocalBroker:
+        config = BrokerConfig(base=tmp_path / f"amq{len(made)}", openwire_port=_free_port(),
+                              stomp_ports=(_free_port(),), users=tuple(users))
+        config.base.mkdir()
+        made.append(LocalBroker(config))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.stop()
 
 
 def test_nothing_is_lost_through_broker_outage_and_crashes(site, own_broker):
+    own_broker = own_broker()
     d = site["dir"]
     endpoint = f"ipc://{d}/stream.ipc"
     port = own_broker.config.stomp_ports[0]
@@ -203,16 +214,13 @@ def test_tls_with_client_certificate_and_failover(site, broker):
     assert len(_drain(broker["stomp_ports"][0], site["queue"], 10)) == 10
 
 
-def test_login_and_passcode(site, tmp_path):
+def test_login_and_passcode(site, own_broker):
     """Against a broker that requires authentication: a wrong passcode is refused, the right one delivers."""
-    config = BrokerConfig(base=tmp_path / "amq-auth", openwire_port=_free_port(), stomp_ports=(_free_port(),),
-                          users=(("accounting", "s3cret"),))
-    config.base.mkdir()
-    instance = LocalBroker(config)
+    instance = own_broker(users=[("accounting", "s3cret")])
     instance.start()
     d = site["dir"]
     endpoint = f"ipc://{d}/stream.ipc"
-    hosts = [f"{HOST}:{config.stomp_ports[0]}"]
+    hosts = [f"{HOST}:{instance.config.stomp_ports[0]}"]
     pub = _publisher(site, endpoint)
     bridge = _bridge_out(site, endpoint, hosts, "--login", "accounting", "--passcode", "wrong")
     try:
@@ -228,7 +236,6 @@ def test_login_and_passcode(site, tmp_path):
         daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 5, what="receipts", logs=_logs(site))
     finally:
         daemons.stop(pub, bridge)
-        instance.stop()
 
 
 def _send_raw(port: int, destination: str, bodies: list[tuple[str, bytes]]) -> None:

@@ -92,21 +92,27 @@ def test_checkpoint_flushes_on_time(pki):
     assert [m[0][-1:] for m in sender.tick(1.03)] == [frames.CHECKPOINT]
 
 
-def test_insider_cannot_forge_or_alter(pki):
-    """An authorized reader holds the data key; the others still refuse its frames."""
-    sender = _sender(pki, "portal", "dashboard", checkpoint_max=8)
-    wire = sender.start(0.0)
+def _forger(pki, sender, wire):
+    """An insider: the 'dashboard' reader, holding epoch 1's data key, encrypting frames of its own."""
     insider = _receiver(pki, "dashboard")
     _feed(insider, wire)
     key = insider.streams[sender.stream_id].keys[1]
-    wire += _run(sender, 3)  # seq 1..3, checkpointed
-    # The insider forges seq 4 and 5 with the real key, ahead of the publisher's genuine 4 and 5.
     topic = frames.topic_for("apel.jobs", frames.DATA)
 
     def forge(seq, payload):
         ct = key.encrypt(nonce(1, seq), payload, associated_data(topic, sender.stream_id, 1, seq))
         return frames.encode(frames.DataFrame(topic, sender.stream_id, 1, seq, ct))
 
+    return forge
+
+
+def test_insider_cannot_forge(pki):
+    """An authorized reader holds the data key; the others still refuse its frames."""
+    sender = _sender(pki, "portal", "dashboard", checkpoint_max=8)
+    wire = sender.start(0.0)
+    forge = _forger(pki, sender, wire)
+    wire += _run(sender, 3)  # seq 1..3, checkpointed
+    # The insider forges seq 4 and 5 with the real key, ahead of the publisher's genuine 4 and 5.
     forged = [forge(4, b"forged four"), forge(5, b"forged five")]
     genuine = _run(sender, 3, prefix=b"genuine")  # seq 4..6 and their checkpoint
     victim = _receiver(pki, "portal")
@@ -119,13 +125,9 @@ def test_insider_cannot_forge_or_alter(pki):
 def test_insider_forgery_with_unused_sequence_expires_unverified(pki):
     sender = _sender(pki, "portal", "dashboard", checkpoint_max=8)
     wire = sender.start(0.0)
-    insider = _receiver(pki, "dashboard")
-    _feed(insider, wire)
-    key = insider.streams[sender.stream_id].keys[1]
-    topic = frames.topic_for("apel.jobs", frames.DATA)
-    ct = key.encrypt(nonce(1, 999), b"bogus", associated_data(topic, sender.stream_id, 1, 999))
+    forge = _forger(pki, sender, wire)
     victim = _receiver(pki, "portal")
-    events = _feed(victim, wire + [frames.encode(frames.DataFrame(topic, sender.stream_id, 1, 999, ct))], now=0.0)
+    events = _feed(victim, wire + [forge(999, b"bogus")], now=0.0)
     events += victim.tick(6.0)
     assert _delivered(events) == []
     assert [e.reason for e in events if isinstance(e, Rejected)] == ["unverified"]
