@@ -10,6 +10,7 @@ hash against the openssl CLI.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
@@ -70,7 +71,12 @@ def _canonical_value(value: core.Asn1Value) -> bytes:
 
 def name_hash(name: x509.Name) -> str:
     """OpenSSL's subject hash of ``name`` as the 8 hex digits used in file names."""
-    parsed = asn1_x509.Name.load(name.public_bytes())
+    return _name_hash(name.public_bytes())
+
+
+@functools.lru_cache(maxsize=4096)  # a registry of thousands of readers has a handful of issuers
+def _name_hash(der: bytes) -> str:
+    parsed = asn1_x509.Name.load(der)
     canon = bytearray()
     for rdn in parsed.chosen:
         avas = sorted(

@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
-from dataclasses import dataclass
+import functools
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -41,7 +42,7 @@ class Reader:
     def dn(self) -> str:
         return slash_dn(self.certificate.subject)
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         return fingerprint(self.certificate)
 
@@ -68,12 +69,27 @@ class ReaderSet:
     def __iter__(self):
         return iter(self.readers)
 
-    @property
+    @functools.cached_property
     def fingerprints(self) -> frozenset[str]:
         return frozenset(r.fingerprint for r in self.readers)
 
     def same_readers(self, other: "ReaderSet") -> bool:
         return self.fingerprints == other.fingerprints
+
+
+@dataclass
+class LoadCache:
+    """What :meth:`ReaderRegistry.load` learned, for the next load of a large registry.
+
+    Certificates are re-parsed only when their file changes; a reader accepted by
+    a trust store is not validated again by the same store (same object) until its
+    certificate, a CA or a CRL of the store expires.  A new trust store (a new CRL
+    arrived) validates everything again.  Refusals are always re-examined.
+    """
+
+    parsed: dict = field(default_factory=dict)  # file name -> (stat key, Reader)
+    accepted: dict = field(default_factory=dict)  # fingerprint -> accepted until (UTC)
+    trust: TrustStore | None = None
 
 
 class ReaderRegistry:
@@ -91,8 +107,12 @@ class ReaderRegistry:
         return DnAllowList.load(self.allowed_dns_path)
 
     def _entries(self) -> list[Path]:
+        return [self.directory / name for name in self._names()]
+
+    def _names(self) -> list[str]:
         try:
-            return sorted(p for p in self.directory.iterdir() if p.suffix == ".pem" and p.is_file())
+            with os.scandir(self.directory) as listing:  # no stat per entry: registries hold thousands
+                return sorted(e.name for e in listing if e.name.endswith(".pem") and e.is_file())
         except FileNotFoundError:
             raise RegistryError(f"{self.directory}: reader registry not found; create it with `zmqsec keys readers add`") from None
         except NotADirectoryError:
@@ -105,6 +125,7 @@ class ReaderRegistry:
         trust: TrustStore | None = None,
         *,
         at: dt.datetime | None = None,
+        cache: LoadCache | None = None,
         **validate_options,
     ) -> ReaderSet:
         """Snapshot the authorized readers.
@@ -117,13 +138,16 @@ class ReaderRegistry:
         readers: list[Reader] = []
         refused: list[Refusal] = []
         seen: set[str] = set()
-        for path in self._entries():
+        now = at or dt.datetime.now(dt.timezone.utc)
+        if cache is not None and cache.trust is not trust:
+            cache.accepted, cache.trust = {}, trust
+        for name in self._names():
             try:
-                cert = load_certificate(path)
-            except KeyFileError as exc:
-                refused.append(Refusal(path, "unreadable", str(exc)))
+                reader = self._parse(name, cache)
+            except (KeyFileError, OSError) as exc:
+                refused.append(Refusal(self.directory / name, "unreadable", str(exc)))
                 continue
-            reader = Reader(cert, path)
+            cert, path = reader.certificate, reader.path
             if not isinstance(cert.public_key(), rsa.RSAPublicKey):
                 refused.append(Refusal(path, "unsupported-key", f"{reader.dn}: reader keys must be RSA (key transport)"))
                 continue
@@ -132,15 +156,32 @@ class ReaderRegistry:
             if allow is not None and reader.dn not in allow:
                 refused.append(Refusal(path, "dn-not-allowed", f"{reader.dn}: not in {allow.path}"))
                 continue
-            if trust is not None:
+            if trust is not None and not (cache is not None and now < cache.accepted.get(reader.fingerprint, now)):
                 try:
                     trust.validate(cert, usage=Usage.ENCRYPT, at=at, **validate_options)
                 except CertificateRejected as exc:
                     refused.append(Refusal(path, exc.reason, str(exc)))
                     continue
+                if cache is not None:
+                    cache.accepted[reader.fingerprint] = min(cert.not_valid_after_utc, trust.valid_until)
             seen.add(reader.fingerprint)
             readers.append(reader)
+        if cache is not None:
+            present = {p.name for p in (*(r.path for r in readers), *(r.path for r in refused))}
+            cache.parsed = {name: v for name, v in cache.parsed.items() if name in present}
         return ReaderSet(tuple(readers), tuple(refused))
+
+    def _parse(self, name: str, cache: LoadCache | None) -> Reader:
+        if cache is None:
+            return Reader(load_certificate(self.directory / name), self.directory / name)
+        st = os.stat(os.path.join(self.directory, name))
+        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = cache.parsed.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        reader = Reader(load_certificate(self.directory / name), self.directory / name)
+        cache.parsed[name] = (key, reader)
+        return reader
 
     def add(self, cert: x509.Certificate, trust: TrustStore | None = None, **validate_options) -> Reader:
         """Add a reader certificate (validated first when ``trust`` is given)."""
@@ -150,13 +191,14 @@ class ReaderRegistry:
             trust.validate(cert, usage=Usage.ENCRYPT, **validate_options)
         self.directory.mkdir(parents=True, exist_ok=True)
         reader = Reader(cert)
-        for path in self._entries():
-            try:
-                if fingerprint(load_certificate(path)) == reader.fingerprint:
-                    raise RegistryError(f"{reader.dn}: already registered as {path}")
-            except KeyFileError:
-                continue
+        # Files we write are named by fingerprint, so a duplicate is one lookup, not a scan of
+        # thousands of files (a copy an admin dropped in under another name is merged by load()).
         path = self.directory / f"{reader.fingerprint[:16]}.pem"
+        try:
+            if path.exists() and fingerprint(load_certificate(path)) == reader.fingerprint:
+                raise RegistryError(f"{reader.dn}: already registered as {path}")
+        except KeyFileError:
+            pass
         write_public(path, cert_pem(cert))
         allow = self._allow_list()
         if allow is not None and reader.dn not in allow:

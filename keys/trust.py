@@ -234,6 +234,13 @@ class TrustStore:
     def ca_certificates(self) -> list[x509.Certificate]:
         return [c for group in self.cas.values() for c in group]
 
+    @property
+    def valid_until(self) -> dt.datetime:
+        """When a verdict of this store may change by time alone: the first CA expiry or CRL nextUpdate."""
+        moments = [c.not_valid_after_utc for c in self.ca_certificates]
+        moments += [crl.next_update_utc for group in self.crls.values() for crl in group if crl.next_update_utc]
+        return min(moments, default=dt.datetime.max.replace(tzinfo=dt.timezone.utc))
+
     # -- chain building -------------------------------------------------
 
     def _issuer_candidates(self, cert: x509.Certificate, untrusted: Iterable[x509.Certificate]) -> list[tuple[x509.Certificate, bool]]:

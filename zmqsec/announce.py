@@ -9,7 +9,7 @@ envelope, then confirms the key it unwrapped (docs/PROTOCOL.md §4).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -20,8 +20,15 @@ from keys.pemfiles import Credential
 from keys.trust import CrlPolicy, TrustStore, Usage
 
 from . import cms
-from .frames import ANNOUNCEMENT, Announcement, stream_name, topic_for
-from .primitives import KeyRecordError, decode_key_record, encode_key_record
+from .frames import ANNOUNCEMENT, Announcement, GroupAnnouncement, group_topic, stream_name, topic_for
+from .groups import kek_id
+from .primitives import (
+    KeyRecordError,
+    decode_group_record,
+    decode_key_record,
+    encode_group_record,
+    encode_key_record,
+)
 
 
 class AnnouncementRejected(ZmqsecError):
@@ -52,6 +59,20 @@ class EpochKey:
     publisher: Publisher
 
 
+@dataclass(frozen=True)
+class GroupKey:
+    tag: bytes
+    generation: int
+    key: bytes
+
+    @property
+    def key_id(self) -> bytes:
+        return kek_id(self.tag, self.generation)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"GroupKey(tag={self.tag!r}, generation={self.generation})"
+
+
 def make_announcement(
     stream: str | bytes,
     stream_id: bytes,
@@ -60,19 +81,38 @@ def make_announcement(
     recipients: Iterable[x509.Certificate],
     credential: Credential,
     *,
+    groups: Sequence[GroupKey] = (),
     transport: str = cms.KeyTransport.OAEP,
     clock: Callable[[], dt.datetime] | None = None,
 ) -> Announcement:
-    """Wrap ``key`` for every recipient and sign the envelope."""
+    """Wrap ``key`` for every recipient certificate and group key, and sign the envelope."""
     topic = topic_for(stream, ANNOUNCEMENT)
     record = encode_key_record(stream_name(topic), stream_id, epoch, key)
-    envelope = cms.envelope(record, list(recipients), transport=transport)
+    envelope = cms.envelope(record, list(recipients), keks=[cms.Kek(g.key_id, g.key) for g in groups], transport=transport)
     signature = cms.sign(envelope, credential, clock=clock)
     return Announcement(topic, stream_id, epoch, envelope, signature)
 
 
+def make_group_announcement(
+    stream: str | bytes,
+    stream_id: bytes,
+    group: GroupKey,
+    members: Iterable[x509.Certificate],
+    credential: Credential,
+    *,
+    transport: str = cms.KeyTransport.OAEP,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> GroupAnnouncement:
+    """Wrap a group key for the group's members and sign the envelope."""
+    topic = group_topic(stream, group.tag)
+    record = encode_group_record(stream_name(topic), stream_id, group.tag, group.generation, group.key)
+    envelope = cms.envelope(record, list(members), transport=transport)
+    signature = cms.sign(envelope, credential, clock=clock)
+    return GroupAnnouncement(topic, stream_id, group.generation, envelope, signature)
+
+
 def verify_announcement(
-    announcement: Announcement,
+    announcement: Announcement | GroupAnnouncement,
     trust: TrustStore,
     *,
     allowed_publishers: DnAllowList | None = None,
@@ -92,11 +132,17 @@ def verify_announcement(
     return Publisher(verified.signer, verified.signing_time)
 
 
-def open_announcement(announcement: Announcement, publisher: Publisher, credential: Credential) -> EpochKey:
-    """Decrypt a verified announcement with our key and confirm the epoch key inside."""
+def open_announcement(announcement: Announcement, publisher: Publisher, credential: Credential,
+                      groups: Mapping[bytes, bytes] | None = None) -> EpochKey:
+    """Decrypt a verified announcement with our key (or a group key we hold: key id -> key) and confirm
+    the epoch key inside."""
     try:
-        record = cms.open_envelope(announcement.envelope, credential)
+        record = cms.open_envelope(announcement.envelope, credential, keks=groups)
     except cms.NotARecipient:
+        if not cms.recipients(announcement.envelope).key_transport:
+            raise AnnouncementRejected("no-group-key",
+                                       f"epoch {announcement.epoch}: wrapped for reader groups only, and we hold none "
+                                       "of their current keys (yet, or any more)") from None
         raise AnnouncementRejected("not-a-recipient",
                                    f"epoch {announcement.epoch}: the envelope holds no key for us (not authorized, or revoked)") from None
     except cms.CmsError as exc:
@@ -108,3 +154,23 @@ def open_announcement(announcement: Announcement, publisher: Publisher, credenti
     if (topic, stream_id, epoch) != (stream_name(announcement.topic), announcement.stream_id, announcement.epoch):
         raise AnnouncementRejected("header-mismatch", "announcement header does not match the signed key record")
     return EpochKey(stream_id, epoch, key, publisher)
+
+
+def open_group_announcement(announcement: GroupAnnouncement, credential: Credential) -> GroupKey:
+    """Decrypt a verified group key announcement with our key and confirm the group key inside."""
+    what = f"group {announcement.tag.decode()!r} generation {announcement.generation}"
+    try:
+        record = cms.open_envelope(announcement.envelope, credential)
+    except cms.NotARecipient:
+        raise AnnouncementRejected("not-a-recipient",
+                                   f"{what}: the envelope holds no key for us (not authorized, or revoked)") from None
+    except cms.CmsError as exc:
+        raise AnnouncementRejected(f"envelope-{exc.reason}", f"{what}: {exc}") from None
+    try:
+        name, stream_id, tag, generation, key = decode_group_record(record)
+    except KeyRecordError as exc:
+        raise AnnouncementRejected("key-confirmation", f"{what}: {exc}") from None
+    if (name, stream_id, tag, generation) != (stream_name(announcement.topic), announcement.stream_id,
+                                               announcement.tag, announcement.generation):
+        raise AnnouncementRejected("header-mismatch", "group announcement header does not match the signed key record")
+    return GroupKey(tag, generation, key)

@@ -9,6 +9,8 @@ Supported algorithms (see docs/PROTOCOL.md):
 
 * key transport: RSAES-OAEP (SHA-256/MGF1-SHA-256 when we encrypt; any SHA-2
   or SHA-1 when we decrypt) and RSAES-PKCS1-v1_5 (for legacy peers);
+* key wrap (KEKRecipientInfo, for the stream's group keys): AES key wrap
+  (RFC 3394) with a 128/192/256-bit key-encryption key named by an identifier;
 * content encryption: AES-128/192/256-CBC (what ``openssl cms -encrypt -aes*``
   and APEL SSM use);
 * signatures: RSA PKCS#1 v1.5 and ECDSA over SHA-1/SHA-2, with or without
@@ -25,7 +27,7 @@ import functools
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from asn1crypto import algos, cms
@@ -35,6 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, padding as sym_padding, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from keys.errors import ZmqsecError
 from keys.pemfiles import Credential
@@ -49,6 +52,7 @@ _HASHES = {
     "sha512": hashes.SHA512,
 }
 _AES_CBC = {"aes128_cbc": 16, "aes192_cbc": 24, "aes256_cbc": 32}
+_AES_WRAP = {16: "aes128_wrap", 24: "aes192_wrap", 32: "aes256_wrap"}
 
 
 class CmsError(ZmqsecError):
@@ -157,36 +161,102 @@ _OAEP_SHA256 = algos.RSAESOAEPParams({
     "hash_algorithm": {"algorithm": "sha256"},
     "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
 })
+_KEY_TRANSPORT_ALGORITHM = {  # AlgorithmIdentifier DER, encoded once
+    KeyTransport.OAEP: cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_oaep", "parameters": _OAEP_SHA256}).dump(),
+    KeyTransport.PKCS1V15: cms.KeyEncryptionAlgorithm({"algorithm": "rsaes_pkcs1v15"}).dump(),
+}
+_KEY_WRAP_ALGORITHM = {size: cms.KeyEncryptionAlgorithm({"algorithm": name}).dump() for size, name in _AES_WRAP.items()}
+_OAEP_PADDING = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+_VERSION_0, _VERSION_4 = cms.CMSVersion("v0").dump(), cms.CMSVersion("v4").dump()
+_ENVELOPED_DATA_OID = cms.ContentType("enveloped_data").dump()
 
 
-def _wrap_for(cert: x509.Certificate, cek: bytes, transport: str) -> cms.RecipientInfo:
+@dataclass(frozen=True)
+class Kek:
+    """A symmetric key-encryption key and the identifier a KEKRecipientInfo names it by."""
+
+    key_id: bytes
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.key) not in _AES_WRAP:
+            raise ValueError("a key-encryption key is 16, 24 or 32 bytes (AES key wrap)")
+
+    def __repr__(self) -> str:  # never show key material
+        return f"Kek(key_id={self.key_id!r})"
+
+
+# RecipientInfos are encoded by hand from DER pieces that asn1crypto or the certificate provide:
+# asn1crypto's own encoder costs milliseconds per RecipientInfo, and a registry has thousands.
+
+
+def _wrap_for(cert: x509.Certificate, cek: bytes, transport: str) -> bytes:
+    """KeyTransRecipientInfo (version 0, issuerAndSerialNumber), DER."""
     public = cert.public_key()
     if not isinstance(public, rsa.RSAPublicKey):
         raise UnsupportedAlgorithm(f"recipient key {type(public).__name__} is not RSA; only RSA key transport is supported")
-    if transport == KeyTransport.OAEP:
-        encrypted = public.encrypt(cek, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None))
-        algorithm = {"algorithm": "rsaes_oaep", "parameters": _OAEP_SHA256}
-    else:
-        encrypted = public.encrypt(cek, padding.PKCS1v15())
-        algorithm = {"algorithm": "rsaes_pkcs1v15"}
-    return cms.RecipientInfo({"ktri": cms.KeyTransRecipientInfo({
-        "version": "v0",
-        "rid": cms.RecipientIdentifier({"issuer_and_serial_number": _issuer_and_serial(cert)}),
-        "key_encryption_algorithm": algorithm,
-        "encrypted_key": encrypted,
-    })})
+    if transport not in _KEY_TRANSPORT_ALGORITHM:
+        raise UnsupportedAlgorithm(f"key transport {transport} unsupported")
+    encrypted = public.encrypt(cek, _OAEP_PADDING if transport == KeyTransport.OAEP else padding.PKCS1v15())
+    rid = _issuer_and_serial_der(cert)
+    return _der(0x30, _VERSION_0 + rid + _KEY_TRANSPORT_ALGORITHM[transport] + _der(0x04, encrypted))
+
+
+def _wrap_with(kek: Kek, cek: bytes) -> bytes:
+    """KEKRecipientInfo (version 4, [2] IMPLICIT in the RecipientInfo CHOICE), DER."""
+    kekid = _der(0x30, _der(0x04, kek.key_id))
+    return _der(0xA2, _VERSION_4 + kekid + _KEY_WRAP_ALGORITHM[len(kek.key)] + _der(0x04, aes_key_wrap(kek.key, cek)))
+
+
+def _issuer_and_serial_der(cert: x509.Certificate) -> bytes:
+    """IssuerAndSerialNumber with the issuer Name and serial INTEGER exactly as the certificate encodes them."""
+    tbs = cert.tbs_certificate_bytes
+    _, pos, _ = _tlv(tbs, 0)  # into TBSCertificate
+    tag, _, end = _tlv(tbs, pos)
+    if tag == 0xA0:  # [0] version
+        pos = end
+    serial_end = _tlv(tbs, pos)[2]
+    issuer_start = _tlv(tbs, serial_end)[2]  # after the signature AlgorithmIdentifier
+    return _der(0x30, tbs[issuer_start:_tlv(tbs, issuer_start)[2]] + tbs[pos:serial_end])
+
+
+def _tlv(data: bytes, pos: int) -> tuple[int, int, int]:
+    """(tag, start of contents, end) of the DER element at ``pos`` (certificates cryptography already parsed)."""
+    first = data[pos + 1]
+    if first < 0x80:
+        return data[pos], pos + 2, pos + 2 + first
+    n = first & 0x7F
+    start = pos + 2 + n
+    return data[pos], start, start + int.from_bytes(data[pos + 2:start], "big")
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    """One DER TLV with a definite length."""
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    length = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(length)]) + length + content
+
+
+def _der_set(elements: list[bytes]) -> bytes:
+    """A DER SET OF: elements in ascending order as octet strings, the shorter padded with zeros (X.690 11.6)."""
+    width = max(map(len, elements))
+    return _der(0x31, b"".join(sorted(elements, key=lambda e: e.ljust(width, b"\0"))))
 
 
 def envelope(
     content: bytes,
-    recipients: Sequence[x509.Certificate],
+    recipients: Sequence[x509.Certificate] = (),
     *,
+    keks: Sequence[Kek] = (),
     transport: str = KeyTransport.OAEP,
     cipher: str = "aes256_cbc",
     rng: Callable[[int], bytes] = os.urandom,
 ) -> bytes:
-    """Encrypt ``content`` once for every recipient certificate; DER ContentInfo(EnvelopedData)."""
-    if not recipients:
+    """Encrypt ``content`` once for every recipient certificate (KeyTransRecipientInfo) and every
+    key-encryption key (KEKRecipientInfo); DER ContentInfo(EnvelopedData)."""
+    if not recipients and not keks:
         raise CmsError("an envelope needs at least one recipient")
     if cipher not in _AES_CBC:
         raise UnsupportedAlgorithm(f"content cipher {cipher} unsupported; use one of {', '.join(_AES_CBC)}")
@@ -195,16 +265,17 @@ def envelope(
     padded = padder.update(content) + padder.finalize()
     encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
     ciphertext = encryptor.update(padded) + encryptor.finalize()
-    enveloped = cms.EnvelopedData({
-        "version": "v0",
-        "recipient_infos": [_wrap_for(cert, cek, transport) for cert in recipients],
-        "encrypted_content_info": {
-            "content_type": "data",
-            "content_encryption_algorithm": {"algorithm": cipher, "parameters": iv},
-            "encrypted_content": ciphertext,
-        },
-    })
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": enveloped}).dump()
+    infos = [_wrap_for(cert, cek, transport) for cert in recipients] + [_wrap_with(k, cek) for k in keks]
+    encrypted_content_info = cms.EncryptedContentInfo({
+        "content_type": "data",
+        "content_encryption_algorithm": {"algorithm": cipher, "parameters": iv},
+        "encrypted_content": ciphertext,
+    }).dump()
+    # Assembled here rather than by asn1crypto, whose SET OF encoding slows down with thousands of
+    # recipients (quadratic); each element is still asn1crypto's DER, and the set is in DER order.
+    version = cms.CMSVersion("v2" if keks else "v0").dump()  # RFC 5652 6.1: v2 once any RecipientInfo is not v0
+    enveloped = _der(0x30, version + _der_set(infos) + encrypted_content_info)
+    return _der(0x30, _ENVELOPED_DATA_OID + _der(0xA0, enveloped))
 
 
 @_parsing
@@ -233,18 +304,46 @@ def _unwrap(ktri: cms.KeyTransRecipientInfo, key) -> bytes:
     raise UnsupportedAlgorithm(f"key encryption algorithm {name} unsupported")
 
 
+def _unwrap_kek(kekri: cms.KEKRecipientInfo, kek: bytes) -> bytes:
+    name = kekri["key_encryption_algorithm"]["algorithm"].native
+    if name != _AES_WRAP.get(len(kek)):
+        raise UnsupportedAlgorithm(f"key wrap {name} does not fit a {8 * len(kek)}-bit key-encryption key")
+    try:
+        return aes_key_unwrap(kek, kekri["encrypted_key"].native)
+    except (InvalidUnwrap, ValueError):
+        raise DecryptionFailed("the wrapped content key does not unwrap with our key-encryption key") from None
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """Who an envelope is for: its certificates' RecipientIdentifiers are opaque here, KEK ids are not."""
+
+    key_transport: int
+    kek_ids: tuple[bytes, ...]
+
+
 @_parsing
-def open_envelope(der: bytes, credential: Credential) -> bytes:
-    """Decrypt an EnvelopedData addressed (among others) to ``credential``'s certificate."""
+def recipients(der: bytes) -> Recipients:
+    infos = _load_content_info(der, "enveloped_data")["content"]["recipient_infos"]
+    return Recipients(sum(1 for i in infos if i.name == "ktri"),
+                      tuple(i.chosen["kekid"]["key_identifier"].native for i in infos if i.name == "kekri"))
+
+
+@_parsing
+def open_envelope(der: bytes, credential: Credential | None = None, *, keks: Mapping[bytes, bytes] | None = None) -> bytes:
+    """Decrypt an EnvelopedData addressed (among others) to ``credential``'s certificate or to one of
+    the key-encryption keys ``keks`` (key identifier -> key)."""
     enveloped = _load_content_info(der, "enveloped_data")["content"]
-    ours = None
+    cek = None
     for info in enveloped["recipient_infos"]:
-        if info.name == "ktri" and _matches(info.chosen["rid"], credential.certificate):
-            ours = info.chosen
+        if info.name == "ktri" and credential is not None and _matches(info.chosen["rid"], credential.certificate):
+            cek = _unwrap(info.chosen, credential.key)
             break
-    if ours is None:
-        raise NotARecipient("the envelope has no RecipientInfo for our certificate")
-    cek = _unwrap(ours, credential.key)
+        if info.name == "kekri" and keks and (kek := keks.get(info.chosen["kekid"]["key_identifier"].native)):
+            cek = _unwrap_kek(info.chosen, kek)
+            break
+    if cek is None:
+        raise NotARecipient("the envelope has no RecipientInfo for our certificate or keys")
     eci = enveloped["encrypted_content_info"]
     algorithm = eci["content_encryption_algorithm"]
     name = algorithm["algorithm"].native

@@ -4,8 +4,10 @@ Pure and keyless: it knows nothing of sockets or keys.  Every ZeroMQ message
 is two parts, a topic and a msgpack body::
 
     topic = stream name || 0x00 || kind            kind: D data, K key announcement, S checkpoint
+    topic = stream name || 0x00 || G || tag || .   G group key announcement, tag = 0..16 ASCII bits
     D body = [1, stream_id, epoch, seq, ciphertext]
     K body = [1, stream_id, epoch, envelope, signature]
+    G body = [1, stream_id, generation, envelope, signature]
     S body = [1, stream_id, first_seq, digests, signature]
 
 Decoding is strict (exact arity, types, sizes); anything else raises
@@ -26,14 +28,17 @@ from .primitives import (
     MAX_CHECKPOINT_DIGESTS,
     MAX_DATA_FRAME,
     MAX_EPOCH,
+    MAX_GENERATION,
+    MAX_GROUP_BITS,
     MAX_SEQ,
     MAX_TOPIC_BYTES,
     STREAM_ID_BYTES,
     VERSION,
 )
 
-DATA, ANNOUNCEMENT, CHECKPOINT = b"D", b"K", b"S"
-KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT)
+DATA, ANNOUNCEMENT, CHECKPOINT, GROUP = b"D", b"K", b"S", b"G"
+KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP)
+_TAG_END = b"."
 
 
 class FrameError(ZmqsecError):
@@ -75,7 +80,22 @@ class Checkpoint:
         return len(self.digests) // DIGEST_BYTES
 
 
-Frame = DataFrame | Announcement | Checkpoint
+@dataclass(frozen=True, slots=True)
+class GroupAnnouncement:
+    """A group key (KEK) for the readers whose certificate hash starts with ``tag`` (docs/PROTOCOL.md §4.5)."""
+
+    topic: bytes  # stream name + b"\0G" + tag + b"."
+    stream_id: bytes
+    generation: int
+    envelope: bytes  # DER CMS EnvelopedData of the group key record, one KeyTransRecipientInfo per member
+    signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+
+    @property
+    def tag(self) -> bytes:
+        return group_tag(self.topic)
+
+
+Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement
 
 
 def topic_for(stream: str | bytes, kind: bytes) -> bytes:
@@ -86,8 +106,19 @@ def topic_for(stream: str | bytes, kind: bytes) -> bytes:
     return name + b"\x00" + kind
 
 
+def group_topic(stream: str | bytes, tag: bytes) -> bytes:
+    """The topic of a group key announcement: readers subscribe to it exactly (the '.' ends the tag)."""
+    if len(tag) > MAX_GROUP_BITS or tag.strip(b"01"):
+        raise ValueError(f"a group tag is 0..{MAX_GROUP_BITS} ASCII bits")
+    return topic_for(stream, GROUP) + tag + _TAG_END
+
+
 def stream_name(topic: bytes) -> bytes:
-    return topic[:-2]
+    return topic[:topic.index(b"\x00")]
+
+
+def group_tag(topic: bytes) -> bytes:
+    return topic[topic.index(b"\x00") + 2:-1]
 
 
 def encode(frame: Frame) -> list[bytes]:
@@ -95,6 +126,8 @@ def encode(frame: Frame) -> list[bytes]:
         body = [VERSION, frame.stream_id, frame.epoch, frame.seq, frame.ciphertext]
     elif isinstance(frame, Announcement):
         body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
+    elif isinstance(frame, GroupAnnouncement):
+        body = [VERSION, frame.stream_id, frame.generation, frame.envelope, frame.signature]
     else:
         body = [VERSION, frame.stream_id, frame.first_seq, frame.digests, frame.signature]
     return [frame.topic, msgpack.packb(body, use_bin_type=True)]
@@ -121,12 +154,19 @@ def decode(parts: list[bytes]) -> Frame:
     if len(parts) != 2:
         raise FrameError("bad-parts", f"expected 2 message parts, got {len(parts)}")
     topic, body = bytes(parts[0]), parts[1]
-    if len(topic) < 3 or len(topic) > MAX_TOPIC_BYTES + 2 or topic[-2:-1] != b"\x00" or b"\x00" in topic[:-2]:
+    end = topic.find(b"\x00")
+    if not 1 <= end <= MAX_TOPIC_BYTES or len(topic) < end + 2:
         raise FrameError("bad-topic", "topic is not <stream name> NUL <kind>")
-    kind = topic[-1:]
+    kind, rest = topic[end + 1:end + 2], topic[end + 2:]
     if kind not in KINDS:
         raise FrameError("unknown-kind", f"unknown frame kind {kind!r}")
-    limit = MAX_ANNOUNCEMENT_FRAME if kind == ANNOUNCEMENT else MAX_DATA_FRAME
+    if kind == GROUP:
+        tag = rest[:-1]
+        if rest[-1:] != _TAG_END or len(tag) > MAX_GROUP_BITS or tag.strip(b"01"):
+            raise FrameError("bad-topic", f"group topic must end in 0..{MAX_GROUP_BITS} ASCII bits and '.'")
+    elif rest:
+        raise FrameError("bad-topic", "topic is not <stream name> NUL <kind>")
+    limit = MAX_ANNOUNCEMENT_FRAME if kind in (ANNOUNCEMENT, GROUP) else MAX_DATA_FRAME
     if len(body) > limit:
         raise FrameError("oversized", f"frame body of {len(body)} bytes exceeds {limit}")
     try:
@@ -146,10 +186,11 @@ def decode(parts: list[bytes]) -> Frame:
     if kind == DATA:
         return DataFrame(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"), _uint(fields[3], MAX_SEQ, "seq"),
                          _bin(fields[4], "ciphertext", limit=MAX_DATA_FRAME))
-    if kind == ANNOUNCEMENT:
-        return Announcement(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"),
-                            _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
-                            _bin(fields[4], "signature", limit=1024 * 1024))
+    if kind in (ANNOUNCEMENT, GROUP):
+        cls, limit = (Announcement, MAX_EPOCH) if kind == ANNOUNCEMENT else (GroupAnnouncement, MAX_GENERATION)
+        return cls(topic, stream_id, _uint(fields[2], limit, "epoch" if kind == ANNOUNCEMENT else "generation"),
+                   _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
+                   _bin(fields[4], "signature", limit=1024 * 1024))
     digests = _bin(fields[3], "digests", limit=MAX_CHECKPOINT_DIGESTS * DIGEST_BYTES)
     if not digests or len(digests) % DIGEST_BYTES:
         raise FrameError("bad-field", "checkpoint digests must be a non-empty multiple of 32 bytes")

@@ -31,6 +31,10 @@ LABEL_DATA = b"zmqsec/v1/data"
 LABEL_DIGEST = b"zmqsec/v1/frame-digest"
 LABEL_CHECKPOINT = b"zmqsec/v1/checkpoint"
 LABEL_KEY_CHECK = b"zmqsec/v1/key-check"
+LABEL_GROUP_KEY_CHECK = b"zmqsec/v1/group-key-check"
+
+MAX_GROUP_BITS = 16  # a group tag is 0..16 bits of the reader certificate's SHA-256
+MAX_GENERATION = 2**32 - 1
 
 _AAD = struct.Struct(">H")
 _EPOCH_SEQ = struct.Struct(">IQ")
@@ -71,30 +75,62 @@ def key_check(key: bytes, topic: bytes, stream_id: bytes, epoch: int) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest()[:KEY_CHECK_BYTES]
 
 
+def group_key_check(kek: bytes, name: bytes, stream_id: bytes, tag: bytes, generation: int) -> bytes:
+    """Group key confirmation: HMAC-SHA256(kek, label || len(name) || name || stream id || len(tag) || tag || generation)."""
+    data = (LABEL_GROUP_KEY_CHECK + _AAD.pack(len(name)) + name + stream_id + _AAD.pack(len(tag)) + tag
+            + struct.pack(">I", generation))
+    return hmac.new(kek, data, hashlib.sha256).digest()[:KEY_CHECK_BYTES]
+
+
 def encode_key_record(topic: bytes, stream_id: bytes, epoch: int, key: bytes) -> bytes:
     """The plaintext inside an epoch's CMS envelope."""
     return msgpack.packb([VERSION, topic, stream_id, epoch, key, key_check(key, topic, stream_id, epoch)], use_bin_type=True)
+
+
+def encode_group_record(name: bytes, stream_id: bytes, tag: bytes, generation: int, kek: bytes) -> bytes:
+    """The plaintext inside a group key announcement's CMS envelope."""
+    return msgpack.packb([VERSION, name, stream_id, tag, generation, kek,
+                          group_key_check(kek, name, stream_id, tag, generation)], use_bin_type=True)
 
 
 class KeyRecordError(ValueError):
     """The envelope decrypted to something that is not a valid key record."""
 
 
-def decode_key_record(data: bytes) -> tuple[bytes, bytes, int, bytes]:
-    """Parse and confirm a key record: (topic, stream_id, epoch, key)."""
+def _unpack_record(data: bytes, arity: int) -> list:
     try:
         record = msgpack.unpackb(data, raw=True, use_list=True, max_bin_len=1024, max_array_len=16, max_str_len=1024)
     except Exception:
         raise KeyRecordError("key record is not msgpack") from None
-    if not (isinstance(record, list) and len(record) == 6):
-        raise KeyRecordError("key record is not a 6-element array")
-    version, topic, stream_id, epoch, key, check = record
-    if version != VERSION:
-        raise KeyRecordError(f"key record version {version!r} unsupported")
+    if not (isinstance(record, list) and len(record) == arity):
+        raise KeyRecordError(f"key record is not a {arity}-element array")
+    if record[0] != VERSION:
+        raise KeyRecordError(f"key record version {record[0]!r} unsupported")
+    return record
+
+
+def _uint(value, limit: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= limit
+
+
+def decode_key_record(data: bytes) -> tuple[bytes, bytes, int, bytes]:
+    """Parse and confirm a key record: (topic, stream_id, epoch, key)."""
+    _, topic, stream_id, epoch, key, check = _unpack_record(data, 6)
     if not (isinstance(topic, bytes) and isinstance(stream_id, bytes) and len(stream_id) == STREAM_ID_BYTES
-            and isinstance(epoch, int) and not isinstance(epoch, bool) and 0 <= epoch <= MAX_EPOCH
-            and isinstance(key, bytes) and len(key) == KEY_BYTES and isinstance(check, bytes)):
+            and _uint(epoch, MAX_EPOCH) and isinstance(key, bytes) and len(key) == KEY_BYTES and isinstance(check, bytes)):
         raise KeyRecordError("key record fields have wrong types or sizes")
     if not hmac.compare_digest(check, key_check(key, topic, stream_id, epoch)):
         raise KeyRecordError("key confirmation failed: the decrypted key is not the publisher's")
     return topic, stream_id, epoch, key
+
+
+def decode_group_record(data: bytes) -> tuple[bytes, bytes, bytes, int, bytes]:
+    """Parse and confirm a group key record: (name, stream_id, tag, generation, kek)."""
+    _, name, stream_id, tag, generation, kek, check = _unpack_record(data, 7)
+    if not (isinstance(name, bytes) and isinstance(stream_id, bytes) and len(stream_id) == STREAM_ID_BYTES
+            and isinstance(tag, bytes) and len(tag) <= MAX_GROUP_BITS and _uint(generation, MAX_GENERATION)
+            and isinstance(kek, bytes) and len(kek) == KEY_BYTES and isinstance(check, bytes)):
+        raise KeyRecordError("group key record fields have wrong types or sizes")
+    if not hmac.compare_digest(check, group_key_check(kek, name, stream_id, tag, generation)):
+        raise KeyRecordError("group key confirmation failed: the decrypted key is not the publisher's")
+    return name, stream_id, tag, generation, kek

@@ -6,7 +6,8 @@ as time passes.  Output: a list of events -- :class:`Delivered`,
 for a driver to act on.  A data frame is delivered only when
 
 1. its epoch key came in an announcement whose signature and publisher
-   certificate verified, and which decrypted to a confirmed key;
+   certificate verified, and which decrypted to a confirmed key (with our
+   private key, or with the key of our reader group, which came the same way);
 2. AES-GCM opened it (topic, stream identity, epoch and sequence are bound);
 3. a checkpoint signed by that same publisher lists its digest (so an insider
    holding the data key cannot forge or alter frames);
@@ -28,9 +29,16 @@ from keys.dn import DnAllowList
 from keys.pemfiles import Credential
 from keys.trust import CrlPolicy, TrustStore
 
-from .announce import AnnouncementRejected, Publisher, open_announcement, verify_announcement
+from .announce import (
+    AnnouncementRejected,
+    Publisher,
+    open_announcement,
+    open_group_announcement,
+    verify_announcement,
+)
 from .checkpoint import checkpoint_valid
-from .frames import Announcement, Checkpoint, DataFrame, FrameError, decode, stream_name
+from .frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, decode, stream_name
+from .groups import reader_bits
 from .primitives import DIGEST_BYTES, associated_data, frame_digest, nonce
 
 log = logging.getLogger("zmqsec.reader")
@@ -94,6 +102,8 @@ class ReceiverPolicy:
     keep_epochs: int = 4  # old epoch keys kept for stragglers
     max_streams: int = 8  # unknown stream identities buffered at once
     max_candidates: int = 4  # different frames claiming one sequence number
+    keep_group_keys: int = 4  # group keys kept (ours change when our group's membership does)
+    max_awaiting_group: int = 4  # epoch announcements held until our group's key arrives
 
 
 @dataclass
@@ -117,6 +127,9 @@ class _Stream:
     vouched: dict = field(default_factory=dict)  # seq -> digest from a verified checkpoint
     last_delivered: int | None = None
     seen_announcements: OrderedDict = field(default_factory=OrderedDict)  # fingerprint -> accepted?, bounded
+    group_keys: OrderedDict = field(default_factory=OrderedDict)  # KEK id -> group key, bounded
+    awaiting_group: list = field(default_factory=list)  # (Announcement, fingerprint, arrived): need a group key
+    reported_no_group: OrderedDict = field(default_factory=OrderedDict)  # fingerprints refused once already
 
 
 class StreamReceiver:
@@ -144,6 +157,7 @@ class StreamReceiver:
         self.retired: OrderedDict = OrderedDict()  # stream ids of earlier runs: never accepted again
         self.counters: Counter = Counter()
         self._held = 0
+        self._bits = reader_bits(credential.certificate)  # which reader groups are ours
 
     # -- entry points ------------------------------------------------------------
 
@@ -156,6 +170,8 @@ class StreamReceiver:
             return self._on_data(frame, parts[1], now)
         if isinstance(frame, Checkpoint):
             return self._on_checkpoint(frame, now)
+        if isinstance(frame, GroupAnnouncement):
+            return self._on_group(frame, now)
         return self._on_announcement(frame, now)
 
     def tick(self, now: float) -> list[Event]:
@@ -179,6 +195,14 @@ class StreamReceiver:
                     events.append(self._reject("unverified", "no checkpoint from the publisher vouched for this frame",
                                                st.stream_id, seq))
             st.early_checkpoints = [(c, t) for c, t in st.early_checkpoints if now - t < p.key_timeout]
+            for frame, fingerprint, arrived in [e for e in st.awaiting_group if now - e[2] >= p.key_timeout]:
+                st.awaiting_group.remove((frame, fingerprint, arrived))
+                if fingerprint not in st.reported_no_group:  # once per announcement: re-announcements are checked quietly
+                    st.reported_no_group[fingerprint] = None
+                    while len(st.reported_no_group) > 64:
+                        st.reported_no_group.popitem(last=False)
+                    events.append(self._reject("not-a-recipient", f"epoch {frame.epoch}: wrapped only for reader groups "
+                                               "whose keys we do not hold (not authorized, or revoked)", st.stream_id))
             events += self._release(st)
         return events
 
@@ -290,8 +314,13 @@ class StreamReceiver:
             return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
                                  st.stream_id)]
         try:
-            epoch_key = open_announcement(frame, publisher, self.credential)
+            epoch_key = open_announcement(frame, publisher, self.credential, st.group_keys)
         except AnnouncementRejected as exc:
+            if exc.reason == "no-group-key":
+                # Our group's key may still be on its way (it has its own topic): hold, do not remember.
+                if all(f != fingerprint for _, f, _ in st.awaiting_group):
+                    st.awaiting_group = st.awaiting_group[-(self.policy.max_awaiting_group - 1):] + [(frame, fingerprint, now)]
+                return []
             self._remember(st, fingerprint, False)
             return [self._reject(exc.reason, str(exc), st.stream_id)]
         self._remember(st, fingerprint, True)
@@ -324,6 +353,43 @@ class StreamReceiver:
         early, st.early_checkpoints = st.early_checkpoints, []
         for checkpoint, _ in early:
             events += self._apply_checkpoint(st, checkpoint)
+        return events
+
+    def _on_group(self, frame: GroupAnnouncement, now: float) -> list[Event]:
+        """A group key: only ours is opened; then epoch announcements that waited for it are retried."""
+        if frame.stream_id in self.retired:
+            return [self._reject("retired-stream", "group announcement of an earlier publisher run (replay)", frame.stream_id)]
+        if not self._bits.startswith(frame.tag):
+            self.counters["other-group"] += 1  # multicast carries every group; not ours is not an error
+            return []
+        fingerprint = hashlib.sha256(frame.envelope + frame.signature).digest()
+        st = self.streams.get(frame.stream_id)
+        if st is not None and fingerprint in st.seen_announcements:
+            return []
+        try:
+            publisher = verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
+                                            crl=self.crl, at=self.wall_clock())
+        except AnnouncementRejected as exc:
+            return [self._reject(exc.reason, str(exc), frame.stream_id)]
+        st = self._stream(frame, now)
+        if st.publisher is not None and st.publisher.certificate != publisher.certificate:
+            return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
+                                 st.stream_id)]
+        try:
+            group = open_group_announcement(frame, self.credential)
+        except AnnouncementRejected as exc:
+            self._remember(st, fingerprint, False)
+            return [self._reject(exc.reason, str(exc), st.stream_id)]
+        self._remember(st, fingerprint, True)
+        st.group_keys[group.key_id] = group.key
+        while len(st.group_keys) > self.policy.keep_group_keys:
+            st.group_keys.popitem(last=False)
+        log.info("stream %s: key of reader group %r generation %d accepted", st.name.decode(errors="replace"),
+                 group.tag.decode(), group.generation)
+        events: list[Event] = []
+        waiting, st.awaiting_group = st.awaiting_group, []
+        for announcement, _, arrived in waiting:
+            events += self._on_announcement(announcement, arrived)
         return events
 
     @staticmethod

@@ -18,7 +18,7 @@ from pathlib import Path
 import msgpack
 import zmq
 
-from keys.dn import DnAllowList
+from keys.dn import DnAllowList, slash_dn
 from keys.pemfiles import Credential
 from keys.registry import ReaderRegistry
 from keys.trust import CrlPolicy
@@ -54,6 +54,9 @@ PUBLISH = COMMON + [
     Option("rotation", "checkpoint_interval", "float", 0.02, "seconds a message may wait for its signed checkpoint"),
     Option("rotation", "checkpoint_max", "int", 256, "messages per checkpoint at most"),
     Option("rotation", "key_transport", "choice", "oaep", "RSA key transport for reader envelopes", choices=("oaep", "pkcs1v15")),
+    Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
+           "about N with their own group keys, so a rekey sends each reader a bounded announcement (large registries)"),
+    Option("rotation", "group_reannounce_interval", "float", 10.0, "seconds between re-announcements of the group keys"),
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
     Option("messaging", "spool", "choice", "dirq", "outgoing spool format", choices=("dirq", "directory")),
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),
@@ -91,7 +94,9 @@ def cmd_publish(args) -> int:
             max_age=settings["rotation.max_age"], max_messages=settings["rotation.max_messages"],
             max_bytes=settings["rotation.max_bytes"], reannounce_interval=settings["rotation.reannounce_interval"],
             checkpoint_interval=settings["rotation.checkpoint_interval"], checkpoint_max=settings["rotation.checkpoint_max"],
-            transport=cms.KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else cms.KeyTransport.PKCS1V15)
+            transport=cms.KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else cms.KeyTransport.PKCS1V15,
+            group_size=settings["rotation.group_size"],
+            group_reannounce_interval=settings["rotation.group_reannounce_interval"])
     except ValueError as exc:
         raise config.ConfigError(f"{settings.source}: [rotation] {exc}") from None
     registry = ReaderRegistry(settings["readers.registry"], settings["readers.dn_list"])
@@ -150,7 +155,8 @@ def _publisher_status(settings, publisher: Publisher) -> dict:
     return {"role": "publisher", "stream": settings["stream.name"], "stream_id": publisher.sender.stream_id.hex(),
             "epoch": s.epoch, "readers": s.readers, "sent": s.sent, "bytes": s.bytes, "rekeys": s.rekeys,
             "last_rekey_cause": s.last_rekey_cause, "last_rekey_seconds": round(s.last_rekey_seconds, 4),
-            "announcement_bytes": s.announcement_bytes, "checkpoints": s.checkpoints,
+            "announcement_bytes": s.announcement_bytes, "last_rekey_bytes": s.last_rekey_bytes, "groups": s.groups,
+            "group_rekeys": s.group_rekeys, "checkpoints": s.checkpoints,
             "updated": utc_stamp()}
 
 
@@ -290,13 +296,20 @@ def cmd_inspect(args) -> int:
         else:
             try:
                 signer = cms.verify_signature(frame.signature, frame.envelope).signer
-                from keys.dn import slash_dn
-
                 who = f"signed by {slash_dn(signer.subject)} (signature good; certificate not checked)"
             except cms.CmsError as exc:
                 who = f"signature INVALID ({exc})"
-            print(f"{stamp} K {name} stream {sid} epoch {frame.epoch} recipients {cms.recipient_count(frame.envelope)} "
-                  f"envelope {len(frame.envelope)} B, {who}")
+            try:
+                recipients = cms.recipients(frame.envelope)
+                wrapped = (f"recipients {recipients.key_transport}" if not recipients.kek_ids else
+                           f"group keys {', '.join(k.decode(errors='replace') for k in recipients.kek_ids)}")
+            except cms.CmsError as exc:
+                wrapped = f"envelope INVALID ({exc})"
+            if isinstance(frame, frames.GroupAnnouncement):
+                print(f"{stamp} G {name} stream {sid} group {frame.tag.decode()!r} generation {frame.generation} "
+                      f"{wrapped} envelope {len(frame.envelope)} B, {who}")
+            else:
+                print(f"{stamp} K {name} stream {sid} epoch {frame.epoch} {wrapped} envelope {len(frame.envelope)} B, {who}")
     return 0
 
 

@@ -22,6 +22,7 @@ from keys.errors import ZmqsecError
 from keys.pemfiles import Credential
 from keys.trust import CrlPolicy, TrustStore
 
+from .groups import reader_topics
 from .primitives import MAX_ANNOUNCEMENT_FRAME
 from .receiver import Delivered, Gap, KeyAccepted, ReceiverPolicy, Rejected, Restarted, StreamReceiver
 from .transports import check_endpoint
@@ -93,7 +94,8 @@ class _Base:
             self.socket.curve_serverkey = curve["server"]
             self.socket.curve_secretkey = curve["secret"]
             self.socket.curve_publickey = curve["public"]
-        self.socket.setsockopt(zmq.SUBSCRIBE, stream.encode() + b"\x00")
+        for topic in reader_topics(stream, credential.certificate):  # not the other reader groups' keys
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
         for endpoint in endpoints:
             check_endpoint(endpoint)
             self.socket.connect(endpoint)

@@ -18,3 +18,13 @@ def signature(path: Path | None) -> tuple:
         return (st.st_size, st.st_mtime_ns)
     except FileNotFoundError:
         return ("missing",)
+
+
+def directory_stamp(path: Path) -> tuple:
+    """The directory's own inode and mtime: changes when an entry is added, removed or renamed into it
+    (our tools write by rename), without a stat per entry."""
+    try:
+        st = path.stat()
+        return (st.st_ino, st.st_mtime_ns)
+    except FileNotFoundError:
+        return ("missing",)
