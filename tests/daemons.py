@@ -33,7 +33,7 @@ def publisher(site, endpoint, **extra) -> subprocess.Popen:
     return cli(*args, log=d / "publisher.log")
 
 
-def subscriber(site, name, *endpoints) -> subprocess.Popen:
+def subscriber(site, name, *endpoints, **extra) -> subprocess.Popen:
     d, c = site["dir"], site["certs"][name]
     args = ["--log-level", "INFO", "subscribe", "--stream", "apel.jobs", "--certificate", c.cert_path,
             "--publisher-dn", PUBLISHER_DN,
@@ -41,6 +41,8 @@ def subscriber(site, name, *endpoints) -> subprocess.Popen:
             "--status-file", d / f"{name}.json", "--status-interval", "0.2"]
     for e in endpoints:
         args += ["--endpoint", e]
+    for k, v in extra.items():
+        args += [f"--{k.replace('_', '-')}", v]
     return cli(*args, log=d / f"{name}.log")
 
 

@@ -21,6 +21,7 @@ from keys.pemfiles import Credential
 from keys.registry import LoadCache, ReaderRegistry, ReaderSet
 from keys.trust import CrlPolicy, TrustStore
 
+from .curve import CurveServer, apply_server
 from .frames import DATA, topic_for
 from .sender import RotationPolicy, StreamSender
 from .transports import check_endpoint
@@ -87,7 +88,7 @@ class Publisher:
         watch_interval: float = 0.25,
         context: zmq.Context | None = None,
         sndhwm: int = 100_000,
-        curve: dict | None = None,
+        curve: CurveServer | None = None,
     ) -> None:
         self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
         self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy())
@@ -97,10 +98,7 @@ class Publisher:
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 2000)
-        if curve:
-            self.socket.curve_server = True
-            self.socket.curve_secretkey = curve["secret"]
-            self.socket.curve_publickey = curve["public"]
+        self._authenticator = apply_server(self.socket, curve) if curve else None
         for endpoint in endpoints:
             check_endpoint(endpoint)
             self.socket.bind(endpoint)
@@ -172,6 +170,8 @@ class Publisher:
     def close(self) -> None:
         self.flush()
         self.socket.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()
 
     def __enter__(self) -> "Publisher":
         return self

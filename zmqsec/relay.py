@@ -16,6 +16,7 @@ import threading
 
 import zmq
 
+from .curve import CurveClient, CurveServer, apply_client, apply_server
 from .transports import check_endpoint
 
 log = logging.getLogger("zmqsec.relay")
@@ -25,8 +26,8 @@ MULTICAST = ("epgm", "pgm", "norm")
 
 class Relay:
     def __init__(self, inputs: list[str], outputs: list[str], *, streams: list[str] = (),
-                 context: zmq.Context | None = None, hwm: int = 100_000, curve_out: dict | None = None,
-                 curve_in: dict | None = None) -> None:
+                 context: zmq.Context | None = None, hwm: int = 100_000, curve_out: CurveServer | None = None,
+                 curve_in: CurveClient | None = None) -> None:
         self._ctx = context or zmq.Context.instance()
         self.upstream = self._ctx.socket(zmq.XSUB)
         self.downstream = self._ctx.socket(zmq.XPUB)
@@ -36,13 +37,8 @@ class Relay:
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.LINGER, 0)
         if curve_in:
-            self.upstream.curve_serverkey = curve_in["server"]
-            self.upstream.curve_secretkey = curve_in["secret"]
-            self.upstream.curve_publickey = curve_in["public"]
-        if curve_out:
-            self.downstream.curve_server = True
-            self.downstream.curve_secretkey = curve_out["secret"]
-            self.downstream.curve_publickey = curve_out["public"]
+            apply_client(self.upstream, curve_in)
+        self._authenticator = apply_server(self.downstream, curve_out) if curve_out else None
         schemes = {check_endpoint(e) for e in outputs}
         for endpoint in outputs:
             self.downstream.bind(endpoint)
@@ -80,3 +76,5 @@ class Relay:
             self._thread.join(5)
         for sock in (self._control, self.upstream, self.downstream):
             sock.close()
+        if self._authenticator is not None:
+            self._authenticator.stop()

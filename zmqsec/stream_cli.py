@@ -23,7 +23,7 @@ from keys.pemfiles import Credential
 from keys.registry import ReaderRegistry
 from keys.trust import CrlPolicy
 
-from . import cms, config, frames
+from . import cms, config, curve, frames
 from .config import Option
 from .daemon import Stop, utc_stamp, write_status
 from .publisher import Publisher
@@ -57,6 +57,10 @@ PUBLISH = COMMON + [
     Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
            "about N with their own group keys, so a rekey sends each reader a bounded announcement (large registries)"),
     Option("rotation", "group_reannounce_interval", "float", 10.0, "seconds between re-announcements of the group keys"),
+    Option("curve", "secret_key", "path", help="CurveZMQ: our NAME.key_secret (zmqsec keys curve); tcp links are then "
+           "encrypted and authenticated per link", flag_name="curve_secret_key"),
+    Option("curve", "clients", "path", help="CurveZMQ: directory of the NAME.key files of the only clients allowed to "
+           "connect (default: any client that knows our public key)", flag_name="curve_clients"),
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
     Option("messaging", "spool", "choice", "dirq", "outgoing spool format", choices=("dirq", "directory")),
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),
@@ -66,6 +70,10 @@ SUBSCRIBE = COMMON + [
     Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
            "dn or dn_list is required", flag_name="publisher_dn"),
     Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
+    Option("curve", "server_key", "path", help="CurveZMQ: the publisher's (or relay's) public NAME.key; enables CURVE "
+           "on our connections", flag_name="curve_server_key"),
+    Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
+           "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema: body, signer, empaid); default stdout", flag_name="incoming"),
     Option("messaging", "reject_path", "path", help="reject dirq queue for messages that cannot be stored", flag_name="reject"),
 ]
@@ -80,8 +88,31 @@ def publishers(settings, section: str) -> DnAllowList:
     return allowed
 
 
+RELAY = [
+    Option("relay", "input", "list", required=True, help="upstream endpoint to connect (repeatable)", flag_name="in"),
+    Option("relay", "output", "list", required=True, help="downstream endpoint to bind (repeatable)", flag_name="out"),
+    Option("relay", "stream", "list", help="stream to subscribe upstream (needed behind multicast; default all)"),
+    Option("curve", "in_server_key", "path", flag_name="curve_in_server_key", help="CurveZMQ upstream: the upstream server's public NAME.key"),
+    Option("curve", "in_secret_key", "path", flag_name="curve_in_secret_key", help="CurveZMQ upstream: our NAME.key_secret (default: fresh per run)"),
+    Option("curve", "out_secret_key", "path", flag_name="curve_out_secret_key", help="CurveZMQ downstream: our NAME.key_secret as a server"),
+    Option("curve", "out_clients", "path", flag_name="curve_out_clients", help="CurveZMQ downstream: directory of allowed clients' NAME.key files"),
+]
+
+
 def _credential(settings) -> Credential:
     return Credential.load(settings["certificates.certificate"], settings["certificates.key"])
+
+
+def _curve_server(settings, secret: str, clients: str) -> curve.CurveServer | None:
+    if settings[clients] and not settings[secret]:
+        raise config.ConfigError(f"[curve] {clients.split('.')[1]} needs [curve] {secret.split('.')[1]}")
+    return curve.server(settings[secret], settings[clients]) if settings[secret] else None
+
+
+def _curve_client(settings, server: str, secret: str) -> curve.CurveClient | None:
+    if settings[secret] and not settings[server]:
+        raise config.ConfigError(f"[curve] {secret.split('.')[1]} needs [curve] {server.split('.')[1]}")
+    return curve.client(settings[server], settings[secret]) if settings[server] else None
 
 
 # -- publish --------------------------------------------------------------------
@@ -103,7 +134,8 @@ def cmd_publish(args) -> int:
     spool = OutgoingSpool(settings["messaging.path"], settings["messaging.spool"]) if settings["messaging.path"] else None
     stop = Stop()
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), _credential(settings), registry,
-                          trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]), policy=policy)
+                          trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]), policy=policy,
+                          curve=_curve_server(settings, "curve.secret_key", "curve.clients"))
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
              ", ".join(publisher.endpoints), publisher.stats.readers)
     status_every, next_status = settings["status.status_interval"], 0.0
@@ -191,7 +223,8 @@ def cmd_subscribe(args) -> int:
     stop = Stop()
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), _credential(settings),
                             settings["certificates.capath"], allowed_publishers=allowed,
-                            crl=CrlPolicy(settings["certificates.crl"]))
+                            crl=CrlPolicy(settings["certificates.crl"]),
+                            curve=_curve_client(settings, "curve.server_key", "curve.secret_key"))
     received, next_status = 0, 0.0
     last_message = time.monotonic()
     try:
@@ -343,14 +376,24 @@ def cmd_decrypt(args) -> int:
 def cmd_relay(args) -> int:
     from .relay import Relay
 
+    settings = config.load(RELAY, args)
+    inputs, outputs = list(settings["relay.input"]), list(settings["relay.output"])
     stop = Stop()
-    relay = Relay(args.input, args.output, streams=args.stream or []).start()
-    log.info("relay: %s -> %s", ", ".join(args.input), ", ".join(args.output))
+    relay = Relay(inputs, outputs, streams=list(settings["relay.stream"] or []),
+                  curve_in=_curve_client(settings, "curve.in_server_key", "curve.in_secret_key"),
+                  curve_out=_curve_server(settings, "curve.out_secret_key", "curve.out_clients")).start()
+    log.info("relay: %s -> %s", ", ".join(inputs), ", ".join(outputs))
     try:
         while not stop.requested:
             time.sleep(0.2)
     finally:
         relay.stop()
+    return 0
+
+
+def cmd_curve_keygen(args) -> int:
+    public, secret = curve.generate(args.dir, args.name)
+    print(f"public key {public} (give it to peers), secret key {secret} (mode 0600, keep it here)")
     return 0
 
 
@@ -380,10 +423,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_subscribe)
 
     p = subparsers.add_parser("relay", help="forward streams unchanged (no key), e.g. into a subtree or multicast")
-    p.add_argument("--in", dest="input", action="append", required=True, metavar="ENDPOINT", help="upstream to connect")
-    p.add_argument("--out", dest="output", action="append", required=True, metavar="ENDPOINT", help="downstream to bind")
-    p.add_argument("--stream", action="append", help="stream to subscribe upstream (needed behind multicast; default all)")
+    config.add_flags(p, RELAY)
     p.set_defaults(func=cmd_relay)
+
+    p = subparsers.add_parser("curve-keygen", help="make a CurveZMQ key pair: NAME.key (public) and NAME.key_secret (0600)")
+    p.add_argument("name")
+    p.add_argument("--dir", type=Path, default=Path("."), help="where to write the two files")
+    p.set_defaults(func=cmd_curve_keygen)
 
     p = subparsers.add_parser("capture", help="record a stream's raw frames without any key")
     p.add_argument("endpoint", nargs="+")

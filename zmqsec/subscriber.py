@@ -22,6 +22,7 @@ from keys.errors import ZmqsecError
 from keys.pemfiles import Credential
 from keys.trust import CrlPolicy, TrustStore
 
+from .curve import CurveClient, apply_client
 from .groups import reader_topics
 from .primitives import MAX_ANNOUNCEMENT_FRAME
 from .receiver import Delivered, Gap, KeyAccepted, ReceiverPolicy, Rejected, Restarted, StreamReceiver
@@ -77,7 +78,7 @@ class _Base:
         on_gap: Callable[[Gap], None] | None = None,
         on_restart: Callable[[Restarted], None] | None = None,
         on_reject: Callable[[Rejected], None] | None = None,
-        curve: dict | None = None,
+        curve: CurveClient | None = None,
         socket: zmq.Socket,
     ) -> None:
         self.stream = stream
@@ -91,9 +92,7 @@ class _Base:
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve:
-            self.socket.curve_serverkey = curve["server"]
-            self.socket.curve_secretkey = curve["secret"]
-            self.socket.curve_publickey = curve["public"]
+            apply_client(self.socket, curve)
         for topic in reader_topics(stream, credential.certificate):  # not the other reader groups' keys
             self.socket.setsockopt(zmq.SUBSCRIBE, topic)
         for endpoint in endpoints:
