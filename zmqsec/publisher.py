@@ -24,7 +24,7 @@ from keys.trust import CrlPolicy, TrustStore
 from .curve import CurveServer, apply_server
 from .frames import DATA, topic_for
 from .sender import RotationPolicy, StreamSender
-from .transports import check_endpoint
+from .transports import DEFAULT_MULTICAST_RATE, check_endpoint
 from .watch import directory_stamp, signature
 
 log = logging.getLogger("zmqsec.publisher")
@@ -89,6 +89,7 @@ class Publisher:
         context: zmq.Context | None = None,
         sndhwm: int = 100_000,
         curve: CurveServer | None = None,
+        multicast_rate: int = DEFAULT_MULTICAST_RATE,
     ) -> None:
         self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
         self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy())
@@ -98,6 +99,7 @@ class Publisher:
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
         self._authenticator = apply_server(self.socket, curve) if curve else None
         for endpoint in endpoints:
             check_endpoint(endpoint)

@@ -170,6 +170,7 @@ class StreamReceiver:
             return self._on_data(frame, parts[1], now)
         if isinstance(frame, Checkpoint):
             return self._on_checkpoint(frame, now)
+        self.counters["announcement-bytes"] += len(parts[0]) + len(parts[1])  # what key distribution costs a reader
         if isinstance(frame, GroupAnnouncement):
             return self._on_group(frame, now)
         return self._on_announcement(frame, now)

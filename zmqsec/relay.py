@@ -17,17 +17,14 @@ import threading
 import zmq
 
 from .curve import CurveClient, CurveServer, apply_client, apply_server
-from .transports import check_endpoint
+from .transports import DEFAULT_MULTICAST_RATE, MULTICAST, check_endpoint
 
 log = logging.getLogger("zmqsec.relay")
-
-MULTICAST = ("epgm", "pgm", "norm")
-
 
 class Relay:
     def __init__(self, inputs: list[str], outputs: list[str], *, streams: list[str] = (),
                  context: zmq.Context | None = None, hwm: int = 100_000, curve_out: CurveServer | None = None,
-                 curve_in: CurveClient | None = None) -> None:
+                 curve_in: CurveClient | None = None, multicast_rate: int = DEFAULT_MULTICAST_RATE) -> None:
         self._ctx = context or zmq.Context.instance()
         self.upstream = self._ctx.socket(zmq.XSUB)
         self.downstream = self._ctx.socket(zmq.XPUB)
@@ -36,6 +33,7 @@ class Relay:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.LINGER, 0)
+        self.downstream.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, multicast outputs only
         if curve_in:
             apply_client(self.upstream, curve_in)
         self._authenticator = apply_server(self.downstream, curve_out) if curve_out else None

@@ -45,6 +45,7 @@ COMMON = [
 ]
 PUBLISH = COMMON + [
     Option("publisher", "endpoint", "list", required=True, help="endpoint to bind (repeatable): tcp://, ipc://, epgm://, norm://"),
+    Option("publisher", "multicast_rate", "int", 10_000, "kbit/s a multicast (epgm://, norm://) endpoint may send"),
     Option("readers", "registry", "path", required=True, help="directory of authorized reader certificates"),
     Option("readers", "dn_list", "path", help="SSM-style DN allow-list narrowing the registry"),
     Option("rotation", "max_age", "float", 3600.0, "seconds before the data key rotates"),
@@ -92,6 +93,7 @@ RELAY = [
     Option("relay", "input", "list", required=True, help="upstream endpoint to connect (repeatable)", flag_name="in"),
     Option("relay", "output", "list", required=True, help="downstream endpoint to bind (repeatable)", flag_name="out"),
     Option("relay", "stream", "list", help="stream to subscribe upstream (needed behind multicast; default all)"),
+    Option("relay", "multicast_rate", "int", 10_000, "kbit/s a multicast output may send"),
     Option("curve", "in_server_key", "path", flag_name="curve_in_server_key", help="CurveZMQ upstream: the upstream server's public NAME.key"),
     Option("curve", "in_secret_key", "path", flag_name="curve_in_secret_key", help="CurveZMQ upstream: our NAME.key_secret (default: fresh per run)"),
     Option("curve", "out_secret_key", "path", flag_name="curve_out_secret_key", help="CurveZMQ downstream: our NAME.key_secret as a server"),
@@ -135,7 +137,8 @@ def cmd_publish(args) -> int:
     stop = Stop()
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), _credential(settings), registry,
                           trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]), policy=policy,
-                          curve=_curve_server(settings, "curve.secret_key", "curve.clients"))
+                          curve=_curve_server(settings, "curve.secret_key", "curve.clients"),
+                          multicast_rate=settings["publisher.multicast_rate"])
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
              ", ".join(publisher.endpoints), publisher.stats.readers)
     status_every, next_status = settings["status.status_interval"], 0.0
@@ -213,7 +216,7 @@ def _reader_status(settings, counters: Counter, epoch: int) -> dict:
     return {"role": "subscriber", "stream": settings["stream.name"], "epoch": epoch,
             "received": counters.get("delivered", 0), "gaps": counters.get("gap", 0),
             "restarts": counters.get("restart", 0), "rejected": rejects,
-            "updated": utc_stamp()}
+            "announcement_bytes": counters.get("announcement-bytes", 0), "updated": utc_stamp()}
 
 
 def cmd_subscribe(args) -> int:
@@ -381,7 +384,8 @@ def cmd_relay(args) -> int:
     stop = Stop()
     relay = Relay(inputs, outputs, streams=list(settings["relay.stream"] or []),
                   curve_in=_curve_client(settings, "curve.in_server_key", "curve.in_secret_key"),
-                  curve_out=_curve_server(settings, "curve.out_secret_key", "curve.out_clients")).start()
+                  curve_out=_curve_server(settings, "curve.out_secret_key", "curve.out_clients"),
+                  multicast_rate=settings["relay.multicast_rate"]).start()
     log.info("relay: %s -> %s", ", ".join(inputs), ", ".join(outputs))
     try:
         while not stop.requested:

@@ -14,6 +14,10 @@ log = logging.getLogger("zmqsec.transport")
 _NEEDS = {"tcp": None, "ipc": "ipc", "inproc": None, "epgm": "pgm", "pgm": "pgm", "norm": "norm", "ws": "draft", "udp": "draft"}
 
 
+MULTICAST = ("epgm", "pgm", "norm")
+DEFAULT_MULTICAST_RATE = 10_000  # kbit/s; libzmq's own default (100) starves a stream with key announcements
+
+
 class TransportUnavailable(ZmqsecError):
     """The endpoint's transport is not compiled into the libzmq pyzmq is linked against."""
 
