@@ -14,9 +14,16 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from keys.pemfiles import Credential
 from keys.trust import TrustStore
 from zmqsec import frames
-from zmqsec.announce import AnnouncementRejected, open_announcement, verify_announcement
+from zmqsec.announce import AnnouncementRejected, open_announcement, open_group_announcement, verify_announcement
 from zmqsec.checkpoint import checkpoint_valid
-from zmqsec.primitives import KeyRecordError, associated_data, decode_key_record, frame_digest, nonce
+from zmqsec.primitives import (
+    KeyRecordError,
+    associated_data,
+    decode_group_record,
+    decode_key_record,
+    frame_digest,
+    nonce,
+)
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "v1.json").read_text())["vectors"]
 
@@ -30,6 +37,8 @@ def _verdict(v) -> tuple[str, object]:
     try:
         if kind == "key-record":
             return "success", decode_key_record(bytes.fromhex(v["record"]))
+        if kind == "group-key-record":
+            return "success", decode_group_record(bytes.fromhex(v["record"]))
         frame = frames.decode(_parts(v))
         if kind == "data":
             try:
@@ -42,13 +51,21 @@ def _verdict(v) -> tuple[str, object]:
         if kind == "checkpoint":
             ok = checkpoint_valid(frame, x509.load_pem_x509_certificate(v["publisher_cert"].encode()))
             return ("success", frame) if ok else ("bad-checkpoint", None)
-        if kind == "announcement":
+        if kind in ("announcement", "grouped-announcement"):
             trust = TrustStore.from_certificates([x509.load_pem_x509_certificate(v["ca_cert"].encode())],
                                                  [x509.load_pem_x509_crl(v["crl"].encode())])
-            publisher = verify_announcement(frame, trust, at=dt.datetime.fromisoformat(v["at"]))
+            at = dt.datetime.fromisoformat(v["at"])
             cred = Credential(x509.load_pem_x509_certificate(v["reader_cert"].encode()),
                               serialization.load_pem_private_key(v["reader_key"].encode(), None))
-            return "success", open_announcement(frame, publisher, cred)
+            groups = {}
+            if "group_parts" in v:  # the reader's group key first, from its own envelope
+                group_frame = frames.decode([bytes.fromhex(p) for p in v["group_parts"]])
+                verify_announcement(group_frame, trust, at=at)
+                group = open_group_announcement(group_frame, cred)
+                assert (group.key_id.hex(), group.key.hex()) == (v["kek_id"], v["kek"])
+                groups[group.key_id] = group.key
+            publisher = verify_announcement(frame, trust, at=at)
+            return "success", open_announcement(frame, publisher, cred, groups)
         return "success", frame
     except frames.FrameError as exc:
         return exc.reason, None
@@ -70,10 +87,14 @@ def test_vector(vector):
     elif vector["kind"] == "key-record":
         assert value == (bytes.fromhex(vector["topic"]), bytes.fromhex(vector["stream_id"]), vector["epoch"],
                          bytes.fromhex(vector["key"]))
-    elif vector["kind"] == "announcement":
+    elif vector["kind"] == "group-key-record":
+        assert value == (bytes.fromhex(vector["stream_name"]), bytes.fromhex(vector["stream_id"]), vector["tag"].encode(),
+                         vector["generation"], bytes.fromhex(vector["kek"]))
+    elif vector["kind"] in ("announcement", "grouped-announcement"):
         assert value.key.hex() == vector["key"] and value.epoch == vector["epoch"]
 
 
 def test_every_documented_verdict_is_exercised():
     assert {v["expect"] for v in VECTORS} >= {"success", "decrypt-failed", "unknown-version", "bad-msgpack",
-                                              "bad-topic", "key-confirmation", "bad-checkpoint", "not-a-recipient"}
+                                              "bad-topic", "key-confirmation", "bad-checkpoint", "not-a-recipient",
+                                              "no-group-key"}

@@ -22,12 +22,14 @@ from keys.ca import CertificateAuthority, Role
 from keys.dn import parse_slash_dn
 from keys.pemfiles import Credential
 from zmqsec import frames
-from zmqsec.announce import make_announcement
+from zmqsec.announce import GroupKey, make_announcement, make_group_announcement
 from zmqsec.checkpoint import sign_checkpoint
-from zmqsec.primitives import associated_data, encode_key_record, frame_digest, nonce
+from zmqsec.groups import reader_bits
+from zmqsec.primitives import associated_data, encode_group_record, encode_key_record, frame_digest, nonce
 
 OUT = Path(__file__).with_name("v1.json")
 KEY = bytes(range(32))
+KEK = bytes(range(32, 64))
 STREAM_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
 TOPIC = b"apel.jobs\x00D"
 
@@ -74,6 +76,8 @@ def main(workdir: Path) -> None:
                     "parts": _hex([good[0], msgpack.packb(fields)])})
     vectors.append({"name": "frame-truncated", "kind": "frame", "expect": "bad-msgpack", "parts": _hex([good[0], good[1][:-5]])})
     vectors.append({"name": "frame-bad-topic", "kind": "frame", "expect": "bad-topic", "parts": _hex([b"apel.jobs", good[1]])})
+    vectors.append({"name": "frame-bad-group-tag", "kind": "frame", "expect": "bad-topic",
+                    "parts": _hex([b"apel.jobs\x00G012.", good[1]])})
 
     record = encode_key_record(b"apel.jobs", STREAM_ID, 3, KEY)
     vectors.append({"name": "key-record-ok", "kind": "key-record", "expect": "success", "record": record.hex(),
@@ -81,6 +85,13 @@ def main(workdir: Path) -> None:
     bad = bytearray(record)
     bad[-1] ^= 0x80
     vectors.append({"name": "key-record-bad-check", "kind": "key-record", "expect": "key-confirmation", "record": bytes(bad).hex()})
+    record = encode_group_record(b"apel.jobs", STREAM_ID, b"01", 7, KEK)
+    vectors.append({"name": "group-key-record-ok", "kind": "group-key-record", "expect": "success", "record": record.hex(),
+                    "stream_name": b"apel.jobs".hex(), "stream_id": STREAM_ID.hex(), "tag": "01", "generation": 7, "kek": KEK.hex()})
+    bad = bytearray(record)
+    bad[-1] ^= 0x80
+    vectors.append({"name": "group-key-record-bad-check", "kind": "group-key-record", "expect": "key-confirmation",
+                    "record": bytes(bad).hex()})
 
     fixed = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     ca = CertificateAuthority.init(workdir / "ca", subject=parse_slash_dn("/O=zmqsec vectors/CN=Vector CA"),
@@ -107,6 +118,20 @@ def main(workdir: Path) -> None:
                     "reader_key": _pem_key(reader.key), "key": KEY.hex(), "epoch": 3, **ann})
     vectors.append({"name": "announcement-not-for-us", "expect": "not-a-recipient", "reader_cert": _pem_cert(other.certificate),
                     "reader_key": _pem_key(other.key), **ann})
+    # Reader groups (§4.5): the reader's group key in its own envelope, the epoch key wrapped under it.
+    tag = reader_bits(reader.certificate)[:2]
+    group = GroupKey(tag, 7, KEK)
+    group_parts = frames.encode(make_group_announcement(b"apel.jobs", STREAM_ID, group, [reader.certificate], pub_cred,
+                                                        clock=lambda: fixed))
+    grouped = frames.encode(make_announcement(b"apel.jobs", STREAM_ID, 3, KEY, [], pub_cred, groups=[group],
+                                              clock=lambda: fixed))
+    vectors.append({"name": "grouped-announcement-ok", "expect": "success", "reader_cert": _pem_cert(reader.certificate),
+                    "reader_key": _pem_key(reader.key), "key": KEY.hex(), "epoch": 3, "group_parts": _hex(group_parts),
+                    "kek_id": group.key_id.hex(), "kek": KEK.hex(), **ann, "kind": "grouped-announcement",
+                    "parts": _hex(grouped)})
+    vectors.append({"name": "grouped-announcement-without-group-key", "expect": "no-group-key",
+                    "reader_cert": _pem_cert(other.certificate), "reader_key": _pem_key(other.key), **ann,
+                    "kind": "grouped-announcement", "parts": _hex(grouped)})
     OUT.write_text(json.dumps({"protocol": "zmqsec v1", "see": "docs/PROTOCOL.md", "vectors": vectors}, indent=1) + "\n")
     print(f"wrote {len(vectors)} vectors to {OUT}")
 
