@@ -295,11 +295,9 @@ class StreamReceiver:
                 return []  # a periodic re-announcement of a key we hold (or were refused): costs nothing
         if st is not None and len(st.keys) >= self.policy.keep_epochs and frame.epoch < min(st.keys):
             return [self._reject("stale-epoch", f"epoch {frame.epoch} is older than every key held", frame.stream_id)]
-        try:
-            publisher = verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
-                                            crl=self.crl, at=self.wall_clock())
-        except AnnouncementRejected as exc:
-            return [self._reject(exc.reason, str(exc), frame.stream_id)]
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return [publisher]
         st = self._stream(frame, now)
         events: list[Event] = []
         name = st.name
@@ -367,11 +365,9 @@ class StreamReceiver:
         st = self.streams.get(frame.stream_id)
         if st is not None and fingerprint in st.seen_announcements:
             return []
-        try:
-            publisher = verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
-                                            crl=self.crl, at=self.wall_clock())
-        except AnnouncementRejected as exc:
-            return [self._reject(exc.reason, str(exc), frame.stream_id)]
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return [publisher]
         st = self._stream(frame, now)
         if st.publisher is not None and st.publisher.certificate != publisher.certificate:
             return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
@@ -392,6 +388,14 @@ class StreamReceiver:
         for announcement, _, arrived in waiting:
             events += self._on_announcement(announcement, arrived)
         return events
+
+    def _verify(self, frame: Announcement | GroupAnnouncement) -> Publisher | Rejected:
+        """Signature and publisher certificate, before any private-key operation (§4.4 step 2)."""
+        try:
+            return verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers,
+                                       crl=self.crl, at=self.wall_clock())
+        except AnnouncementRejected as exc:
+            return self._reject(exc.reason, str(exc), frame.stream_id)
 
     @staticmethod
     def _remember(st: _Stream, fingerprint: bytes, accepted: bool) -> None:
