@@ -15,12 +15,12 @@ from keys.errors import ZmqsecError
 from keys.pemfiles import Credential, load_certificates
 from keys.registry import ReaderRegistry
 from keys.trust import CrlPolicy, TrustStore
-from zmqsec import config, smime
+from zmqsec import config, curve, smime
 from zmqsec.config import ConfigError, Option
 from zmqsec.daemon import Stop, utc_stamp, write_status
 from zmqsec.publisher import Publisher
 from zmqsec.spool import IncomingSpool
-from zmqsec.stream_cli import publishers
+from zmqsec.stream_cli import CURVE_CLIENT, CURVE_SERVER, publishers
 from zmqsec.subscriber import Subscriber
 
 from .outbox import Outbox
@@ -45,7 +45,7 @@ BROKER = [
     Option("status", "status_file", "path", help="JSON status file"),
     Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
 ]
-OUT = BROKER + [
+OUT = BROKER + CURVE_CLIENT + [
     Option("messaging", "outbox", "path", required=True, help="durable outbox (dirq) for messages awaiting receipts"),
     Option("signing", "digest", "choice", "sha256", "S/MIME micalg", choices=tuple(smime.MICALG)),
     Option("encryption", "server_cert", "path", help="encrypt to this certificate (the central server); unset: sign only"),
@@ -56,7 +56,7 @@ OUT = BROKER + [
            flag_name="publisher_dn"),
     Option("stream", "dn_list", "path", help="file of publisher DNs", flag_name="publisher_dn_list"),
 ]
-IN = BROKER + [
+IN = BROKER + CURVE_SERVER + [
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema)", flag_name="incoming"),
     Option("messaging", "reject_path", "path", help="reject dirq queue", flag_name="reject"),
     Option("messaging", "max_bytes", "int", 16 * 1024 * 1024, "larger messages are rejected"),
@@ -90,7 +90,8 @@ def cmd_stomp_out(args) -> int:
     allowed = publishers(settings, "stream")
     subscriber = Subscriber(settings["stream.name"], list(settings["stream.endpoint"]), credential,
                             settings["certificates.capath"], allowed_publishers=allowed,
-                            crl=CrlPolicy(settings["certificates.crl"]))
+                            crl=CrlPolicy(settings["certificates.crl"]),
+                            curve=curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"]))
     stop, next_status = Stop(), 0.0
     log.info("bridge: stream %s -> %s on %s (%s)", settings["stream.name"], settings["messaging.destination"],
              ", ".join(f"{h}:{p}" for h, p in link.settings.hosts), "sign+encrypt" if servers else "sign")
@@ -130,7 +131,8 @@ def cmd_stomp_in(args) -> int:
             raise ConfigError("[stream] name needs [stream] endpoint and [stream] registry to publish on")
         publisher = Publisher(settings["stream.name"], list(settings["stream.endpoint"]), credential,
                               ReaderRegistry(settings["stream.registry"]), trust_dir=settings["certificates.capath"],
-                              crl=CrlPolicy(settings["certificates.crl"]))
+                              crl=CrlPolicy(settings["certificates.crl"]),
+                              curve=curve.configured_server(settings["curve.secret_key"], settings["curve.clients"]))
     if incoming is None and publisher is None:
         raise ConfigError("stomp-in needs [messaging] path (incoming queue) or a [stream] to publish on")
     allowed = DnAllowList.load(settings["messaging.dn_list"]) if settings["messaging.dn_list"] else None

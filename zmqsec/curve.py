@@ -23,6 +23,8 @@ from zmq.auth.thread import ThreadAuthenticator
 from keys.errors import KeyFileError
 from keys.pemfiles import check_private_key_mode
 
+from .config import ConfigError
+
 
 @dataclass(frozen=True)
 class CurveServer:
@@ -105,6 +107,20 @@ def client(server_public_file: str | os.PathLike, secret_file: str | os.PathLike
     server_public = load_public(server_public_file)
     public, secret = load_secret(secret_file) if secret_file else zmq.curve_keypair()
     return CurveClient(server_public, public, secret)
+
+
+def configured_server(secret_file, clients) -> CurveServer | None:
+    """From the ``[curve]`` options of a binding daemon: None when CURVE is not configured."""
+    if clients and not secret_file:
+        raise ConfigError("[curve] clients (allowed client keys) needs our own secret key as well")
+    return server(secret_file, clients) if secret_file else None
+
+
+def configured_client(server_file, secret_file) -> CurveClient | None:
+    """From the ``[curve]`` options of a connecting daemon: None when CURVE is not configured."""
+    if secret_file and not server_file:
+        raise ConfigError("[curve] secret key given without the server's public key")
+    return client(server_file, secret_file) if server_file else None
 
 
 def apply_server(socket: zmq.Socket, curve: CurveServer) -> ThreadAuthenticator | None:

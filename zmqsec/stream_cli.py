@@ -43,7 +43,19 @@ COMMON = [
     Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
     Option("status", "status_interval", "float", 10.0, "seconds between status updates and status log lines"),
 ]
-PUBLISH = COMMON + [
+CURVE_SERVER = [  # a daemon that binds (publisher, stomp-in's stream)
+    Option("curve", "secret_key", "path", help="CurveZMQ: our NAME.key_secret (zmqsec curve-keygen); tcp links are then "
+           "encrypted and authenticated per link", flag_name="curve_secret_key"),
+    Option("curve", "clients", "path", help="CurveZMQ: directory of the NAME.key files of the only clients allowed to "
+           "connect (default: any client that knows our public key)", flag_name="curve_clients"),
+]
+CURVE_CLIENT = [  # a daemon that connects (reader, stomp-out)
+    Option("curve", "server_key", "path", help="CurveZMQ: the publisher's (or relay's) public NAME.key; enables CURVE "
+           "on our connections", flag_name="curve_server_key"),
+    Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
+           "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
+]
+PUBLISH = COMMON + CURVE_SERVER + [
     Option("publisher", "endpoint", "list", required=True, help="endpoint to bind (repeatable): tcp://, ipc://, epgm://, norm://"),
     Option("publisher", "multicast_rate", "int", 10_000, "kbit/s a multicast (epgm://, norm://) endpoint may send"),
     Option("readers", "registry", "path", required=True, help="directory of authorized reader certificates"),
@@ -58,23 +70,15 @@ PUBLISH = COMMON + [
     Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
            "about N with their own group keys, so a rekey sends each reader a bounded announcement (large registries)"),
     Option("rotation", "group_reannounce_interval", "float", 10.0, "seconds between re-announcements of the group keys"),
-    Option("curve", "secret_key", "path", help="CurveZMQ: our NAME.key_secret (zmqsec keys curve); tcp links are then "
-           "encrypted and authenticated per link", flag_name="curve_secret_key"),
-    Option("curve", "clients", "path", help="CurveZMQ: directory of the NAME.key files of the only clients allowed to "
-           "connect (default: any client that knows our public key)", flag_name="curve_clients"),
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
     Option("messaging", "spool", "choice", "dirq", "outgoing spool format", choices=("dirq", "directory")),
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),
 ]
-SUBSCRIBE = COMMON + [
+SUBSCRIBE = COMMON + CURVE_CLIENT + [
     Option("subscriber", "endpoint", "list", required=True, help="endpoint to connect (repeatable)"),
     Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
            "dn or dn_list is required", flag_name="publisher_dn"),
     Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
-    Option("curve", "server_key", "path", help="CurveZMQ: the publisher's (or relay's) public NAME.key; enables CURVE "
-           "on our connections", flag_name="curve_server_key"),
-    Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
-           "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema: body, signer, empaid); default stdout", flag_name="incoming"),
     Option("messaging", "reject_path", "path", help="reject dirq queue for messages that cannot be stored", flag_name="reject"),
 ]
@@ -105,16 +109,6 @@ def _credential(settings) -> Credential:
     return Credential.load(settings["certificates.certificate"], settings["certificates.key"])
 
 
-def _curve_server(settings, secret: str, clients: str) -> curve.CurveServer | None:
-    if settings[clients] and not settings[secret]:
-        raise config.ConfigError(f"[curve] {clients.split('.')[1]} needs [curve] {secret.split('.')[1]}")
-    return curve.server(settings[secret], settings[clients]) if settings[secret] else None
-
-
-def _curve_client(settings, server: str, secret: str) -> curve.CurveClient | None:
-    if settings[secret] and not settings[server]:
-        raise config.ConfigError(f"[curve] {secret.split('.')[1]} needs [curve] {server.split('.')[1]}")
-    return curve.client(settings[server], settings[secret]) if settings[server] else None
 
 
 # -- publish --------------------------------------------------------------------
@@ -137,7 +131,7 @@ def cmd_publish(args) -> int:
     stop = Stop()
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), _credential(settings), registry,
                           trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]), policy=policy,
-                          curve=_curve_server(settings, "curve.secret_key", "curve.clients"),
+                          curve=curve.configured_server(settings["curve.secret_key"], settings["curve.clients"]),
                           multicast_rate=settings["publisher.multicast_rate"])
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
              ", ".join(publisher.endpoints), publisher.stats.readers)
@@ -227,7 +221,7 @@ def cmd_subscribe(args) -> int:
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), _credential(settings),
                             settings["certificates.capath"], allowed_publishers=allowed,
                             crl=CrlPolicy(settings["certificates.crl"]),
-                            curve=_curve_client(settings, "curve.server_key", "curve.secret_key"))
+                            curve=curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"]))
     received, next_status = 0, 0.0
     last_message = time.monotonic()
     try:
@@ -383,8 +377,8 @@ def cmd_relay(args) -> int:
     inputs, outputs = list(settings["relay.input"]), list(settings["relay.output"])
     stop = Stop()
     relay = Relay(inputs, outputs, streams=list(settings["relay.stream"] or []),
-                  curve_in=_curve_client(settings, "curve.in_server_key", "curve.in_secret_key"),
-                  curve_out=_curve_server(settings, "curve.out_secret_key", "curve.out_clients"),
+                  curve_in=curve.configured_client(settings["curve.in_server_key"], settings["curve.in_secret_key"]),
+                  curve_out=curve.configured_server(settings["curve.out_secret_key"], settings["curve.out_clients"]),
                   multicast_rate=settings["relay.multicast_rate"]).start()
     log.info("relay: %s -> %s", ", ".join(inputs), ", ".join(outputs))
     try:
