@@ -137,3 +137,33 @@ def test_curve_key_files_are_checked(tmp_path):
     (tmp_path / "junk.key").write_text("metadata\ncurve\n    public-key = \"short\"\n")
     with pytest.raises(Exception, match="40 Z85"):
         curve.load_public(tmp_path / "junk.key")
+
+
+def test_the_stomp_bridge_reads_a_curve_stream(site):
+    """stomp-out is a reader too: with the publisher's public key it reads a CURVE-only stream (into its
+    durable outbox here, the broker being down), without it it reads nothing."""
+    d, c = site["dir"], site["certs"]["portal"]
+    curve.generate(d / "curve", "publisher")
+    endpoint = daemons.endpoint("tcp", d)
+    publisher = daemons.publisher(site, endpoint, curve_secret_key=d / "curve" / "publisher.key_secret")
+
+    def bridge(name, *extra):
+        return daemons.cli("--log-level", "INFO", "bridge", "stomp-out", "--stream", "apel.jobs", "--endpoint", endpoint,
+                           "--publisher-dn", daemons.PUBLISHER_DN, "--certificate", c.cert_path, "--key", c.key_path,
+                           "--capath", site["ca"].trust_dir, "--destination", "/queue/zmqsec.curve", "--hosts", "127.0.0.1:1",
+                           "--outbox", d / f"outbox-{name}", "--status-file", d / f"{name}.json", "--status-interval", "0.2",
+                           *extra, log=d / f"{name}.log")
+
+    with_key = bridge("with-key", "--curve-server-key", d / "curve" / "publisher.key")
+    without = bridge("without-key")
+    logs = [d / "publisher.log", d / "with-key.log"]
+    try:
+        daemons.wait(lambda: daemons.status(site, "with-key").get("epoch") == 1, what="the bridge to hold the key", logs=logs)
+        spool = OutgoingSpool(d / "outgoing")
+        for i in range(5):
+            spool.add(b"job %d" % i)
+        daemons.wait(lambda: daemons.status(site, "with-key").get("outbox") == 5, what="five messages in the outbox", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "without-key").get("role"), what="the other bridge's status")
+    finally:
+        daemons.stop(publisher, with_key, without)
+    assert daemons.status(site, "without-key")["epoch"] == 0 and daemons.status(site, "without-key")["outbox"] == 0
