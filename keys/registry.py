@@ -175,7 +175,7 @@ class ReaderRegistry:
         if cache is None:
             return Reader(load_certificate(self.directory / name), self.directory / name)
         st = os.stat(os.path.join(self.directory, name))
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: no copy can preserve it
         hit = cache.parsed.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]

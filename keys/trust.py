@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterable
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID
 
 from . import errors
@@ -233,6 +236,13 @@ class TrustStore:
     @property
     def ca_certificates(self) -> list[x509.Certificate]:
         return [c for group in self.cas.values() for c in group]
+
+    @functools.cached_property
+    def fingerprint(self) -> bytes:
+        """SHA-256 over every CA certificate and CRL (DER, sorted): equal stores give equal verdicts."""
+        ders = sorted(c.public_bytes(serialization.Encoding.DER) for c in self.ca_certificates)
+        ders += sorted(crl.public_bytes(serialization.Encoding.DER) for group in self.crls.values() for crl in group)
+        return hashlib.sha256(b"".join(hashlib.sha256(d).digest() for d in ders)).digest()
 
     @property
     def valid_until(self) -> dt.datetime:

@@ -188,3 +188,50 @@ def test_malformed_group_topics_are_refused(topic):
     with pytest.raises(frames.FrameError) as err:
         frames.decode([topic, b"\x95\x01\xc4\x10" + b"\0" * 16 + b"\x01\xc4\x00\xc4\x00"])
     assert err.value.reason == "bad-topic"
+
+
+def test_a_copy_under_another_header_does_not_poison_the_genuine_group_key(pki):
+    """The topic and generation are outside the signature: a copy of a genuine G under another tag or
+    generation is refused on its own, and the genuine one is still accepted after it."""
+    reader = pki["readers"][9]
+    sender = _sender(pki, pki["readers"])
+    wire = _reaching(reader, sender.start(0.0) + _publish(sender, 3))
+    genuine = frames.decode(_kind(wire, b"G")[0])
+    forged = [frames.encode(frames.GroupAnnouncement(frames.group_topic("apel.jobs", b""), genuine.stream_id,
+                                                     genuine.generation, genuine.envelope, genuine.signature)),
+              frames.encode(frames.GroupAnnouncement(genuine.topic, genuine.stream_id, genuine.generation + 5,
+                                                     genuine.envelope, genuine.signature))]
+    receiver = StreamReceiver(reader, pki["trust"])
+    events = _feed(receiver, forged)
+    assert [e.reason for e in events if isinstance(e, Rejected)] == ["header-mismatch", "header-mismatch"]
+    events = _feed(receiver, wire)
+    assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(3)]
+
+
+def test_replayed_old_group_keys_do_not_push_out_the_current_one(pki):
+    """A reader that joined late (it holds only its group's current key) is sent superseded, validly signed
+    group keys of its own group: they must not evict the current one, or the next rotation locks it out."""
+    reader = pki["readers"][13]
+    mine = reader_bits(reader.certificate)[:3]
+    peers = [r for r in pki["readers"] if r is not reader and reader_bits(r.certificate)[:3] == mine]
+    sender = _sender(pki, pki["readers"])
+    wire = sender.start(0.0)
+    for i in range(5):  # five membership changes in our group: five superseded group keys
+        wire += sender.readers_changed(_set([r for r in pki["readers"] if r not in peers[:i + 1]]), 1.0 + i)
+    groups = _kind(_reaching(reader, wire), b"G")
+    assert len(groups) == 6
+    receiver = StreamReceiver(reader, pki["trust"])
+    late = groups[-1:] + _kind(_reaching(reader, wire), b"K")[-1:] + _reaching(reader, _publish(sender, 2, 10.0))
+    assert [e.payload for e in _feed(receiver, late, 10.0) if isinstance(e, Delivered)] == [b"record 0", b"record 1"]
+    _feed(receiver, groups[:-1], 10.0)  # the replay
+    rotation = sender.tick(5000.0)  # age-based rotation: a new epoch key, wrapped under the unchanged group keys
+    assert _kind(rotation, b"K") and all(g in wire for g in _kind(rotation, b"G"))  # (periodic re-sends only)
+    events = _feed(receiver, _reaching(reader, rotation + _publish(sender, 2, 5000.0, start=2)), 5000.0)
+    assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record 2", b"record 3"]
+
+
+def test_any_prefix_subscription_brings_back_the_group_keys_it_matches(pki):
+    sender = _sender(pki, pki["readers"])
+    sender.start(0.0)
+    out = sender.subscription_seen(1.0, [b"apel."])  # a recorder of every stream whose name starts "apel."
+    assert len(_kind(out, b"G")) == sender.stats.groups and len(_kind(out, b"K")) == 1

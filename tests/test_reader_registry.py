@@ -97,3 +97,40 @@ def test_malformed_allow_list_names_the_line(tmp_path):
 def test_missing_registry_directory(tmp_path, run_cli):
     code, _, err = run_cli("keys", "readers", "--registry", tmp_path / "none", "list")
     assert code == 1 and "reader registry not found" in err
+
+
+def test_the_publishers_watch_sees_every_revocation_despite_its_caches(ca, readers, tmp_path):
+    """RegistryWatch reuses parsed files and verdicts between reloads; none of that may keep a reader that
+    is revoked by CRL (even past a dangling hash link, or a CRL rewritten without any visible change of
+    size or time), nor a certificate replaced in place with identical size and mtime."""
+    import os
+    import shutil
+
+    from zmqsec.publisher import RegistryWatch
+
+    registry = ReaderRegistry(tmp_path / "readers")
+    paths = {name: registry.add(r.certificate).path for name, r in readers.items()}
+    os.symlink(tmp_path / "gone.pem", ca.trust_dir / "deadbeef.0")  # a CA removed without `rehash`
+    watch = RegistryWatch(registry, ca.trust_dir, recheck_interval=3600)
+    assert len(watch.load()) == 3 and not watch.changed()
+
+    crl = next(ca.trust_dir.glob("*.r0"))
+    before = crl.stat()
+    ca.revoke(readers["dashboard"].certificate)
+    assert watch.changed()  # the CRL changed: seen, although one entry of the directory is a dangling link
+    assert "dashboard.example.org" not in {r.dn.rsplit("=", 1)[1] for r in watch.load()}
+
+    # A CRL rewritten with the old size and times is still caught by the periodic recheck.
+    ca.revoke(readers["central"].certificate)
+    os.utime(crl, ns=(before.st_atime_ns, before.st_mtime_ns))
+    watch.recheck_interval = 0
+    assert watch.changed()
+    assert {r.dn.rsplit("=", 1)[1] for r in watch.load()} == {"portal.example.org"}
+
+    # portal's file replaced in place by another certificate, with portal's size and mtime.
+    other = ca.issue(role=Role.READER, cn="portal.example.orh", out_dir=tmp_path / "other")
+    st = paths["portal"].stat()
+    assert other.cert_path.stat().st_size == st.st_size
+    shutil.copyfile(other.cert_path, paths["portal"])
+    os.utime(paths["portal"], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [r.dn.rsplit("=", 1)[1] for r in watch.load()] == ["portal.example.orh"]

@@ -13,6 +13,8 @@ and refused when group or others may read them, like every private key here.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,17 +125,41 @@ def configured_client(server_file, secret_file) -> CurveClient | None:
     return client(server_file, secret_file) if server_file else None
 
 
-def apply_server(socket: zmq.Socket, curve: CurveServer) -> ThreadAuthenticator | None:
-    """Make ``socket`` a CURVE server (before it binds); start the allow-list check when clients are named."""
-    authenticator = None
-    if curve.clients is not None:
-        authenticator = ThreadAuthenticator(socket.context)
-        authenticator.start()
-        authenticator.configure_curve(domain="*", location=str(curve.clients))
+_lock = threading.Lock()
+_authenticators: dict[int, list] = {}  # id(context) -> [ThreadAuthenticator, clients directory, users]
+
+
+def _admit_only(context: zmq.Context, clients: Path) -> Callable[[], None]:
+    """libzmq has one ZAP handler per context: share it between the context's CURVE servers."""
+    with _lock:
+        entry = _authenticators.get(id(context))
+        if entry is None:
+            authenticator = ThreadAuthenticator(context)
+            authenticator.start()
+            authenticator.configure_curve(domain="*", location=str(clients))  # read once: restart to apply changes
+            entry = _authenticators[id(context)] = [authenticator, clients, 0]
+        elif entry[1] != clients:
+            raise ConfigError(f"one process admits one directory of CURVE clients ({entry[1]}), not also {clients}")
+        entry[2] += 1
+
+    def release() -> None:
+        with _lock:
+            entry[2] -= 1
+            if entry[2] == 0:
+                entry[0].stop()
+                _authenticators.pop(id(context), None)
+
+    return release
+
+
+def apply_server(socket: zmq.Socket, curve: CurveServer) -> Callable[[], None]:
+    """Make ``socket`` a CURVE server (before it binds), admitting only the listed clients when there is a
+    list.  Returns what to call when the socket closes."""
+    release = _admit_only(socket.context, curve.clients) if curve.clients is not None else (lambda: None)
     socket.curve_secretkey = curve.secret
     socket.curve_publickey = curve.public
     socket.curve_server = True
-    return authenticator
+    return release
 
 
 def apply_client(socket: zmq.Socket, curve: CurveClient) -> None:

@@ -52,16 +52,27 @@ class RegistryWatch:
     def load(self) -> ReaderSet:
         """The authorized readers now.  With thousands of readers, only what changed is parsed and
         validated again (a revocation by registry removal costs a directory scan, not 10,000 validations)."""
+        recheck = time.monotonic() - self._loaded_at >= self.recheck_interval
         self._seen, self._loaded_at = self._signature(), time.monotonic()
         if not self.trust_dir:
-            return self.registry.load(cache=self._cache)
-        trust_signature = self._seen[2]
-        if self._trust[1] is None or self._trust[0] != trust_signature:
-            self._trust = (trust_signature, TrustStore.from_directory(self.trust_dir))
-        readers = self.registry.load(self._trust[1], crl=self.crl, cache=self._cache)
+            readers = self.registry.load(cache=self._cache)
+        else:
+            readers = self.registry.load(self._trust_store(self._seen[2], recheck), crl=self.crl, cache=self._cache)
         for refusal in readers.refused:
             log.warning("reader registry: %s refused [%s]: %s", refusal.path.name, refusal.reason, refusal.message)
         return readers
+
+    def _trust_store(self, trust_signature: tuple, recheck: bool) -> TrustStore:
+        """The trust store, re-read when its directory changed and at every recheck (a CRL rewritten with
+        the same size and times); kept as the same object -- and so are the cached verdicts -- while its
+        certificates and CRLs are the same."""
+        held = self._trust[1]
+        if held is None or recheck or self._trust[0] != trust_signature:
+            fresh = TrustStore.from_directory(self.trust_dir)
+            if held is None or fresh.fingerprint != held.fingerprint:
+                held = fresh
+            self._trust = (trust_signature, held)
+        return held
 
     def changed(self) -> bool:
         return self._signature() != self._seen or time.monotonic() - self._loaded_at >= self.recheck_interval
@@ -100,7 +111,7 @@ class Publisher:
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
-        self._authenticator = apply_server(self.socket, curve) if curve else None
+        self._release_curve = apply_server(self.socket, curve) if curve else None
         for endpoint in endpoints:
             check_endpoint(endpoint)
             self.socket.bind(endpoint)
@@ -172,8 +183,8 @@ class Publisher:
     def close(self) -> None:
         self.flush()
         self.socket.close()
-        if self._authenticator is not None:
-            self._authenticator.stop()
+        if self._release_curve is not None:
+            self._release_curve()
 
     def __enter__(self) -> "Publisher":
         return self

@@ -22,6 +22,7 @@ import logging
 from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 
+import msgpack
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -37,8 +38,8 @@ from .announce import (
     verify_announcement,
 )
 from .checkpoint import checkpoint_valid
-from .frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, decode, stream_name
-from .groups import reader_bits
+from .frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, decode, encode, stream_name
+from .groups import kek_id, reader_bits
 from .primitives import DIGEST_BYTES, associated_data, frame_digest, nonce
 
 log = logging.getLogger("zmqsec.reader")
@@ -127,9 +128,15 @@ class _Stream:
     vouched: dict = field(default_factory=dict)  # seq -> digest from a verified checkpoint
     last_delivered: int | None = None
     seen_announcements: OrderedDict = field(default_factory=OrderedDict)  # fingerprint -> accepted?, bounded
-    group_keys: OrderedDict = field(default_factory=OrderedDict)  # KEK id -> group key, bounded
+    group_keys: dict = field(default_factory=dict, repr=False)  # KEK id -> (GroupKey, signer certificate), bounded
     awaiting_group: list = field(default_factory=list)  # (Announcement, fingerprint, arrived): need a group key
     reported_no_group: OrderedDict = field(default_factory=OrderedDict)  # fingerprints refused once already
+
+
+def _fingerprint(frame: Announcement | GroupAnnouncement) -> bytes:
+    """Identifies an announcement by everything it carries, header included (msgpack delimits every field):
+    a copy under another topic or epoch/generation is another announcement, and its refusal poisons nothing."""
+    return hashlib.sha256(msgpack.packb(encode(frame))).digest()
 
 
 class StreamReceiver:
@@ -287,7 +294,7 @@ class StreamReceiver:
     def _on_announcement(self, frame: Announcement, now: float) -> list[Event]:
         if frame.stream_id in self.retired:
             return [self._reject("retired-stream", "announcement of an earlier publisher run (replay)", frame.stream_id)]
-        fingerprint = hashlib.sha256(frame.envelope + frame.signature).digest()
+        fingerprint = _fingerprint(frame)
         st = self.streams.get(frame.stream_id)
         if st is not None and fingerprint in st.seen_announcements:
             accepted = st.seen_announcements[fingerprint]
@@ -313,12 +320,15 @@ class StreamReceiver:
             return [self._reject("publisher-changed", f"stream already bound to {st.publisher.dn}, not {publisher.dn}",
                                  st.stream_id)]
         try:
-            epoch_key = open_announcement(frame, publisher, self.credential, st.group_keys)
+            # Only group keys this same publisher sent: another allowed publisher cannot shadow them.
+            groups = {kid: g.key for kid, (g, signer) in st.group_keys.items() if signer == publisher.certificate}
+            epoch_key = open_announcement(frame, publisher, self.credential, groups)
         except AnnouncementRejected as exc:
             if exc.reason == "no-group-key":
                 # Our group's key may still be on its way (it has its own topic): hold, do not remember.
                 if all(f != fingerprint for _, f, _ in st.awaiting_group):
-                    st.awaiting_group = st.awaiting_group[-(self.policy.max_awaiting_group - 1):] + [(frame, fingerprint, now)]
+                    st.awaiting_group.append((frame, fingerprint, now))
+                    del st.awaiting_group[:-self.policy.max_awaiting_group]
                 return []
             self._remember(st, fingerprint, False)
             return [self._reject(exc.reason, str(exc), st.stream_id)]
@@ -361,10 +371,16 @@ class StreamReceiver:
         if not self._bits.startswith(frame.tag):
             self.counters["other-group"] += 1  # multicast carries every group; not ours is not an error
             return []
-        fingerprint = hashlib.sha256(frame.envelope + frame.signature).digest()
+        fingerprint = _fingerprint(frame)
         st = self.streams.get(frame.stream_id)
+        key_id = kek_id(frame.tag, frame.generation)
         if st is not None and fingerprint in st.seen_announcements:
-            return []
+            if not st.seen_announcements[fingerprint] or key_id in st.group_keys:
+                return []  # a re-announcement of a group key we hold (or were refused): costs nothing
+        if st is not None and len(st.group_keys) >= self.policy.keep_group_keys and \
+                frame.generation < min(g.generation for g, _ in st.group_keys.values()):
+            return [self._reject("stale-group-key", f"group key generation {frame.generation} is older than every one "
+                                 "held (replay)", frame.stream_id)]
         publisher = self._verify(frame)
         if isinstance(publisher, Rejected):
             return [publisher]
@@ -378,9 +394,9 @@ class StreamReceiver:
             self._remember(st, fingerprint, False)
             return [self._reject(exc.reason, str(exc), st.stream_id)]
         self._remember(st, fingerprint, True)
-        st.group_keys[group.key_id] = group.key
-        while len(st.group_keys) > self.policy.keep_group_keys:
-            st.group_keys.popitem(last=False)
+        st.group_keys[group.key_id] = (group, publisher.certificate)
+        while len(st.group_keys) > self.policy.keep_group_keys:  # the lowest generation goes, not the oldest arrival
+            del st.group_keys[min(st.group_keys, key=lambda kid: st.group_keys[kid][0].generation)]
         log.info("stream %s: key of reader group %r generation %d accepted", st.name.decode(errors="replace"),
                  group.tag.decode(), group.generation)
         events: list[Event] = []

@@ -36,7 +36,7 @@ class Relay:
         self.downstream.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, multicast outputs only
         if curve_in:
             apply_client(self.upstream, curve_in)
-        self._authenticator = apply_server(self.downstream, curve_out) if curve_out else None
+        self._release_curve = apply_server(self.downstream, curve_out) if curve_out else None
         schemes = {check_endpoint(e) for e in outputs}
         for endpoint in outputs:
             self.downstream.bind(endpoint)
@@ -74,5 +74,5 @@ class Relay:
             self._thread.join(5)
         for sock in (self._control, self.upstream, self.downstream):
             sock.close()
-        if self._authenticator is not None:
-            self._authenticator.stop()
+        if self._release_curve is not None:
+            self._release_curve()

@@ -77,7 +77,7 @@ class RotationPolicy:
     checkpoint_max: int = 256
     transport: str = cms.KeyTransport.OAEP
     group_size: int = 0  # 0: one envelope for every reader; N: reader groups of about N (docs/PROTOCOL.md §4.5)
-    group_reannounce_interval: float = 10.0
+    group_reannounce_interval: float = 4.0  # under a reader's key_timeout (5 s): a multicast joiner loses nothing
 
     def __post_init__(self) -> None:
         if self.group_size < 0:
@@ -254,9 +254,9 @@ class StreamSender:
         for topic in [b""] if topics is None else topics:
             if self._announce_topic.startswith(topic):
                 self._pending_epoch = True
-            if topic in self._group_topics:
+            if topic in self._group_topics:  # a reader's own group: one lookup
                 self._pending_groups.add(self._group_topics[topic])
-            elif not topic.endswith(b"."):  # a shorter prefix (a relay, a recorder) matches many groups
+            else:  # any other prefix (a relay, a recorder, a reader's unused tag lengths) may match many, or none
                 self._pending_groups.update(tag for t, tag in self._group_topics.items() if t.startswith(topic))
         return self._send_pending(now)
 

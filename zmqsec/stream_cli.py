@@ -69,7 +69,8 @@ PUBLISH = COMMON + CURVE_SERVER + [
     Option("rotation", "key_transport", "choice", "oaep", "RSA key transport for reader envelopes", choices=("oaep", "pkcs1v15")),
     Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
            "about N with their own group keys, so a rekey sends each reader a bounded announcement (large registries)"),
-    Option("rotation", "group_reannounce_interval", "float", 10.0, "seconds between re-announcements of the group keys"),
+    Option("rotation", "group_reannounce_interval", "float", 4.0, "seconds between re-announcements of the group keys "
+           "(keep it under the readers' 5 s key wait, or multicast joiners lose their first frames)"),
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
     Option("messaging", "spool", "choice", "dirq", "outgoing spool format", choices=("dirq", "directory")),
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),

@@ -12,8 +12,14 @@ def signature(path: Path | None) -> tuple:
         return ()
     try:
         if path.is_dir():
-            stats = [(e.name, e.stat()) for e in os.scandir(path)]
-            return tuple(sorted((name, st.st_size, st.st_mtime_ns) for name, st in stats))
+            entries = []
+            for e in os.scandir(path):
+                try:
+                    st = e.stat()
+                except OSError:  # a dangling hash link must not blind us to the rest of the directory
+                    st = e.stat(follow_symlinks=False)
+                entries.append((e.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+            return tuple(sorted(entries))
         st = path.stat()
         return (st.st_size, st.st_mtime_ns)
     except FileNotFoundError:
