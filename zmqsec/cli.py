@@ -33,13 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     from bridges import activemq
     from bridges import cli as bridges_cli
 
-    from . import demo, stream_cli
+    from . import bench, demo, stream_cli
 
     stream_cli.register(sub)
     bridges_cli.register(sub)
     activemq.register(sub)
     demo.register(sub)
+    bench.register(sub, _bridge_parts())
     return parser
+
+
+def _bridge_parts():
+    """The bridge's classes for ``zmqsec bench``: the stream package may not import the bridges,
+    so this top layer hands them in."""
+    from bridges import activemq, outbox, stomp_out, stomplink
+
+    from .bench import BridgeParts
+
+    return BridgeParts(broker_config=activemq.BrokerConfig, local_broker=activemq.LocalBroker,
+                       broker_settings=stomplink.BrokerSettings, stomp_link=stomplink.StompLink,
+                       outbox=outbox.Outbox, out_settings=stomp_out.OutSettings, out_bridge=stomp_out.StompOutBridge)
 
 
 def main(argv: list[str] | None = None) -> int:

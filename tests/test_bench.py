@@ -1,0 +1,84 @@
+"""`zmqsec bench --quick` runs end to end and writes well-formed results (no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.broker
+
+STREAM = ("payload_bytes", "plain_msgs_per_s", "zmqsec_msgs_per_s", "plain_mb_per_s", "zmqsec_mb_per_s",
+          "msgs_ratio", "mb_ratio", "p50_ms", "p99_ms")
+REKEY = ("readers", "rekey_s", "switch_s", "bytes_total", "bytes_per_reader")
+BRIDGE = ("body_bytes", "zmqsec_msgs_per_s", "openssl_cli_msgs_per_s", "ratio")
+MEMORY = ("publisher_10k_readers_rss_mb", "reader_rss_mb")
+
+
+def _broker_args() -> list[str]:
+    """The suite's broker when there is one (./run test exports its directory); else the bench starts its own."""
+    where = os.environ.get("ZMQSEC_TEST_BROKER")
+    if not where:
+        return []
+    if Path(where).is_dir():
+        state = json.loads((Path(where) / "broker.json").read_text())
+        where = f"{state['host']}:{state['stomp_ports'][0]}"
+    return ["--broker", where]
+
+
+def _positive(row: dict, keys) -> list[str]:
+    return [f"{k}={row.get(k)!r}" for k in keys
+            if not isinstance(row.get(k), (int, float)) or isinstance(row.get(k), bool) or row[k] <= 0]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory) -> tuple[dict, Path]:
+    out = tmp_path_factory.mktemp("bench") / "results.json"
+    proc = subprocess.run([sys.executable, "-m", "zmqsec.cli", "bench", "--quick", "--out", str(out), *_broker_args()],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(out.read_text()), out.parent
+
+
+@pytest.mark.timeout(660)
+def test_stream_has_both_payloads_with_positive_figures(results):
+    data, _ = results
+    assert data["profile"] == "quick"
+    rows = {r["payload_bytes"]: r for r in data["stream"]}
+    assert set(rows) == {1024, 65536}
+    for row in rows.values():
+        assert not _positive(row, STREAM), row
+
+
+@pytest.mark.timeout(660)
+def test_rekey_covers_each_reader_count_and_locks_the_revoked_reader_out(results):
+    data, _ = results
+    recommended = [r for r in data["rekey"] if r.get("recommended", True)]
+    assert {r["readers"] for r in recommended} == {10, 100, 1000}
+    for row in data["rekey"]:
+        assert not _positive(row, REKEY), row
+        assert row["revoked_reader_locked_out"] is True, row
+        assert row["bytes_per_reader"] <= row["bytes_total"]
+
+
+@pytest.mark.timeout(660)
+def test_bridge_compares_both_modes_at_both_sizes(results):
+    data, _ = results
+    assert {(r["body_bytes"], r["mode"]) for r in data["bridge"]} == {
+        (1024, "sign"), (1024, "sign+encrypt"), (65536, "sign"), (65536, "sign+encrypt")}
+    for row in data["bridge"]:
+        assert not _positive(row, BRIDGE), row
+
+
+@pytest.mark.timeout(660)
+def test_memory_and_plots(results):
+    data, directory = results
+    assert not _positive(data["memory"], MEMORY), data["memory"]
+    assert data["memory"]["publisher_readers"] > 0
+    for name in ("stream.png", "rekey.png", "bridge.png", "memory.png"):
+        assert (directory / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert all(t["met"] in (True, False, None) for t in data["targets"])
