@@ -9,6 +9,7 @@ envelope, then confirms the key it unwrapped (docs/PROTOCOL.md §4).
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -46,8 +47,8 @@ class Publisher:
     certificate: x509.Certificate
     signed_at: dt.datetime | None = None  # the announcement's CMS signingTime
 
-    @property
-    def dn(self) -> str:
+    @functools.cached_property
+    def dn(self) -> str:  # formatted once per publisher, not once per delivered message
         return slash_dn(self.certificate.subject)
 
 

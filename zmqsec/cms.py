@@ -322,29 +322,127 @@ class Recipients:
     kek_ids: tuple[bytes, ...]
 
 
+class _NotPlainDer(Exception):
+    pass
+
+
+def _strict_tlv(data: bytes, pos: int, limit: int) -> tuple[int, int, int]:
+    """Like :func:`_tlv`, for untrusted input: definite lengths only, within ``limit``."""
+    if pos + 2 > limit:
+        raise _NotPlainDer
+    first = data[pos + 1]
+    if first == 0x80 or first > 0x84:  # indefinite (BER streaming) or absurd
+        raise _NotPlainDer
+    tag, start, end = _tlv(data, pos)
+    if start > limit or end > limit:
+        raise _NotPlainDer
+    return tag, start, end
+
+
+def _walk_envelope(der: bytes) -> tuple[list[tuple[int, bytes]], bytes] | None:
+    """The RecipientInfos (tag, DER) and the EncryptedContentInfo of a definite-length EnvelopedData, found
+    without parsing the recipients; None for anything else (BER from a streaming encoder), which asn1crypto
+    then parses.  An envelope for 10,000 readers is found in microseconds instead of seconds."""
+    try:
+        n = len(der)
+        tag, start, end = _strict_tlv(der, 0, n)
+        _, _, oid_end = _strict_tlv(der, start, end)
+        if tag != 0x30 or end != n or der[start:oid_end] != _ENVELOPED_DATA_OID:
+            return None
+        tag, start, end = _strict_tlv(der, oid_end, n)  # [0] EXPLICIT
+        tag2, pos, end2 = _strict_tlv(der, start, end)  # EnvelopedData
+        if tag != 0xA0 or tag2 != 0x30:
+            return None
+        tag, _, pos = _strict_tlv(der, pos, end2)  # version
+        tag, start, end = _strict_tlv(der, pos, end2)
+        if tag == 0xA0:  # originatorInfo
+            tag, start, end = _strict_tlv(der, end, end2)
+        if tag != 0x31:
+            return None
+        elements, pos = [], start
+        while pos < end:
+            tag, _, next_pos = _strict_tlv(der, pos, end)
+            elements.append((tag, der[pos:next_pos]))
+            pos = next_pos
+        tag, _, eci_end = _strict_tlv(der, end, end2)
+        return (elements, der[end:eci_end]) if tag == 0x30 else None
+    except (_NotPlainDer, IndexError):
+        return None
+
+
+def _second_field(element: bytes) -> tuple[int, bytes]:
+    """(tag, DER) of the field after the version in a RecipientInfo: ktri's rid, kekri's kekid."""
+    _, start, end = _strict_tlv(element, 0, len(element))
+    _, _, pos = _strict_tlv(element, start, end)
+    tag, _, field_end = _strict_tlv(element, pos, end)
+    return tag, element[pos:field_end]
+
+
+def _kek_id(element: bytes) -> bytes:
+    _, kekid = _second_field(element)
+    tag, start, end = _strict_tlv(kekid, 2 if kekid[1] < 0x80 else 2 + (kekid[1] & 0x7F), len(kekid))
+    if tag != 0x04:  # keyIdentifier OCTET STRING
+        raise _NotPlainDer
+    return kekid[start:end]
+
+
 @_parsing
 def recipients(der: bytes) -> Recipients:
+    walked = _walk_envelope(der)
+    if walked is not None:
+        try:
+            infos = walked[0]
+            return Recipients(sum(1 for tag, _ in infos if tag == 0x30),
+                              tuple(_kek_id(e) for tag, e in infos if tag == 0xA2))
+        except (_NotPlainDer, IndexError):
+            pass
     infos = _load_content_info(der, "enveloped_data")["content"]["recipient_infos"]
     return Recipients(sum(1 for i in infos if i.name == "ktri"),
                       tuple(i.chosen["kekid"]["key_identifier"].native for i in infos if i.name == "kekri"))
+
+
+def _find_fast(elements: list[tuple[int, bytes]], credential: Credential | None,
+               keks: Mapping[bytes, bytes] | None) -> bytes | None:
+    """Our content key from the one RecipientInfo that names us, comparing DER bytes (only that one is parsed)."""
+    ours = _issuer_and_serial_der(credential.certificate) if credential is not None else None
+    ski = _ski(credential.certificate) if credential is not None else None
+    for tag, element in elements:
+        try:
+            if tag == 0x30 and credential is not None:
+                rid_tag, rid = _second_field(element)
+                if rid == ours or (rid_tag == 0x80 and ski is not None and rid[2:] == ski and rid[1] == len(ski)):
+                    return _unwrap(cms.RecipientInfo.load(element).chosen, credential.key)
+            elif tag == 0xA2 and keks and (kek := keks.get(_kek_id(element))):
+                return _unwrap_kek(cms.RecipientInfo.load(element).chosen, kek)
+        except (_NotPlainDer, IndexError):
+            continue
+    return None
 
 
 @_parsing
 def open_envelope(der: bytes, credential: Credential | None = None, *, keks: Mapping[bytes, bytes] | None = None) -> bytes:
     """Decrypt an EnvelopedData addressed (among others) to ``credential``'s certificate or to one of
     the key-encryption keys ``keks`` (key identifier -> key)."""
-    enveloped = _load_content_info(der, "enveloped_data")["content"]
-    cek = None
-    for info in enveloped["recipient_infos"]:
-        if info.name == "ktri" and credential is not None and _matches(info.chosen["rid"], credential.certificate):
-            cek = _unwrap(info.chosen, credential.key)
-            break
-        if info.name == "kekri" and keks and (kek := keks.get(info.chosen["kekid"]["key_identifier"].native)):
-            cek = _unwrap_kek(info.chosen, kek)
-            break
-    if cek is None:
+    if not isinstance(der, (bytes, bytearray, memoryview)) or len(der) > MAX_CMS_BYTES:
+        _load_content_info(der, "enveloped_data")  # raises the specific error
+    walked = _walk_envelope(bytes(der))
+    cek = _find_fast(walked[0], credential, keks) if walked is not None else None
+    if cek is not None:
+        eci = cms.EncryptedContentInfo.load(walked[1], strict=True)
+    elif walked is not None and len(walked[0]) > 64:
         raise NotARecipient("the envelope has no RecipientInfo for our certificate or keys")
-    eci = enveloped["encrypted_content_info"]
+    else:  # BER, or few recipients: the full parse, which also matches names re-encoded by other tools
+        enveloped = _load_content_info(der, "enveloped_data")["content"]
+        for info in enveloped["recipient_infos"]:
+            if info.name == "ktri" and credential is not None and _matches(info.chosen["rid"], credential.certificate):
+                cek = _unwrap(info.chosen, credential.key)
+                break
+            if info.name == "kekri" and keks and (kek := keks.get(info.chosen["kekid"]["key_identifier"].native)):
+                cek = _unwrap_kek(info.chosen, kek)
+                break
+        if cek is None:
+            raise NotARecipient("the envelope has no RecipientInfo for our certificate or keys")
+        eci = enveloped["encrypted_content_info"]
     algorithm = eci["content_encryption_algorithm"]
     name = algorithm["algorithm"].native
     if name not in _AES_CBC:

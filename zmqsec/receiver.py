@@ -265,7 +265,8 @@ class StreamReceiver:
             return [self._reject("overloaded", f"too many frames claim sequence {frame.seq}", st.stream_id, frame.seq)]
         candidates.append(_Pending(digest, payload, frame.epoch, now))
         self._held += 1
-        return self._release(st)
+        # Frames normally come before their checkpoint: until this one is vouched for, nothing new can be released.
+        return self._release(st) if frame.seq in st.vouched else []
 
     def _on_checkpoint(self, frame: Checkpoint, now: float) -> list[Event]:
         st = self._stream(frame, now)
@@ -458,7 +459,7 @@ class StreamReceiver:
                 self.counters["delivered"] += 1
                 events.append(Delivered(st.name, st.stream_id, cand.epoch, seq, cand.payload, st.publisher.dn))
         # Vouched sequences we never received and can no longer deliver are dropped from memory.
-        if st.last_delivered is not None:
+        if events and st.last_delivered is not None:
             for seq in [s for s in st.vouched if s <= st.last_delivered]:
                 del st.vouched[seq]
         return events

@@ -80,7 +80,10 @@ def _base64_lines(der: bytes) -> bytes:
 def _is_7bit_text(content: bytes) -> bool:
     if b"\r" in content or any(len(line) > _MAX_LINE for line in content.split(b"\n")):
         return False
-    return all(32 <= b < 127 or b in (9, 10) for b in content)
+    return not content.translate(None, _PRINTABLE_7BIT)  # every byte printable ASCII, tab or newline
+
+
+_PRINTABLE_7BIT = bytes(range(32, 127)) + b"\t\n"
 
 
 def inner_entity(content: bytes) -> bytes:
