@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keys.ca import CertificateAuthority, Role
@@ -160,8 +161,6 @@ def test_group_and_epoch_envelopes_open_and_verify_with_openssl(pki, tmp_path):
     wire = _reaching(reader, sender.start(0.0))
     group, epoch = frames.decode(_kind(wire, b"G")[0]), frames.decode(_kind(wire, b"K")[0])
     cert, key = tmp_path / "reader.pem", tmp_path / "reader.key"
-    from cryptography.hazmat.primitives import serialization
-
     cert.write_bytes(reader.certificate.public_bytes(serialization.Encoding.PEM))
     key.write_bytes(reader.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                              serialization.NoEncryption()))
@@ -235,3 +234,25 @@ def test_any_prefix_subscription_brings_back_the_group_keys_it_matches(pki):
     sender.start(0.0)
     out = sender.subscription_seen(1.0, [b"apel."])  # a recorder of every stream whose name starts "apel."
     assert len(_kind(out, b"G")) == sender.stats.groups and len(_kind(out, b"K")) == 1
+
+
+def test_a_large_envelope_is_opened_by_finding_our_recipient_info_alone(pki, tmp_path):
+    """Beyond 64 recipients the reader compares DER bytes to find its RecipientInfo and parses only that one;
+    the answers must be those of the full parse (and of openssl)."""
+    readers = pki["readers"]
+    recipients = [r.certificate for r in readers] * 2  # 120 RecipientInfos (a certificate may repeat)
+    der = cms.envelope(b"epoch key record", recipients[:-1])
+    assert cms._walk_envelope(der) is not None and len(cms._walk_envelope(der)[0]) == 119
+    assert cms.recipients(der).key_transport == 119
+    for reader in (readers[0], readers[-1]):
+        assert cms.open_envelope(der, reader) == b"epoch key record"
+    der = cms.envelope(b"epoch key record", [r.certificate for r in readers[:-1]] * 2)  # without the last reader
+    with pytest.raises(cms.NotARecipient):
+        cms.open_envelope(der, readers[-1])
+    (tmp_path / "e.der").write_bytes(der)
+    (tmp_path / "r.pem").write_bytes(readers[5].certificate.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "r.key").write_bytes(readers[5].key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                                  serialization.NoEncryption()))
+    out = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in", tmp_path / "e.der", "-recip",
+                          tmp_path / "r.pem", "-inkey", tmp_path / "r.key"], check=True, capture_output=True).stdout
+    assert out == b"epoch key record"
