@@ -11,7 +11,7 @@ from pathlib import Path
 
 import zmq
 
-from zmqsec.spool import IncomingSpool
+from zmqsec.spool import IncomingSpool, OutgoingSpool
 
 READERS = ("portal", "dashboard", "central")
 PUBLISHER_DN = "/O=zmqsec test/CN=publisher.example.org"  # the conftest site's publisher
@@ -44,6 +44,13 @@ def subscriber(site, name, *endpoints, **extra) -> subprocess.Popen:
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v]
     return cli(*args, log=d / f"{name}.log")
+
+
+def feed(site, count: int, template: bytes = b"job %d") -> None:
+    """Drop ``count`` messages into the site's outgoing spool, as an admin would."""
+    spool = OutgoingSpool(site["dir"] / "outgoing")
+    for i in range(count):
+        spool.add(template % i)
 
 
 def status(site, name) -> dict:

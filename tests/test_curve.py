@@ -10,7 +10,6 @@ import pytest
 
 import daemons
 from zmqsec import curve
-from zmqsec.spool import OutgoingSpool
 
 
 class Tap:
@@ -76,9 +75,7 @@ def test_what_an_observer_sees_on_the_wire(site, with_curve):
     logs = [d / "publisher.log", d / "portal.log"]
     try:
         daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="the key", logs=logs)
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(10):
-            spool.add(b"job %d" % i)
+        daemons.feed(site, 10)
         daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 10, what="delivery", logs=logs)
     finally:
         daemons.stop(publisher, reader)
@@ -110,9 +107,7 @@ def test_only_listed_clients_may_connect_and_relays_carry_curve_both_ways(site):
     logs = [d / "publisher.log", d / "relay.log", d / "portal.log"]
     try:
         daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="the key through the relay", logs=logs)
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(10):
-            spool.add(b"job %d" % i)
+        daemons.feed(site, 10)
         daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 10, what="delivery", logs=logs)
         daemons.wait(lambda: daemons.status(site, "dashboard").get("updated") and daemons.status(site, "central").get("updated"),
                      what="the refused readers' status")
@@ -159,9 +154,7 @@ def test_the_stomp_bridge_reads_a_curve_stream(site):
     logs = [d / "publisher.log", d / "with-key.log"]
     try:
         daemons.wait(lambda: daemons.status(site, "with-key").get("epoch") == 1, what="the bridge to hold the key", logs=logs)
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(5):
-            spool.add(b"job %d" % i)
+        daemons.feed(site, 5)
         daemons.wait(lambda: daemons.status(site, "with-key").get("outbox") == 5, what="five messages in the outbox", logs=logs)
         daemons.wait(lambda: daemons.status(site, "without-key").get("role"), what="the other bridge's status")
     finally:
