@@ -46,10 +46,10 @@ def subscriber(site, name, *endpoints, **extra) -> subprocess.Popen:
     return cli(*args, log=d / f"{name}.log")
 
 
-def feed(site, count: int, template: bytes = b"job %d") -> None:
-    """Drop ``count`` messages into the site's outgoing spool, as an admin would."""
+def feed(site, count: int, template: bytes = b"job %d", start: int = 0) -> None:
+    """Drop messages ``start`` .. ``start + count - 1`` into the site's outgoing spool, as an admin would."""
     spool = OutgoingSpool(site["dir"] / "outgoing")
-    for i in range(count):
+    for i in range(start, start + count):
         spool.add(template % i)
 
 

@@ -99,9 +99,7 @@ def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, broker, encr
     try:
         daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
                      what="bridge connected and holding the stream key", logs=_logs(site))
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(30):
-            spool.add(b"APEL-individual-job-message: v0.3\nLocalJobId: %d\nWallDuration: 3600\n%%%%\n" % i)
+        daemons.feed(site, 30, b"APEL-individual-job-message: v0.3\nLocalJobId: %d\nWallDuration: 3600\n%%%%\n")
         daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 30, what="30 receipts", logs=_logs(site))
         messages = _drain(broker["stomp_ports"][0], site["queue"], 30)
     finally:
@@ -204,9 +202,7 @@ def test_tls_with_client_certificate_and_failover(site, broker):
         daemons.wait(lambda: daemons.status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}"
                      and daemons.status(site, "bridge").get("epoch") == 1,
               what="TLS connection after failing over", logs=_logs(site))
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(10):
-            spool.add(b"tls %d" % i)
+        daemons.feed(site, 10, b"tls %d")
         daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 10, what="receipts over TLS", logs=_logs(site))
     finally:
         daemons.stop(pub, bridge)
@@ -230,9 +226,7 @@ def test_login_and_passcode(site, own_broker):
         bridge = _bridge_out(site, endpoint, hosts, "--login", "accounting", "--passcode", "s3cret")
         daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
                      what="authenticated connection", logs=_logs(site))
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(5):
-            spool.add(b"authenticated %d" % i)
+        daemons.feed(site, 5, b"authenticated %d")
         daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 5, what="receipts", logs=_logs(site))
     finally:
         daemons.stop(pub, bridge)

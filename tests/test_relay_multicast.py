@@ -13,7 +13,6 @@ import pytest
 import zmq
 
 import daemons
-from zmqsec.spool import OutgoingSpool
 
 
 def _relay(site, name, inp, out, *extra):
@@ -33,17 +32,14 @@ def test_two_relays_in_a_chain_and_a_late_joiner_behind_them(site):
     try:
         daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 1 for n in ("portal", "central")),
                      what="readers on both levels to get the key", logs=logs)
-        spool = OutgoingSpool(d / "outgoing")
-        for i in range(50):
-            spool.add(b"relayed %d" % i)
+        daemons.feed(site, 50, b"relayed %d")
         daemons.wait(lambda: all(len(daemons.incoming(site, n)) == 50 for n in ("portal", "central")),
                      what="delivery through the relays", logs=logs)
         late = daemons.subscriber(site, "latecomer", second)
         procs.append(late)
         daemons.wait(lambda: daemons.status(site, "latecomer").get("epoch") == 1, timeout=5,
                      what="late joiner behind two relays to get the key without a periodic re-announcement", logs=logs)
-        for i in range(50, 60):
-            spool.add(b"relayed %d" % i)
+        daemons.feed(site, 10, b"relayed %d", start=50)
         daemons.wait(lambda: len(daemons.incoming(site, "latecomer")) == 10, what="late joiner delivery", logs=logs)
     finally:
         daemons.stop(*procs)

@@ -278,11 +278,6 @@ def envelope(
     return _der(0x30, _ENVELOPED_DATA_OID + _der(0xA0, enveloped))
 
 
-@_parsing
-def recipient_count(der: bytes) -> int:
-    return len(_load_content_info(der, "enveloped_data")["content"]["recipient_infos"])
-
-
 def _unwrap(ktri: cms.KeyTransRecipientInfo, key) -> bytes:
     if not isinstance(key, rsa.RSAPrivateKey):
         raise UnsupportedAlgorithm("key transport needs an RSA private key")
