@@ -26,6 +26,10 @@ MAX_SEQ = 2**64 - 1
 MAX_DATA_FRAME = 16 * 1024 * 1024
 MAX_ANNOUNCEMENT_FRAME = 64 * 1024 * 1024
 MAX_CHECKPOINT_DIGESTS = 4096
+# A subscription message is 0x01/0x00 and a topic prefix; the longest real one is a group topic
+# (name, NUL, 'G', 16 bits, '.').  Every XPUB refuses bigger ones: libzmq's subscription trie
+# recurses once per byte, and a 1 MB subscription exhausts its stack (docs/PROTOCOL.md §9).
+MAX_SUBSCRIPTION = 256
 
 LABEL_DATA = b"zmqsec/v1/data"
 LABEL_DIGEST = b"zmqsec/v1/frame-digest"

@@ -17,6 +17,7 @@ import threading
 import zmq
 
 from .curve import CurveClient, CurveServer, apply_client, apply_server
+from .primitives import MAX_ANNOUNCEMENT_FRAME, MAX_SUBSCRIPTION
 from .transports import DEFAULT_MULTICAST_RATE, MULTICAST, check_endpoint
 
 log = logging.getLogger("zmqsec.relay")
@@ -34,6 +35,9 @@ class Relay:
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.LINGER, 0)
         self.downstream.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, multicast outputs only
+        # An oversized message drops that one connection, not the process (docs/PROTOCOL.md §9).
+        self.downstream.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
+        self.upstream.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
         if curve_in:
             apply_client(self.upstream, curve_in)
         self._release_curve = apply_server(self.downstream, curve_out) if curve_out else None
