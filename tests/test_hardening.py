@@ -6,22 +6,25 @@ import subprocess
 import sys
 
 import daemons
+from zmqsec.primitives import MAX_XPUB_MESSAGE
 
-# A stranger: connect to an XPUB, send one subscription message of 1 MB, and vanish without closing
-# (os._exit), so only the daemon's side tears the connection down.
+# A stranger: connect to an XPUB, send one subscription message of SIZE bytes, and vanish without
+# closing (os._exit), so only the daemon's side tears the connection down.
 _OVERSIZED_SUBSCRIBER = """
 import os, sys, time, zmq
 s = zmq.Context().socket(zmq.XSUB)
 s.connect(sys.argv[1])
 time.sleep(0.3)
-s.send(b"\\x01" + b"A" * 1_000_000)
+s.send(b"\\x01" + b"A" * int(sys.argv[2]))
 time.sleep(0.5)
 os._exit(0)
 """
 
 
 def _attack(endpoint: str) -> None:
-    subprocess.run([sys.executable, "-c", _OVERSIZED_SUBSCRIBER, endpoint], timeout=30, check=True)
+    # Just under the sockets' bound (accepted, then dropped with the connection), and far over it.
+    for size in (MAX_XPUB_MESSAGE - 2, 1_000_000):
+        subprocess.run([sys.executable, "-c", _OVERSIZED_SUBSCRIBER, endpoint, str(size)], timeout=30, check=True)
 
 
 def test_an_oversized_subscription_drops_that_connection_not_the_relay_or_the_publisher(site):

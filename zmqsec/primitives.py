@@ -30,6 +30,9 @@ MAX_CHECKPOINT_DIGESTS = 4096
 # (name, NUL, 'G', 16 bits, '.').  Every XPUB refuses bigger ones: libzmq's subscription trie
 # recurses once per byte, and a 1 MB subscription exhausts its stack (docs/PROTOCOL.md §9).
 MAX_SUBSCRIPTION = 256
+# The socket bound on what XPUBs receive: above any real subscription, and above the CurveZMQ
+# handshake commands (INITIATE carries metadata), which libzmq bounds by the same option.
+MAX_XPUB_MESSAGE = 4096
 
 LABEL_DATA = b"zmqsec/v1/data"
 LABEL_DIGEST = b"zmqsec/v1/frame-digest"

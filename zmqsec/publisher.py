@@ -23,7 +23,7 @@ from keys.trust import CrlPolicy, TrustStore
 
 from .curve import CurveServer, apply_server
 from .frames import DATA, topic_for
-from .primitives import MAX_SUBSCRIPTION
+from .primitives import MAX_XPUB_MESSAGE
 from .sender import RotationPolicy, StreamSender
 from .transports import DEFAULT_MULTICAST_RATE, check_endpoint
 from .watch import directory_stamp, signature
@@ -112,7 +112,7 @@ class Publisher:
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)  # what a subscriber sends us is a subscription
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)  # what a subscriber sends us is a subscription
         self._release_curve = apply_server(self.socket, curve) if curve else None
         for endpoint in endpoints:
             check_endpoint(endpoint)

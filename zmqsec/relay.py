@@ -17,7 +17,7 @@ import threading
 import zmq
 
 from .curve import CurveClient, CurveServer, apply_client, apply_server
-from .primitives import MAX_ANNOUNCEMENT_FRAME, MAX_SUBSCRIPTION
+from .primitives import MAX_ANNOUNCEMENT_FRAME, MAX_XPUB_MESSAGE
 from .transports import DEFAULT_MULTICAST_RATE, MULTICAST, check_endpoint
 
 log = logging.getLogger("zmqsec.relay")
@@ -36,7 +36,7 @@ class Relay:
             sock.setsockopt(zmq.LINGER, 0)
         self.downstream.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, multicast outputs only
         # An oversized message drops that one connection, not the process (docs/PROTOCOL.md §9).
-        self.downstream.setsockopt(zmq.MAXMSGSIZE, MAX_SUBSCRIPTION)
+        self.downstream.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)
         self.upstream.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
         if curve_in:
             apply_client(self.upstream, curve_in)
