@@ -15,8 +15,8 @@ from pathlib import Path
 
 from dirq.queue import Queue
 
-from keys.errors import ZmqsecError
-from zmqsec.spool import fsync_element
+from zmqsec.errors import ZmqsecError
+from zmqsec.files import fsync_tree
 
 SCHEMA = {"body": "binary", "empaid": "string"}
 
@@ -26,6 +26,11 @@ class OutboxError(ZmqsecError):
 
 
 class Outbox:
+    """One bridge's outbox; opening it takes the exclusive lock or raises :class:`OutboxError`.
+
+    ``fsync=False`` skips the fsync in :meth:`add`, giving up durability across power loss.
+    """
+
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
         self.path = Path(path)
         self.fsync = fsync
@@ -46,12 +51,14 @@ class Outbox:
             self.queue.unlock(name, permissive=True)
 
     def add(self, body: bytes, empaid: str) -> str:
+        """Store one S/MIME body with its empa-id; returns the element name (after the fsync, unless that is off)."""
         name = self.queue.add({"body": body, "empaid": empaid})
         if self.fsync:
-            fsync_element(self.path, name)
+            fsync_tree(self.path, name)
         return name
 
     def pending(self, limit: int) -> list[str]:
+        """The names of up to ``limit`` elements not yet receipted (whether sent or not), in queue order."""
         names = []
         for name in self.queue:
             names.append(name)
@@ -60,15 +67,19 @@ class Outbox:
         return names
 
     def get(self, name: str) -> tuple[bytes, str]:
+        """An element's body and empa-id; locks it, as :meth:`remove` needs (an element we already locked is fine)."""
         self.queue.lock(name, permissive=True)
         element = self.queue.get(name)
         return element["body"], element["empaid"]
 
     def remove(self, name: str) -> None:
+        """Delete an element the broker has receipted; it must have been read with :meth:`get` first."""
         self.queue.remove(name)
 
     def count(self) -> int:
+        """How many elements wait for a receipt (walks the queue directory)."""
         return sum(1 for _ in self.queue)
 
     def close(self) -> None:
+        """Release the exclusive lock, so another bridge may open the outbox."""
         self._lock.close()

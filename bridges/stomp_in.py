@@ -10,24 +10,34 @@ and is acknowledged too, so the broker does not redeliver it forever.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
-from keys.dn import DnAllowList, slash_dn
-from keys.errors import CertificateRejected
-from keys.pemfiles import Credential
-from keys.trust import CrlPolicy, TrustStore
-from zmqsec import cms, smime
-from zmqsec.spool import IncomingSpool
+from zmqsec.keys.dn import DnAllowList, slash_dn
+from zmqsec.keys.errors import CertificateRejected
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.trust import CrlPolicy, TrustStore
+from zmqsec.crypto import cms
+from zmqsec.bridges import smime
 
-from .stomplink import Frame, StompLink
+from zmqsec.errors import RejectReason, ZmqsecError
+
+from .stomplink import BrokerUnavailable, Frame, StompLink
+
+if TYPE_CHECKING:
+    from zmqsec import IncomingSpool
 
 log = logging.getLogger("zmqsec.bridge.in")
 
 
 @dataclass(frozen=True)
 class InSettings:
+    """What the inbound bridge accepts, and from where."""
+
     destination: str
     max_bytes: int = 16 * 1024 * 1024
     crl: CrlPolicy = CrlPolicy.REQUIRE
@@ -35,8 +45,10 @@ class InSettings:
 
 
 class StompInBridge:
+    """EMI S/MIME messages from the broker: verified, stored durably, then acknowledged."""
+
     def __init__(self, link: StompLink, credential: Credential, trust: TrustStore, settings: InSettings,
-                 incoming: IncomingSpool | None = None, publisher=None) -> None:
+                 incoming: "IncomingSpool | None" = None, publisher=None) -> None:
         if incoming is None and publisher is None:
             raise ValueError("stomp-in needs an incoming spool, a stream publisher, or both")
         self.link, self.credential, self.trust, self.settings = link, credential, trust, settings
@@ -62,7 +74,7 @@ class StompInBridge:
             reason, detail = exc.reason, str(exc)
         except Exception as exc:  # a bug of ours must not stop the bridge nor lose the message
             log.exception("message %s: unexpected error while verifying", empaid)
-            reason, detail = "internal-error", exc.__class__.__name__
+            reason, detail = RejectReason.INTERNAL_ERROR, exc.__class__.__name__
         else:
             reason = None
         if reason is not None:
@@ -74,10 +86,49 @@ class StompInBridge:
             return False
         # Storing may fail (disk full, no reader for the stream): then no ACK, and the broker redelivers.
         if self.incoming is not None and self.incoming.accept(content, signer, empaid) is None:
-            self.counters["rejected:not-utf8"] += 1
+            self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
         if self.publisher is not None:
             self.publisher.publish(content)
         self.link.ack(frame)
         self.counters["accepted"] += 1
         log.info("message %s from %s accepted", empaid, signer)
         return True
+
+    def status_fields(self) -> dict:
+        """The bridge's figures for its status file."""
+        counters = dict(self.counters)
+        rejected = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("rejected:")}
+        return {"broker": "%s:%d" % self.link.current if self.link.connected else None,
+                **{k: v for k, v in counters.items() if not k.startswith("rejected:")}, "rejected": rejected}
+
+    def serve_once(self, now: float) -> None:
+        """Connect if needed (with backoff), then handle at most one message."""
+        try:
+            if not self.link.ensure_connected(now):
+                time.sleep(0.05)
+                return
+            frame = self.link.next_message(0.2)
+            if frame is not None:
+                self.handle(frame)
+        except BrokerUnavailable as exc:
+            log.warning("%s; reconnecting", exc)
+            self.link.close()
+        except (OSError, ZmqsecError) as exc:
+            # Not stored, so not acknowledged: drop the connection and the broker redelivers it later.
+            log.error("cannot store a message (%s); reconnecting, the broker will redeliver it", exc)
+            self.link.failed(time.monotonic())
+
+    def run(self, stop, status) -> None:
+        """Serve until ``stop.requested``; ``status`` is a :class:`zmqsec.StatusFile`."""
+        try:
+            while not stop.requested:
+                self.serve_once(time.monotonic())
+                if self.publisher is not None:
+                    self.publisher.tick()
+                if status.due():
+                    status.write(self.status_fields())
+        finally:
+            status.write(self.status_fields())
+            self.link.close()
+            if self.publisher is not None:
+                self.publisher.close()

@@ -13,23 +13,26 @@ retry, so a duplicate after a crash is recognisable as one.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 
 from cryptography import x509
 
-from keys.pemfiles import Credential
-from zmqsec import smime
-from zmqsec.receiver import Delivered
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.bridges import smime
+from zmqsec import Delivered
 
 from .outbox import Outbox
-from .stomplink import Backoff, BrokerUnavailable, StompLink
+from .stomplink import BrokerUnavailable, StompLink
 
 log = logging.getLogger("zmqsec.bridge.out")
 
 
 @dataclass(frozen=True)
 class OutSettings:
+    """Where and how stream messages go to the broker."""
+
     destination: str
     digest: str = "sha256"
     server_certs: tuple[x509.Certificate, ...] = ()  # encrypt to these (the central server); empty: sign only
@@ -39,9 +42,10 @@ class OutSettings:
 
 
 class StompOutBridge:
+    """Stream messages to EMI S/MIME on the broker, through the durable outbox."""
+
     def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings) -> None:
         self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
-        self.backoff = Backoff(link.settings.backoff_initial, link.settings.backoff_max)
         self.counters: Counter = Counter()
 
     def body_for(self, content: bytes) -> bytes:
@@ -59,16 +63,12 @@ class StompOutBridge:
     def send_pending(self, now: float) -> int:
         """One window of the outbox to the broker; returns how many the broker receipted."""
         if not self.link.connected:
-            if not self.backoff.due(now):
+            if not self.link.backoff.due(now):
                 return 0
-            try:
-                self.link.connect()
-            except BrokerUnavailable as exc:
-                self.backoff.failed(now)
+            if not self.link.ensure_connected(now):
                 self.counters["connect-failed"] += 1
-                log.warning("%s; %d message(s) wait in the outbox", exc, self.outbox.count())
+                log.warning("%d message(s) wait in the outbox", self.outbox.count())
                 return 0
-            self.backoff.succeeded()
         names = self.outbox.pending(self.settings.window)
         if not names:
             return 0
@@ -83,8 +83,7 @@ class StompOutBridge:
             got = self.link.wait_receipts(set(by_receipt), self.settings.receipt_timeout)
         except BrokerUnavailable as exc:
             log.warning("broker lost mid-send (%s); unreceipted messages stay in the outbox", exc)
-            self.link.close()
-            self.backoff.failed(now)
+            self.link.failed(now)
             return 0
         for receipt in got:
             self.outbox.remove(by_receipt[receipt])
@@ -94,3 +93,27 @@ class StompOutBridge:
                         len(by_receipt) - len(got), self.settings.receipt_timeout)
             self.link.close()
         return len(got)
+
+    def status_fields(self, subscriber) -> dict:
+        """The bridge's figures for its status file."""
+        return {"epoch": subscriber.events.epoch, "outbox": self.outbox.count(),
+                "broker": "%s:%d" % self.link.current if self.link.connected else None, **dict(self.counters),
+                "stream_rejected": sum(v for k, v in subscriber.counters.items() if k.startswith("rejected:"))}
+
+    def run(self, subscriber, stop, status) -> None:
+        """Read the stream into the outbox and the outbox into the broker until ``stop.requested``;
+        ``status`` is a :class:`zmqsec.StatusFile`."""
+        try:
+            while not stop.requested:
+                message = subscriber.receive(timeout=0.05)
+                while message is not None and not stop.requested:
+                    self.take(message)  # in the outbox, fsync'ed, before anything else
+                    message = subscriber.receive(timeout=0.001) if subscriber.events.ready else None
+                self.send_pending(time.monotonic())
+                if status.due():
+                    status.write(self.status_fields(subscriber))
+        finally:
+            status.write(self.status_fields(subscriber))
+            subscriber.close()
+            self.link.close()
+            self.outbox.close()

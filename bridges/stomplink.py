@@ -18,7 +18,7 @@ from pathlib import Path
 import stomp
 from stomp.exception import ConnectFailedException, NotConnectedException, StompException
 
-from keys.errors import ZmqsecError
+from zmqsec.errors import ZmqsecError
 
 log = logging.getLogger("zmqsec.stomp")
 
@@ -46,6 +46,10 @@ class BrokerSettings:
 
     @staticmethod
     def parse_hosts(text_items) -> tuple[tuple[str, int], ...]:
+        """``HOST:PORT`` strings (IPv6 hosts in brackets) as (host, port) pairs.
+
+        Raises :class:`ValueError` if one is malformed or none is given.
+        """
         hosts = []
         for item in text_items:
             host, sep, port = item.strip().rpartition(":")
@@ -59,6 +63,8 @@ class BrokerSettings:
 
 @dataclass
 class Frame:
+    """A MESSAGE frame from the broker, copied out of stomp.py's receiver thread; the body always bytes."""
+
     headers: dict
     body: bytes
 
@@ -108,13 +114,16 @@ class Backoff:
         self.next_try = 0.0
 
     def due(self, now: float) -> bool:
+        """May the next round start?"""
         return now >= self.next_try
 
     def failed(self, now: float) -> None:
+        """A round failed: wait longer before the next (up to ``maximum``)."""
         self.next_try = now + self.delay * (0.5 + random.random())
         self.delay = min(self.delay * 2, self.maximum)
 
     def succeeded(self) -> None:
+        """Connected: the next failure starts from ``initial`` again."""
         self.delay, self.next_try = self.initial, 0.0
 
 
@@ -128,8 +137,12 @@ class StompLink:
     _listener: _Listener = field(default_factory=_Listener, init=False)
     current: tuple[str, int] | None = field(default=None, init=False)
 
+    def __post_init__(self) -> None:
+        self.backoff = Backoff(self.settings.backoff_initial, self.settings.backoff_max)
+
     @property
     def connected(self) -> bool:
+        """Is the connection up (as far as the listener knows)?"""
         return self._conn is not None and self._listener.connected and self._conn.is_connected()
 
     def _open(self, host: str, port: int) -> stomp.Connection:
@@ -165,7 +178,29 @@ class StompLink:
             return
         raise BrokerUnavailable("no broker answered: " + ", ".join(f"{h}:{p}" for h, p in self.settings.hosts))
 
+    def ensure_connected(self, now: float) -> bool:
+        """Connected, or one connection round when the backoff allows it: the one reconnect loop of
+        both bridges, which keep doing their other work between rounds.  True when connected."""
+        if self.connected:
+            return True
+        if not self.backoff.due(now):
+            return False
+        try:
+            self.connect()
+        except BrokerUnavailable as exc:
+            self.backoff.failed(now)
+            log.warning("%s", exc)
+            return False
+        self.backoff.succeeded()
+        return True
+
+    def failed(self, now: float) -> None:
+        """The connection is no good (lost mid-send, a store failed): drop it and back off."""
+        self.close()
+        self.backoff.failed(now)
+
     def subscribe(self, destination: str, ack: str = "client-individual") -> None:
+        """Subscribe now (if connected) and again after every reconnection."""
         self.subscriptions.append((destination, ack))
         if self.connected:
             self._conn.subscribe(destination, id=destination, ack=ack)
@@ -196,6 +231,7 @@ class StompLink:
             return got
 
     def next_message(self, timeout: float) -> Frame | None:
+        """The next MESSAGE frame, or None after ``timeout``; raises when the connection is lost."""
         try:
             return self._listener.messages.get(timeout=timeout)
         except queue.Empty:
@@ -204,6 +240,7 @@ class StompLink:
             return None
 
     def ack(self, frame: Frame) -> None:
+        """Acknowledge one message (client-individual)."""
         ack_id = frame.headers.get("ack") or frame.headers.get("message-id")
         try:
             self._conn.ack(ack_id, subscription=frame.headers.get("subscription"))
@@ -211,6 +248,7 @@ class StompLink:
             raise BrokerUnavailable(f"ack failed: {exc.__class__.__name__}") from None
 
     def close(self) -> None:
+        """Disconnect (quietly, whatever state the connection is in)."""
         if self._conn is not None:
             try:
                 if self._conn.is_connected():

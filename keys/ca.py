@@ -39,10 +39,13 @@ Clock = Callable[[], dt.datetime]
 
 
 def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC: the default ``clock``."""
     return dt.datetime.now(dt.timezone.utc)
 
 
 class KeyType(enum.Enum):
+    """The key algorithm of a new key pair: RSA, or EC on P-256."""
+
     RSA = "rsa"
     EC = "ec"
 
@@ -57,6 +60,7 @@ class Role(enum.Enum):
 
 
 def generate_key(key_type: KeyType = KeyType.RSA, rsa_bits: int = 2048) -> PrivateKey:
+    """A new private key: P-256 for EC (``rsa_bits`` ignored), else RSA; raises :class:`AuthorityError` below 2048 bits."""
     if key_type is KeyType.EC:
         return ec.generate_private_key(ec.SECP256R1())
     if rsa_bits < 2048:
@@ -129,10 +133,12 @@ class CertificateAuthority:
 
     @property
     def trust_dir(self) -> Path:
+        """The hashed trust directory (CA certificate and CRL) for ``openssl verify -CApath``."""
         return self.directory / "certificates"
 
     @property
     def crl_path(self) -> Path:
+        """The current CRL file, ``DIR/crl.pem``."""
         return self.directory / "crl.pem"
 
     @classmethod
@@ -187,6 +193,7 @@ class CertificateAuthority:
 
     @classmethod
     def open(cls, directory: str | os.PathLike) -> "CertificateAuthority":
+        """Open an existing CA directory; raises :class:`AuthorityError` if there is none or its key does not match."""
         directory = Path(directory)
         if not (directory / "ca.pem").exists():
             raise AuthorityError(f"{directory}: no CA here (ca.pem missing); create one with `zmqsec keys init-ca {directory}`")
@@ -258,6 +265,7 @@ class CertificateAuthority:
     # -- revocation --------------------------------------------------------------
 
     def current_crl(self) -> x509.CertificateRevocationList:
+        """The CRL as last written to ``crl.pem``."""
         return load_crl(self.crl_path)
 
     def revoke(self, cert: x509.Certificate, *, reason: x509.ReasonFlags | None = None, clock: Clock = utcnow) -> x509.CertificateRevocationList:

@@ -16,6 +16,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
+from zmqsec.files import atomic_write
+
 from .errors import RegistryError
 
 # OpenSSL's short names for the attributes grid DNs use (obj_dat.h).
@@ -122,6 +124,7 @@ class DnAllowList:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "DnAllowList":
+        """Read a valid-DN file; raises :class:`RegistryError` naming the file (and line) if it is missing or malformed."""
         path = Path(path)
         try:
             text = path.read_text(encoding="utf-8")
@@ -152,9 +155,11 @@ class DnAllowList:
         return dn in self.dns
 
     def with_dn(self, dn: str) -> "DnAllowList":
+        """A new list with ``dn`` added, saved to the same file; this one is unchanged."""
         return DnAllowList(self.dns | {dn}, self.path)
 
     def without_dn(self, dn: str) -> "DnAllowList":
+        """A new list without ``dn``, saved to the same file; this one is unchanged."""
         return DnAllowList(self.dns - {dn}, self.path)
 
     def save(self, path: str | os.PathLike | None = None) -> None:
@@ -162,6 +167,4 @@ class DnAllowList:
         target = Path(path or self.path or "")
         if not target.name:
             raise RegistryError("DN allow-list has no file to save to")
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text("".join(dn + "\n" for dn in sorted(self.dns)), encoding="utf-8")
-        os.replace(tmp, target)
+        atomic_write(target, "".join(dn + "\n" for dn in sorted(self.dns)).encode("utf-8"))

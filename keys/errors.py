@@ -1,15 +1,8 @@
-"""Error types of the trust layer.
-
-Every refusal is a specific exception whose message is one line that names
-the file or option at fault and, where there is one, the fix.  The CLI maps
-:class:`ZmqsecError` to an exit code in one place; anything else is a bug.
-"""
+"""Error types of the trust layer: key files, the CA, the registry, and every certificate refusal."""
 
 from __future__ import annotations
 
-
-class ZmqsecError(Exception):
-    """Root of every error zmqsec reports to a user (one line, no traceback)."""
+from zmqsec.errors import RejectReason, ZmqsecError
 
 
 class KeyFileError(ZmqsecError):
@@ -39,7 +32,7 @@ class CertificateRejected(ZmqsecError):
     position in the chain of the certificate that failed (0 = the end entity).
     """
 
-    reason = "rejected"
+    reason = RejectReason.REJECTED
 
     def __init__(self, message: str, *, depth: int = 0) -> None:
         super().__init__(message)
@@ -49,82 +42,82 @@ class CertificateRejected(ZmqsecError):
 class MalformedCertificate(CertificateRejected):
     """The certificate does not parse (e.g. a duplicated or malformed extension)."""
 
-    reason = "malformed-certificate"
+    reason = RejectReason.MALFORMED_CERTIFICATE
 
 
 class UnknownIssuer(CertificateRejected):
     """No trusted CA issued this certificate (or one of its issuers)."""
 
-    reason = "unknown-issuer"
+    reason = RejectReason.UNKNOWN_ISSUER
 
 
 class BadSignature(CertificateRejected):
     """A certificate or CRL signature does not verify under its issuer's key."""
 
-    reason = "bad-signature"
+    reason = RejectReason.BAD_SIGNATURE
 
 
 class CertificateExpired(CertificateRejected):
     """The validity window ended before the time of the check."""
 
-    reason = "expired"
+    reason = RejectReason.EXPIRED
 
 
 class CertificateNotYetValid(CertificateRejected):
     """The validity window starts after the time of the check."""
 
-    reason = "not-yet-valid"
+    reason = RejectReason.NOT_YET_VALID
 
 
 class CertificateRevoked(CertificateRejected):
     """The issuer's CRL lists this certificate."""
 
-    reason = "revoked"
+    reason = RejectReason.REVOKED
 
 
 class CrlMissing(CertificateRejected):
     """CRL checking is required but the issuer has no CRL in the trust directory."""
 
-    reason = "crl-missing"
+    reason = RejectReason.CRL_MISSING
 
 
 class CrlExpired(CertificateRejected):
     """The issuer's CRL is past its nextUpdate (run fetch-crl or `zmqsec keys crl`)."""
 
-    reason = "crl-expired"
+    reason = RejectReason.CRL_EXPIRED
 
 
 class CrlNotYetValid(CertificateRejected):
     """The issuer's CRL has a thisUpdate in the future."""
 
-    reason = "crl-not-yet-valid"
+    reason = RejectReason.CRL_NOT_YET_VALID
 
 
 class NotACertificateAuthority(CertificateRejected):
     """A certificate in the issuer position is not allowed to issue certificates."""
 
-    reason = "not-a-ca"
+    reason = RejectReason.NOT_A_CA
 
 
 class PathTooLong(CertificateRejected):
     """A CA's pathLenConstraint is exceeded."""
 
-    reason = "path-too-long"
+    reason = RejectReason.PATH_TOO_LONG
 
 
 class WrongKeyUsage(CertificateRejected):
     """keyUsage or extendedKeyUsage do not allow what the certificate is used for."""
 
-    reason = "wrong-key-usage"
+    reason = RejectReason.WRONG_KEY_USAGE
 
 
 class UnhandledCriticalExtension(CertificateRejected):
     """A critical extension this validator does not understand is present."""
 
-    reason = "unhandled-critical-extension"
+    reason = RejectReason.UNHANDLED_CRITICAL_EXTENSION
 
 
 class SignerNotAllowed(CertificateRejected):
     """The subject DN is not on the allow-list."""
 
-    reason = "dn-not-allowed"
+    reason = RejectReason.DN_NOT_ALLOWED

@@ -20,6 +20,8 @@ from asn1crypto import core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 
+from zmqsec.crypto import der
+
 from .pemfiles import cert_pem, write_public
 
 # ASN.1 string types OpenSSL canonicalises (ASN1_MASK_CANON).
@@ -35,17 +37,6 @@ _CANON_TAGS = {
 _WHITESPACE = b" \t\n\v\f\r"
 HASHED_CERT = re.compile(r"^([0-9a-f]{8})\.(\d+)$")
 HASHED_CRL = re.compile(r"^([0-9a-f]{8})\.r(\d+)$")
-
-
-def _der_len(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    return bytes([tag]) + _der_len(len(content)) + content
 
 
 def _canonical_value(value: core.Asn1Value) -> bytes:
@@ -66,7 +57,7 @@ def _canonical_value(value: core.Asn1Value) -> bytes:
             continue
         in_space = False
         out.append(byte + 32 if 0x41 <= byte <= 0x5A else byte)
-    return _tlv(0x0C, bytes(out))
+    return der.encode(0x0C, bytes(out))
 
 
 def name_hash(name: x509.Name) -> str:
@@ -75,14 +66,14 @@ def name_hash(name: x509.Name) -> str:
 
 
 @functools.lru_cache(maxsize=4096)  # a registry of thousands of readers has a handful of issuers
-def _name_hash(der: bytes) -> str:
-    parsed = asn1_x509.Name.load(der)
+def _name_hash(name_der: bytes) -> str:
+    parsed = asn1_x509.Name.load(name_der)
     canon = bytearray()
     for rdn in parsed.chosen:
         avas = sorted(
-            _tlv(0x30, ava["type"].dump() + _canonical_value(ava["value"])) for ava in rdn
+            der.encode(0x30, ava["type"].dump() + _canonical_value(ava["value"])) for ava in rdn
         )
-        canon += _tlv(0x31, b"".join(avas))
+        canon += der.encode(0x31, b"".join(avas))
     digest = hashlib.sha1(bytes(canon)).digest()
     return f"{int.from_bytes(digest[:4], 'little'):08x}"
 
@@ -133,8 +124,8 @@ def rehash(directory: str | os.PathLike) -> list[tuple[Path, Path]]:
 
     Returns the (link, target) pairs made.  Existing hashed links are rebuilt.
     """
-    from .pemfiles import load_certificates, load_crl
     from .errors import KeyFileError
+    from .pemfiles import load_certificates, load_crl
 
     directory = Path(directory)
     for entry in directory.iterdir():

@@ -16,6 +16,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from zmqsec.files import atomic_write
+
 from .errors import InsecureKeyFile, KeyFileError, KeyMismatch
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
@@ -49,7 +51,7 @@ def parse_certificates(data: bytes, source: str = "<data>") -> list[x509.Certifi
             certs = x509.load_pem_x509_certificates(data)
         else:
             certs = [x509.load_der_x509_certificate(data)]
-    except ValueError:
+    except (ValueError, x509.InvalidVersion):
         raise KeyFileError(f"{source}: not a PEM or DER X.509 certificate") from None
     return certs
 
@@ -66,6 +68,7 @@ def load_certificate(path: str | os.PathLike) -> x509.Certificate:
 
 
 def load_crl(path: str | os.PathLike) -> x509.CertificateRevocationList:
+    """A CRL from a PEM or DER file (at most 64 MiB); the signature is not checked here."""
     path = Path(path)
     data = _read(path, "CRL", limit=64 * 1024 * 1024)
     try:
@@ -109,38 +112,21 @@ def load_private_key(path: str | os.PathLike, password: bytes | None = None) -> 
 
 def write_private_key(path: str | os.PathLike, key: PrivateKey) -> None:
     """Write ``key`` unencrypted as PKCS#8 PEM, created 0600 (never wider, whatever the umask)."""
-    path = Path(path)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, pem)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, pem, mode=0o600)
 
 
 def write_public(path: str | os.PathLike, data: bytes) -> None:
     """Write a public file (certificate, CRL) atomically, mode 0644."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.fchmod(fd, 0o644)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o644)
 
 
 def cert_pem(cert: x509.Certificate) -> bytes:
+    """The certificate as PEM bytes."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -163,6 +149,7 @@ class Credential:
 
     @classmethod
     def load(cls, cert_path: str | os.PathLike, key_path: str | os.PathLike) -> "Credential":
+        """Load a certificate file (leaf first, then any chain) and its key; raises :class:`KeyMismatch` if they do not pair."""
         certs = load_certificates(cert_path)
         key = load_private_key(key_path)
         if public_key_der(certs[0]) != public_key_der(key):

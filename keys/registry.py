@@ -18,7 +18,10 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+
+from zmqsec.crypto.cms import UnsupportedAlgorithm
+from zmqsec.crypto.enveloped import check_key_transport
+from zmqsec.errors import RejectReason
 
 from .dn import DnAllowList, slash_dn
 from .errors import CertificateRejected, KeyFileError, RegistryError
@@ -40,10 +43,12 @@ class Reader:
 
     @property
     def dn(self) -> str:
+        """The subject DN in OpenSSL slash form, as DN allow-lists write it."""
         return slash_dn(self.certificate.subject)
 
     @functools.cached_property
     def fingerprint(self) -> str:
+        """SHA-256 fingerprint of the certificate, lower-case hex."""
         return fingerprint(self.certificate)
 
 
@@ -52,7 +57,7 @@ class Refusal:
     """A registry entry that is not (or no longer) authorized, and why."""
 
     path: Path
-    reason: str
+    reason: RejectReason
     message: str
 
 
@@ -71,9 +76,11 @@ class ReaderSet:
 
     @functools.cached_property
     def fingerprints(self) -> frozenset[str]:
+        """The fingerprints of the authorized readers (refusals excluded)."""
         return frozenset(r.fingerprint for r in self.readers)
 
     def same_readers(self, other: "ReaderSet") -> bool:
+        """True if both sets authorize the same certificates, so no rekey is needed; refusals and order are ignored."""
         return self.fingerprints == other.fingerprints
 
 
@@ -145,16 +152,18 @@ class ReaderRegistry:
             try:
                 reader = self._parse(name, cache)
             except (KeyFileError, OSError) as exc:
-                refused.append(Refusal(self.directory / name, "unreadable", str(exc)))
+                refused.append(Refusal(self.directory / name, RejectReason.UNREADABLE, str(exc)))
                 continue
             cert, path = reader.certificate, reader.path
-            if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-                refused.append(Refusal(path, "unsupported-key", f"{reader.dn}: reader keys must be RSA (key transport)"))
+            try:
+                check_key_transport(cert.public_key())
+            except UnsupportedAlgorithm as exc:
+                refused.append(Refusal(path, RejectReason.UNSUPPORTED_KEY, f"{reader.dn}: {exc}"))
                 continue
             if reader.fingerprint in seen:
                 continue
             if allow is not None and reader.dn not in allow:
-                refused.append(Refusal(path, "dn-not-allowed", f"{reader.dn}: not in {allow.path}"))
+                refused.append(Refusal(path, RejectReason.DN_NOT_ALLOWED, f"{reader.dn}: not in {allow.path}"))
                 continue
             if trust is not None and not (cache is not None and now < cache.accepted.get(reader.fingerprint, now)):
                 try:
@@ -185,8 +194,10 @@ class ReaderRegistry:
 
     def add(self, cert: x509.Certificate, trust: TrustStore | None = None, **validate_options) -> Reader:
         """Add a reader certificate (validated first when ``trust`` is given)."""
-        if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-            raise RegistryError(f"{slash_dn(cert.subject)}: reader keys must be RSA (the stream wraps keys by RSA key transport)")
+        try:
+            check_key_transport(cert.public_key())
+        except UnsupportedAlgorithm as exc:
+            raise RegistryError(f"{slash_dn(cert.subject)}: {exc}") from None
         if trust is not None:
             trust.validate(cert, usage=Usage.ENCRYPT, **validate_options)
         self.directory.mkdir(parents=True, exist_ok=True)

@@ -85,10 +85,12 @@ class Chain:
 
     @property
     def leaf(self) -> x509.Certificate:
+        """The end-entity certificate the chain was built for."""
         return self.certificates[0]
 
     @property
     def subject_dn(self) -> str:
+        """The end entity's subject DN in slash form."""
         return slash_dn(self.leaf.subject)
 
 
@@ -170,6 +172,90 @@ def _ku_allows(cert: x509.Certificate, usage: Usage) -> bool:
     return ku.key_encipherment
 
 
+def _check_extensions(cert: x509.Certificate, depth: int) -> None:
+    try:
+        extensions = cert.extensions
+    except ValueError as exc:
+        raise errors.UnhandledCriticalExtension(f"{_describe(cert)}: malformed extensions ({exc})", depth=depth) from None
+    for ext in extensions:
+        if ext.critical and ext.oid not in _HANDLED_CRITICAL:
+            raise errors.UnhandledCriticalExtension(
+                f"{_describe(cert)}: unhandled critical extension {ext.oid.dotted_string}", depth=depth)
+
+
+def _check_time(cert: x509.Certificate, depth: int, at: dt.datetime) -> None:
+    if cert.not_valid_before_utc > at:
+        raise errors.CertificateNotYetValid(
+            f"{_describe(cert)}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}", depth=depth)
+    if cert.not_valid_after_utc < at:
+        raise errors.CertificateExpired(
+            f"{_describe(cert)}: expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}", depth=depth)
+
+
+def _check_issuer(chain: list[x509.Certificate], depth: int) -> None:
+    issuer = chain[depth]
+    if not _ca_status(issuer):
+        raise errors.NotACertificateAuthority(
+            f"{_describe(issuer)}: is not a CA (basicConstraints/keyUsage) but issued {_describe(chain[depth - 1])}",
+            depth=depth)
+    bc = _ext(issuer, ExtensionOID.BASIC_CONSTRAINTS)
+    if bc is not None and bc.value.path_length is not None:
+        # Non-self-issued intermediates between the end entity and this CA.
+        below = sum(1 for c in chain[1:depth] if not _self_issued(c))
+        if below > bc.value.path_length:
+            raise errors.PathTooLong(
+                f"{_describe(issuer)}: pathLenConstraint {bc.value.path_length} exceeded", depth=depth)
+
+
+def _check_usage(chain: list[x509.Certificate], usage: Usage) -> None:
+    leaf = chain[0]
+    if not _ku_allows(leaf, usage):
+        raise errors.WrongKeyUsage(f"{_describe(leaf)}: keyUsage does not allow {usage.value}")
+    for depth, cert in enumerate(chain):
+        if not _eku_allows(cert):
+            raise errors.WrongKeyUsage(
+                f"{_describe(cert)}: extendedKeyUsage lacks emailProtection (needed to {usage.value})", depth=depth)
+
+
+def _read_hashed_directory(path: Path) -> tuple[dict, dict, tuple[str, ...]]:
+    """(CA certificates by hash, CRLs by hash, problems) of a hashed directory, as OpenSSL would find them."""
+    path = Path(path)
+    try:
+        entries = sorted(path.iterdir())
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: trust directory not found") from None
+    except NotADirectoryError:
+        raise KeyFileError(f"{path}: not a directory (expected a hashed CA directory)") from None
+    except PermissionError:
+        raise KeyFileError(f"{path}: permission denied listing trust directory") from None
+    cas: dict[str, list[x509.Certificate]] = {}
+    crls: dict[str, list[x509.CertificateRevocationList]] = {}
+    problems: list[str] = []
+    for entry in entries:
+        cert_match = HASHED_CERT.match(entry.name)
+        crl_match = HASHED_CRL.match(entry.name)
+        if not (cert_match or crl_match):
+            continue  # .signing_policy, .namespaces, .info, *.pem originals ...
+        try:
+            if cert_match:
+                for cert in load_certificates(entry):
+                    if name_hash(cert.subject) != cert_match.group(1):
+                        problems.append(f"{entry}: subject hash is {name_hash(cert.subject)}, not {cert_match.group(1)}; ignored (run `zmqsec keys rehash`)")
+                        continue
+                    cas.setdefault(cert_match.group(1), []).append(cert)
+            else:
+                crl = load_crl(entry)
+                if name_hash(crl.issuer) != crl_match.group(1):
+                    problems.append(f"{entry}: issuer hash is {name_hash(crl.issuer)}, not {crl_match.group(1)}; ignored")
+                    continue
+                crls.setdefault(crl_match.group(1), []).append(crl)
+        except KeyFileError as exc:
+            problems.append(str(exc))
+    for problem in problems:
+        log.warning("trust directory: %s", problem)
+    return {k: tuple(v) for k, v in cas.items()}, {k: tuple(v) for k, v in crls.items()}, tuple(problems)
+
+
 @dataclass(frozen=True)
 class TrustStore:
     """Trusted CA certificates and their CRLs, indexed by subject hash as OpenSSL does."""
@@ -182,49 +268,12 @@ class TrustStore:
     @classmethod
     def from_directory(cls, path: str | os.PathLike) -> "TrustStore":
         """Read a hashed CA directory; files OpenSSL would not find are skipped (and noted)."""
-        path = Path(path)
-        try:
-            entries = sorted(path.iterdir())
-        except FileNotFoundError:
-            raise KeyFileError(f"{path}: trust directory not found") from None
-        except NotADirectoryError:
-            raise KeyFileError(f"{path}: not a directory (expected a hashed CA directory)") from None
-        except PermissionError:
-            raise KeyFileError(f"{path}: permission denied listing trust directory") from None
-        cas: dict[str, list[x509.Certificate]] = {}
-        crls: dict[str, list[x509.CertificateRevocationList]] = {}
-        problems: list[str] = []
-        for entry in entries:
-            cert_match = HASHED_CERT.match(entry.name)
-            crl_match = HASHED_CRL.match(entry.name)
-            if not (cert_match or crl_match):
-                continue  # .signing_policy, .namespaces, .info, *.pem originals ...
-            try:
-                if cert_match:
-                    for cert in load_certificates(entry):
-                        if name_hash(cert.subject) != cert_match.group(1):
-                            problems.append(f"{entry}: subject hash is {name_hash(cert.subject)}, not {cert_match.group(1)}; ignored (run `zmqsec keys rehash`)")
-                            continue
-                        cas.setdefault(cert_match.group(1), []).append(cert)
-                else:
-                    crl = load_crl(entry)
-                    if name_hash(crl.issuer) != crl_match.group(1):
-                        problems.append(f"{entry}: issuer hash is {name_hash(crl.issuer)}, not {crl_match.group(1)}; ignored")
-                        continue
-                    crls.setdefault(crl_match.group(1), []).append(crl)
-            except KeyFileError as exc:
-                problems.append(str(exc))
-        for problem in problems:
-            log.warning("trust directory: %s", problem)
-        return cls(
-            {k: tuple(v) for k, v in cas.items()},
-            {k: tuple(v) for k, v in crls.items()},
-            str(path),
-            tuple(problems),
-        )
+        cas, crls, problems = _read_hashed_directory(Path(path))
+        return cls(cas, crls, str(path), problems)
 
     @classmethod
     def from_certificates(cls, certs: Iterable[x509.Certificate], crls: Iterable[x509.CertificateRevocationList] = ()) -> "TrustStore":
+        """A store of CA certificates and CRLs already in memory, indexed as a hashed directory would be."""
         by_hash: dict[str, list] = {}
         for cert in certs:
             by_hash.setdefault(name_hash(cert.subject), []).append(cert)
@@ -235,6 +284,7 @@ class TrustStore:
 
     @property
     def ca_certificates(self) -> list[x509.Certificate]:
+        """Every trusted CA certificate, in one list."""
         return [c for group in self.cas.values() for c in group]
 
     @functools.cached_property
@@ -326,68 +376,23 @@ class TrustStore:
         # refused for the same reason by both.
         chain = self._build(cert, untrusted)
         for depth, link in enumerate(chain):
-            self._check_extensions(link, depth)
+            _check_extensions(link, depth)
             if depth > 0:
-                self._check_issuer(chain, depth)
+                _check_issuer(chain, depth)
         if usage is not None:
-            self._check_usage(chain, usage)
+            _check_usage(chain, usage)
         if crl is not CrlPolicy.OFF:
             last = len(chain) - 1 if crl_all else 1
             for depth in range(min(last, len(chain) - 1)):
                 self._check_crl(chain[depth], chain[depth + 1], depth, at, crl)
         for depth in range(len(chain) - 1, -1, -1):
-            self._check_time(chain[depth], depth, at)
+            _check_time(chain[depth], depth, at)
         if allowed_dns is not None:
             dn = slash_dn(cert.subject)
             if dn not in allowed_dns:
                 where = f" ({allowed_dns.path})" if allowed_dns.path else ""
                 raise errors.SignerNotAllowed(f"{dn}: DN is not on the allow-list{where}")
         return Chain(tuple(chain))
-
-    @staticmethod
-    def _check_extensions(cert: x509.Certificate, depth: int) -> None:
-        try:
-            extensions = cert.extensions
-        except ValueError as exc:
-            raise errors.UnhandledCriticalExtension(f"{_describe(cert)}: malformed extensions ({exc})", depth=depth) from None
-        for ext in extensions:
-            if ext.critical and ext.oid not in _HANDLED_CRITICAL:
-                raise errors.UnhandledCriticalExtension(
-                    f"{_describe(cert)}: unhandled critical extension {ext.oid.dotted_string}", depth=depth)
-
-    @staticmethod
-    def _check_time(cert: x509.Certificate, depth: int, at: dt.datetime) -> None:
-        if cert.not_valid_before_utc > at:
-            raise errors.CertificateNotYetValid(
-                f"{_describe(cert)}: not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%SZ}", depth=depth)
-        if cert.not_valid_after_utc < at:
-            raise errors.CertificateExpired(
-                f"{_describe(cert)}: expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%SZ}", depth=depth)
-
-    @staticmethod
-    def _check_issuer(chain: list[x509.Certificate], depth: int) -> None:
-        issuer = chain[depth]
-        if not _ca_status(issuer):
-            raise errors.NotACertificateAuthority(
-                f"{_describe(issuer)}: is not a CA (basicConstraints/keyUsage) but issued {_describe(chain[depth - 1])}",
-                depth=depth)
-        bc = _ext(issuer, ExtensionOID.BASIC_CONSTRAINTS)
-        if bc is not None and bc.value.path_length is not None:
-            # Non-self-issued intermediates between the end entity and this CA.
-            below = sum(1 for c in chain[1:depth] if not _self_issued(c))
-            if below > bc.value.path_length:
-                raise errors.PathTooLong(
-                    f"{_describe(issuer)}: pathLenConstraint {bc.value.path_length} exceeded", depth=depth)
-
-    @staticmethod
-    def _check_usage(chain: list[x509.Certificate], usage: Usage) -> None:
-        leaf = chain[0]
-        if not _ku_allows(leaf, usage):
-            raise errors.WrongKeyUsage(f"{_describe(leaf)}: keyUsage does not allow {usage.value}")
-        for depth, cert in enumerate(chain):
-            if not _eku_allows(cert):
-                raise errors.WrongKeyUsage(
-                    f"{_describe(cert)}: extendedKeyUsage lacks emailProtection (needed to {usage.value})", depth=depth)
 
     def _check_crl(self, cert: x509.Certificate, issuer: x509.Certificate, depth: int, at: dt.datetime, policy: CrlPolicy) -> None:
         candidates = [c for c in self.crls.get(name_hash(issuer.subject), ()) if c.issuer == issuer.subject]

@@ -1,4 +1,10 @@
-"""Shared fixtures: a zmqsec CA, the openssl-CLI peer, the broker the test command started."""
+"""Shared fixtures over the kit (tests/kit): a zmqsec CA, a stream site, the in-process CLI, the broker
+the test command started.
+
+The suite is split by kind: ``spec/`` (the protocol and the machines), ``interop/`` (against the openssl CLI
+and APEL SSM's receiver), ``e2e/`` (real processes, the real broker), ``docs/`` (what the README and
+docs/deploy claim).
+"""
 
 from __future__ import annotations
 
@@ -9,38 +15,41 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/: `from kit import ...`
 
-from keys.ca import CertificateAuthority  # noqa: E402
-from keys.ca import Role  # noqa: E402
-from keys.dn import parse_slash_dn  # noqa: E402
-from keys.registry import ReaderRegistry  # noqa: E402
+from kit.pki import Pki, new_ca, stream_site  # noqa: E402
+from zmqsec.keys.ca import CertificateAuthority, Role  # noqa: E402
 
 
 @pytest.fixture
 def ca(tmp_path) -> CertificateAuthority:
-    """A fresh zmqsec CA (RSA 2048 to keep set-up quick)."""
-    return CertificateAuthority.init(tmp_path / "ca", subject=parse_slash_dn("/C=UK/O=zmqsec test/CN=Test CA"), rsa_bits=2048)
+    """A fresh zmqsec CA, ``/C=UK/O=zmqsec test/CN=Test CA`` (RSA 2048 to keep set-up quick)."""
+    return new_ca(tmp_path / "ca", "/C=UK/O=zmqsec test/CN=Test CA")
 
 
 @pytest.fixture
-def site(tmp_path):
-    """A CA, a publisher and four registered readers, for tests that run the stream's daemons."""
-    ca = CertificateAuthority.init(tmp_path / "ca", subject=parse_slash_dn("/O=zmqsec test/CN=Site CA"), rsa_bits=2048)
-    certs = {"publisher": ca.issue(role=Role.PUBLISHER, cn="publisher.example.org", out_dir=tmp_path / "certs")}
-    registry = ReaderRegistry(tmp_path / "readers.d")
-    for name in ("portal", "dashboard", "central", "latecomer"):
-        certs[name] = ca.issue(role=Role.READER, cn=f"{name}.example.org", out_dir=tmp_path / "certs")
-        registry.add(certs[name].certificate)
-    return {"dir": tmp_path, "ca": ca, "certs": certs, "registry": registry}
+def site(tmp_path) -> Pki:
+    """A stream site in ``tmp_path``: a CA, a publisher and four registered readers (portal, dashboard, central,
+    latecomer), for tests that run the stream's daemons (:mod:`kit.daemons`)."""
+    return stream_site(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def stream_pki(tmp_path_factory) -> Pki:
+    """One CA for the tests that drive the stream in-process: a publisher, readers portal, dashboard and central,
+    an outsider (a valid reader certificate no reader set includes) and a bridge (another signer)."""
+    return Pki.create(tmp_path_factory.mktemp("stream-pki"), "/O=zmqsec test/CN=Stream CA",
+                      publisher=Role.PUBLISHER, portal=Role.READER, dashboard=Role.READER, central=Role.READER,
+                      outsider=Role.READER, bridge=Role.BRIDGE)
 
 
 @pytest.fixture
 def run_cli(capsys):
     """Call ``zmqsec.cli.main`` in-process; return (exit code, stdout, stderr)."""
-    from zmqsec.cli import main
+    from zmqsec.cli.main import main
 
     def call(*argv: str):
+        """``zmqsec ARGV``: (exit code, stdout, stderr)."""
         code = main([str(a) for a in argv])
         out = capsys.readouterr()
         return code, out.out, out.err

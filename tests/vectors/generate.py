@@ -16,16 +16,16 @@ from pathlib import Path
 
 import msgpack
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from keys.ca import CertificateAuthority, Role
-from keys.dn import parse_slash_dn
-from keys.pemfiles import Credential
-from zmqsec import frames
-from zmqsec.announce import GroupKey, make_announcement, make_group_announcement
-from zmqsec.checkpoint import sign_checkpoint
-from zmqsec.groups import reader_bits
-from zmqsec.primitives import associated_data, encode_group_record, encode_key_record, frame_digest, nonce
+from zmqsec.keys.ca import CertificateAuthority, Role
+from zmqsec.keys.dn import parse_slash_dn
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.protocol import frames
+from zmqsec.protocol.datacipher import DataKey
+from zmqsec.protocol.announce import GroupKey, make_announcement, make_group_announcement
+from zmqsec.protocol.checkpoint import sign_checkpoint
+from zmqsec.protocol.groups import reader_bits
+from zmqsec.protocol.primitives import associated_data, encode_group_record, encode_key_record, frame_digest, nonce
 
 OUT = Path(__file__).with_name("v1.json")
 KEY = bytes(range(32))
@@ -48,7 +48,7 @@ def _pem_cert(cert) -> str:
 
 
 def data_frame(epoch: int, seq: int, payload: bytes) -> list[bytes]:
-    ct = AESGCM(KEY).encrypt(nonce(epoch, seq), payload, associated_data(TOPIC, STREAM_ID, epoch, seq))
+    ct = DataKey(KEY).seal(TOPIC, STREAM_ID, epoch, seq, payload)
     return frames.encode(frames.DataFrame(TOPIC, STREAM_ID, epoch, seq, ct))
 
 

@@ -1,0 +1,259 @@
+"""The STOMP bridge against the real ActiveMQ: delivery, EMI bodies SSM accepts, durability
+through broker and bridge crashes, TLS, failover, and the inbound direction with its refusals."""
+
+from __future__ import annotations
+
+import signal
+import uuid
+from pathlib import Path
+
+import pytest
+
+from kit import daemons, ssmpeer, stomp_client
+from kit.opensslpeer import run
+from kit.pki import Pki, new_ca
+from kit.ports import HOST, free_port
+from zmqsec.bridges import smime
+from zmqsec.drivers.spool import IncomingSpool, OutgoingSpool
+from zmqsec.keys.ca import CertificateAuthority, Role
+from zmqsec.keys.dn import slash_dn
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.tools.activemq import BrokerConfig, LocalBroker
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def site(tmp_path, broker) -> Pki:
+    """Stream PKI from the broker's CA, so the bridge certificate also works as a TLS client certificate;
+    the names are unique in that shared CA.  The bridge is the registered reader."""
+    ca = CertificateAuthority.open(broker["ca_dir"])
+    site = Pki(tmp_path, ca.trust_dir, ca)
+    site.issue("publisher", Role.PUBLISHER, cn=f"publisher-{tmp_path.name}")
+    site.issue("bridge", Role.BRIDGE, cn=f"bridge-{tmp_path.name}")
+    site.issue("server", Role.SERVER, cn=f"apel-{tmp_path.name}")
+    return site.register("bridge")
+
+
+@pytest.fixture
+def queue() -> str:
+    """A destination of the test's own on the shared broker."""
+    return f"/queue/zmqsec.test.{uuid.uuid4().hex[:12]}"
+
+
+def _publisher(site, endpoint):
+    return daemons.publisher(site, endpoint, stream="apel")
+
+
+def _bridge_out(site, queue, endpoint, hosts, **extra):
+    return daemons.bridge_out(site, "bridge", endpoint, reader="bridge", stream="apel", hosts=hosts,
+                              destination=queue, heartbeat=2000, **extra)
+
+
+def _logs(site):
+    return daemons.logs(site, "publisher", "bridge", "bridge-in")
+
+
+@pytest.mark.parametrize("encrypt", [False, True], ids=["sign", "sign+encrypt"])
+def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, queue, broker, encrypt):
+    d = site.dir
+    endpoint = f"ipc://{d}/stream.ipc"
+    extra = {"server_cert": site.certs["server"].cert_path} if encrypt else {}
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, queue, endpoint, [f"{HOST}:{broker['stomp_ports'][0]}"], **extra)
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
+                     what="bridge connected and holding the stream key", logs=_logs(site))
+        daemons.feed(site, 30, b"APEL-individual-job-message: v0.3\nLocalJobId: %d\nWallDuration: 3600\n%%%%\n")
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 30, what="30 receipts", logs=_logs(site))
+        messages = stomp_client.drain(broker["stomp_ports"][0], queue, 30)
+    finally:
+        daemons.stop(pub, bridge)
+    assert len(messages) == 30
+    empaids = [h["empa-id"] for h, _ in messages]
+    assert len(set(empaids)) == 30 and all(h.get("persistent") == "true" for h, _ in messages)
+    dn = site.dn("bridge")
+    server = site.certs["server"]
+    bodies = set()
+    for headers, body in messages:
+        assert body.isascii()
+        assert (b"smime-type=enveloped-data" in body) == encrypt
+        text, signer = ssmpeer.receive(body.decode(), server.cert_path, server.key_path, site.trust_dir, [dn])
+        assert signer == dn
+        bodies.add(text)
+    assert bodies == {f"APEL-individual-job-message: v0.3\nLocalJobId: {i}\nWallDuration: 3600\n%%" for i in range(30)}
+    # openssl cms reads them too (decrypting first when encrypted).
+    sample = d / "sample.txt"
+    sample.write_bytes(messages[0][1])
+    if encrypt:
+        inner = run("cms", "-decrypt", "-recip", str(server.cert_path), "-inkey", str(server.key_path), "-in", str(sample)).stdout
+        sample.write_bytes(inner)
+    run("cms", "-verify", "-CApath", str(site.trust_dir), "-in", str(sample), "-out", "/dev/null")
+
+
+@pytest.fixture
+def own_broker(tmp_path):
+    """Brokers this test may stop and kill -9 (the session's broker stays up for the others).
+
+    Call it to configure one (``users`` to require a login); every one is stopped at teardown.
+    """
+    made = []
+
+    def make(users=()) -> LocalBroker:
+        config = BrokerConfig(base=tmp_path / f"amq{len(made)}", openwire_port=free_port(),
+                              stomp_ports=(free_port(),), users=tuple(users))
+        config.base.mkdir()
+        made.append(LocalBroker(config))
+        return made[-1]
+
+    yield make
+    for instance in made:
+        instance.stop()
+
+
+def test_nothing_is_lost_through_broker_outage_and_crashes(site, queue, own_broker):
+    own_broker = own_broker()
+    d = site.dir
+    endpoint = f"ipc://{d}/stream.ipc"
+    port = own_broker.config.stomp_ports[0]
+    spool = OutgoingSpool(d / "outgoing")
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, queue, endpoint, [f"{HOST}:{port}"])
+    try:
+        # 1. Broker down: messages wait in the durable outbox while the stream is still read.
+        daemons.wait(lambda: daemons.status(site, "bridge").get("epoch") == 1, what="bridge holding the stream key", logs=_logs(site))
+        for i in range(40):
+            spool.add(b"outage %d" % i)
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 40, what="40 in the outbox", logs=_logs(site))
+        # 2. kill -9 the bridge with the broker still down; restart it: the outbox is its memory.
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait()
+        bridge = _bridge_out(site, queue, endpoint, [f"{HOST}:{port}"])
+        own_broker.start()
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent") == 40
+                     and daemons.status(site, "bridge").get("epoch") == 1,
+              what="outbox flushed after the broker came up", logs=_logs(site))
+        # 3. kill -9 the broker while the bridge is sending; restart it.
+        for i in range(300):
+            spool.add(b"crash %d" % i)
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) >= 60, what="sending under way", logs=_logs(site))
+        own_broker.kill()
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") is None, what="the bridge to lose the broker",
+                     logs=_logs(site))
+        own_broker.start()
+        daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 340, what="publisher done", logs=_logs(site))
+        daemons.wait(lambda: daemons.status(site, "bridge").get("outbox") == 0 and daemons.status(site, "bridge").get("sent", 0) >= 300,
+              timeout=60, what="everything receipted", logs=_logs(site))
+        messages = stomp_client.drain(port, queue, 340)
+    finally:
+        daemons.stop(pub, bridge)
+    ids = [h["empa-id"] for h, _ in messages]
+    assert len(set(ids)) == 340, f"{len(set(ids))} distinct of {len(ids)} received"
+    # Duplicates, if any, are byte-identical resends under the same empa-id.
+    by_id = {}
+    for headers, body in messages:
+        assert by_id.setdefault(headers["empa-id"], body) == body
+    contents = {smime.open_message(body).content for _, body in messages}
+    assert contents == {b"outage %d" % i for i in range(40)} | {b"crash %d" % i for i in range(300)}
+
+
+def test_tls_with_client_certificate_and_failover(site, queue, broker):
+    d = site.dir
+    endpoint = f"ipc://{d}/stream.ipc"
+    dead = f"{HOST}:{free_port()}"
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, queue, endpoint, [dead, f"localhost:{broker['stomp_ssl_port']}"], use_ssl="yes",
+                         ca_certs=Path(broker["ca_dir"]) / "ca.pem")
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") == f"localhost:{broker['stomp_ssl_port']}"
+                     and daemons.status(site, "bridge").get("epoch") == 1,
+              what="TLS connection after failing over", logs=_logs(site))
+        daemons.feed(site, 10, b"tls %d")
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 10, what="receipts over TLS", logs=_logs(site))
+    finally:
+        daemons.stop(pub, bridge)
+    assert "unavailable" in (d / "bridge.log").read_text()  # it did try the dead broker first
+    assert len(stomp_client.drain(broker["stomp_ports"][0], queue, 10)) == 10
+
+
+def test_login_and_passcode(site, queue, own_broker):
+    """Against a broker that requires authentication: a wrong passcode is refused, the right one delivers."""
+    instance = own_broker(users=[("accounting", "s3cret")])
+    instance.start()
+    d = site.dir
+    endpoint = f"ipc://{d}/stream.ipc"
+    hosts = [f"{HOST}:{instance.config.stomp_ports[0]}"]
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, queue, endpoint, hosts, login="accounting", passcode="wrong")
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge").get("connect-failed", 0) >= 1, what="refusal", logs=_logs(site))
+        assert daemons.status(site, "bridge").get("broker") is None
+        daemons.stop(bridge)
+        bridge = _bridge_out(site, queue, endpoint, hosts, login="accounting", passcode="s3cret")
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
+                     what="authenticated connection", logs=_logs(site))
+        daemons.feed(site, 5, b"authenticated %d")
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 5, what="receipts", logs=_logs(site))
+    finally:
+        daemons.stop(pub, bridge)
+
+
+def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, queue, broker, tmp_path):
+    d = site.dir
+    c = site.certs
+    sender = site["bridge"]
+    record = b"APEL-summary-job-message: v0.2\nSite: RAL-LCG2\nNumberOfJobs: 42\n%%\n"
+    path = d / "record.txt"
+    path.write_bytes(record)
+    ssm_signed = run("smime", "-sign", "-text", "-signer", str(c["bridge"].cert_path), "-inkey", str(c["bridge"].key_path),
+                     "-in", str(path)).stdout
+    ssm_encrypted = run("smime", "-encrypt", "-aes256", str(c["server"].cert_path), input=ssm_signed).stdout
+    cms_signed = run("cms", "-sign", "-signer", str(c["bridge"].cert_path), "-inkey", str(c["bridge"].key_path),
+                     "-in", str(path), "-md", "sha384").stdout
+    ours = smime.sign(record, sender)
+    ours_encrypted = smime.encrypt(ours, [c["server"].certificate])
+    # Refusals: each for its own reason.
+    stranger = new_ca(tmp_path / "stranger", "/O=Elsewhere/CN=Stranger CA").issue(role=Role.BRIDGE, cn="stranger", out_dir=tmp_path)
+    other_site = site.ca.issue(role=Role.BRIDGE, cn=f"unlisted-{tmp_path.name}", out_dir=tmp_path)
+    revoked = site.ca.issue(role=Role.BRIDGE, cn=f"revoked-{tmp_path.name}", out_dir=tmp_path)
+    revoked_signed = smime.sign(record, Credential.load(revoked.cert_path, revoked.key_path))
+    dn_list = d / "valid_dns"
+    dn_list.write_text("\n".join(slash_dn(x.subject) for x in (c["bridge"].certificate, stranger.certificate,
+                                                               revoked.certificate)) + "\n")
+    good = [("ssm-signed", ssm_signed), ("ssm-encrypted", ssm_encrypted), ("cms-signed", cms_signed),
+            ("ours", ours), ("ours-encrypted", ours_encrypted)]
+    bad = [("unsigned", b"Content-Type: text/plain\r\n\r\n" + record, "unsigned"),
+           ("unlisted", smime.sign(record, Credential.load(other_site.cert_path, other_site.key_path)), "dn-not-allowed"),
+           ("unknown-ca", smime.sign(record, Credential.load(stranger.cert_path, stranger.key_path)), "unknown-issuer"),
+           ("revoked", revoked_signed, "revoked"),
+           ("tampered", ours.replace(b"NumberOfJobs: 42", b"NumberOfJobs: 99"), "bad-signature"),
+           ("garbage", b"\x00\xff not a message at all", "malformed-smime"),
+           ("oversized", smime.sign(b"x" * 300_000, sender), "oversized")]
+    ca = CertificateAuthority.open(broker["ca_dir"])
+    ca.revoke(revoked.certificate)
+    stomp_client.send(broker["stomp_ports"][0], queue, good + [(n, b) for n, b, _ in bad])
+    server = c["server"]
+    proc = daemons.cli("--log-level", "INFO", "bridge", "stomp-in", "--hosts", f"{HOST}:{broker['stomp_ports'][0]}",
+                "--certificate", server.cert_path, "--key", server.key_path, "--capath", site.trust_dir,
+                "--destination", queue, "--incoming", d / "incoming", "--reject", d / "reject",
+                "--dn-list", dn_list, "--max-bytes", "200000", "--status-file", d / "bridge-in.json",
+                "--status-interval", "0.2", log=d / "bridge-in.log")
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("accepted", 0) + sum(
+            daemons.status(site, "bridge-in").get("rejected", {}).values()) == 12,
+            what="all 12 handled", logs=_logs(site))
+    finally:
+        daemons.stop(proc)
+    incoming = IncomingSpool(d / "incoming", d / "reject")
+    accepted = {m["empaid"]: m for m in incoming.messages()}
+    assert set(accepted) == {n for n, _ in good}
+    assert all(m["body"].rstrip("\n") == record.decode().rstrip("\n") for m in accepted.values())
+    assert {m["signer"] for m in accepted.values()} == {slash_dn(c["bridge"].certificate.subject)}
+    rejects = {}
+    for name in incoming.rejects:
+        if incoming.rejects.lock(name):
+            element = incoming.rejects.get(name)
+            rejects[element["empaid"]] = element["error"]
+    assert {k: v.split(":", 1)[0] for k, v in rejects.items()} == {n: reason for n, _, reason in bad}
+    # Everything was acknowledged: nothing is left on the queue for redelivery.
+    assert stomp_client.drain(broker["stomp_ports"][0], queue, 1, timeout=2.0) == []  # 2 s in which nothing may come

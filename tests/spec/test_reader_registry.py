@@ -1,0 +1,137 @@
+"""The reader registry: who may read a stream, as the publisher will see it."""
+
+from __future__ import annotations
+
+import pytest
+
+from kit.opensslpeer import run
+from kit.pki import Pki
+from zmqsec.keys.ca import Role
+from zmqsec.keys.dn import DnAllowList
+from zmqsec.keys.errors import RegistryError
+from zmqsec.keys.registry import ReaderRegistry, fingerprint
+from zmqsec.keys.trust import TrustStore
+
+
+@pytest.fixture
+def readers(ca, tmp_path):
+    """Reader certificates portal, dashboard and central from the ``ca`` fixture, by name."""
+    return Pki.under(ca, tmp_path, portal=Role.READER, dashboard=Role.READER, central=Role.READER).certs
+
+
+def test_add_list_remove_through_the_cli(ca, readers, tmp_path, run_cli):
+    registry = tmp_path / "readers"
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "add", "--trust", ca.trust_dir,
+                             *(r.cert_path for r in readers.values()))
+    assert code == 0, err
+    assert out.count("added ") == 3
+    code, out, _ = run_cli("keys", "readers", "--registry", registry, "list", "--trust", ca.trust_dir)
+    assert "3 authorized, 0 refused" in out
+    # Remove by DN, by fingerprint prefix (as openssl prints it, with colons), by file name.
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "remove", "/C=UK/O=zmqsec test/CN=portal.example.org")
+    assert code == 0 and "removed /C=UK/O=zmqsec test/CN=portal.example.org" in out, err
+    openssl_fp = run("x509", "-in", str(readers["dashboard"].cert_path), "-noout", "-fingerprint", "-sha256").stdout.decode()
+    colon_prefix = openssl_fp.split("=", 1)[1].strip()[:23]
+    code, out, err = run_cli("keys", "readers", "--registry", registry, "remove", colon_prefix)
+    assert code == 0 and "dashboard" in out, err
+    snapshot = ReaderRegistry(registry).load()
+    assert [r.dn for r in snapshot] == ["/C=UK/O=zmqsec test/CN=central.example.org"]
+    code, _, err = run_cli("keys", "readers", "--registry", registry, "remove", "/CN=nobody")
+    assert code == 1 and "no reader" in err
+
+
+def test_fingerprint_matches_openssl(readers):
+    r = readers["portal"]
+    out = run("x509", "-in", str(r.cert_path), "-noout", "-fingerprint", "-sha256").stdout.decode()
+    assert out.split("=", 1)[1].strip().replace(":", "").lower() == fingerprint(r.certificate)
+
+
+def test_duplicate_add_is_refused(ca, readers, tmp_path):
+    registry = ReaderRegistry(tmp_path / "readers")
+    registry.add(readers["portal"].certificate)
+    with pytest.raises(RegistryError, match="already registered"):
+        registry.add(readers["portal"].certificate)
+
+
+def test_revoked_and_unparseable_entries_are_refused_not_fatal(ca, readers, tmp_path):
+    registry = ReaderRegistry(tmp_path / "readers")
+    for r in readers.values():
+        registry.add(r.certificate)
+    (tmp_path / "readers" / "junk.pem").write_text("not a certificate")
+    ca.revoke(readers["dashboard"].certificate)
+    snapshot = registry.load(TrustStore.from_directory(ca.trust_dir))
+    assert sorted(r.dn.rsplit("=", 1)[1] for r in snapshot) == ["central.example.org", "portal.example.org"]
+    assert sorted(r.reason for r in snapshot.refused) == ["revoked", "unreadable"]
+
+
+def test_certificate_that_cannot_receive_keys_is_refused(ca, tmp_path):
+    publisher = ca.issue(role=Role.PUBLISHER, cn="publisher", out_dir=tmp_path)
+    registry = ReaderRegistry(tmp_path / "readers")
+    with pytest.raises(Exception) as exc:
+        registry.add(publisher.certificate, TrustStore.from_directory(ca.trust_dir))
+    assert exc.value.reason == "wrong-key-usage"
+
+
+def test_dn_allow_list_narrows_the_registry(ca, readers, tmp_path):
+    dn_file = tmp_path / "valid_dns"
+    dn_file.write_text("# readers allowed by the VO\n/C=UK/O=zmqsec test/CN=portal.example.org\n\n")
+    registry = ReaderRegistry(tmp_path / "readers", dn_file)
+    for r in readers.values():
+        ReaderRegistry(tmp_path / "readers").add(r.certificate)
+    snapshot = registry.load()
+    assert [r.dn for r in snapshot] == ["/C=UK/O=zmqsec test/CN=portal.example.org"]
+    assert {r.reason for r in snapshot.refused} == {"dn-not-allowed"}
+    # Removing by DN takes it off the list too; the snapshot is a new, smaller set.
+    registry.remove("/C=UK/O=zmqsec test/CN=portal.example.org")
+    assert "/C=UK/O=zmqsec test/CN=portal.example.org" not in DnAllowList.load(dn_file)
+    assert len(registry.load()) == 0
+    assert not snapshot.same_readers(registry.load())
+
+
+def test_malformed_allow_list_names_the_line(tmp_path):
+    dn_file = tmp_path / "valid_dns"
+    dn_file.write_text("/C=UK/CN=ok\nCN=missing-slash\n")
+    with pytest.raises(RegistryError, match=r"valid_dns:2: 'CN=missing-slash'"):
+        DnAllowList.load(dn_file)
+
+
+def test_missing_registry_directory(tmp_path, run_cli):
+    code, _, err = run_cli("keys", "readers", "--registry", tmp_path / "none", "list")
+    assert code == 1 and "reader registry not found" in err
+
+
+def test_the_publishers_watch_sees_every_revocation_despite_its_caches(ca, readers, tmp_path):
+    """RegistryWatch reuses parsed files and verdicts between reloads; none of that may keep a reader that
+    is revoked by CRL (even past a dangling hash link, or a CRL rewritten without any visible change of
+    size or time), nor a certificate replaced in place with identical size and mtime."""
+    import os
+    import shutil
+
+    from zmqsec.drivers.publisher import RegistryWatch
+
+    registry = ReaderRegistry(tmp_path / "readers")
+    paths = {name: registry.add(r.certificate).path for name, r in readers.items()}
+    os.symlink(tmp_path / "gone.pem", ca.trust_dir / "deadbeef.0")  # a CA removed without `rehash`
+    watch = RegistryWatch(registry, ca.trust_dir, recheck_interval=3600)
+    assert len(watch.load()) == 3 and not watch.changed()
+
+    crl = next(ca.trust_dir.glob("*.r0"))
+    before = crl.stat()
+    ca.revoke(readers["dashboard"].certificate)
+    assert watch.changed()  # the CRL changed: seen, although one entry of the directory is a dangling link
+    assert "dashboard.example.org" not in {r.dn.rsplit("=", 1)[1] for r in watch.load()}
+
+    # A CRL rewritten with the old size and times is still caught by the periodic recheck.
+    ca.revoke(readers["central"].certificate)
+    os.utime(crl, ns=(before.st_atime_ns, before.st_mtime_ns))
+    watch.recheck_interval = 0
+    assert watch.changed()
+    assert {r.dn.rsplit("=", 1)[1] for r in watch.load()} == {"portal.example.org"}
+
+    # portal's file replaced in place by another certificate, with portal's size and mtime.
+    other = ca.issue(role=Role.READER, cn="portal.example.orh", out_dir=tmp_path / "other")
+    st = paths["portal"].stat()
+    assert other.cert_path.stat().st_size == st.st_size
+    shutil.copyfile(other.cert_path, paths["portal"])
+    os.utime(paths["portal"], ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert [r.dn.rsplit("=", 1)[1] for r in watch.load()] == ["portal.example.orh"]

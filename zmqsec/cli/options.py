@@ -1,0 +1,46 @@
+"""Options shared by several commands, and the settings every daemon builds the same way."""
+
+from __future__ import annotations
+
+from zmqsec.errors import ConfigError
+from zmqsec.keys.dn import DnAllowList
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.trust import CrlPolicy
+
+from .config import Option
+
+COMMON = [
+    Option("stream", "name", required=True, help="stream name (the ZeroMQ topic prefix)", flag_name="stream"),
+    Option("certificates", "certificate", "path", required=True, help="our certificate (PEM)"),
+    Option("certificates", "key", "path", required=True, help="our private key (PEM, mode 0600)"),
+    Option("certificates", "capath", "path", required=True, help="hashed CA directory, e.g. /etc/grid-security/certificates"),
+    Option("certificates", "crl", "choice", "require", "CRL checking", choices=tuple(c.value for c in CrlPolicy)),
+    Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
+    Option("status", "status_interval", "float", 10.0, "seconds between status updates and status log lines"),
+]
+CURVE_SERVER = [  # a daemon that binds (publisher, stomp-in's stream)
+    Option("curve", "secret_key", "path", help="CurveZMQ: our NAME.key_secret (zmqsec curve-keygen); tcp links are then "
+           "encrypted and authenticated per link", flag_name="curve_secret_key"),
+    Option("curve", "clients", "path", help="CurveZMQ: directory of the NAME.key files of the only clients allowed to "
+           "connect (default: any client that knows our public key)", flag_name="curve_clients"),
+]
+CURVE_CLIENT = [  # a daemon that connects (reader, stomp-out)
+    Option("curve", "server_key", "path", help="CurveZMQ: the publisher's (or relay's) public NAME.key; enables CURVE "
+           "on our connections", flag_name="curve_server_key"),
+    Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
+           "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
+]
+
+
+def credential(settings) -> Credential:
+    """Our certificate and key, from ``[certificates]``."""
+    return Credential.load(settings["certificates.certificate"], settings["certificates.key"])
+
+
+def publishers(settings, section: str) -> DnAllowList:
+    """Who may publish the stream: a reader must know it; "any certificate the CAs vouch for" is no answer."""
+    allowed = DnAllowList.combine(settings[f"{section}.dn"] or (), settings[f"{section}.dn_list"])
+    if not allowed.dns:
+        raise ConfigError(f"[{section}] dn or dn_list is required: the DN(s) of the stream's publisher "
+                                 "(--publisher-dn '/O=../CN=..')")
+    return allowed

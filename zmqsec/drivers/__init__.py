@@ -1,0 +1,1 @@
+"""Thin drivers around the machines: sockets, timers, spools, status files."""

@@ -1,0 +1,163 @@
+"""The publisher driver: a ZeroMQ XPUB socket, a clock and the reader registry around a StreamSender.
+
+The socket sees subscriptions (XPUB_VERBOSE), so a reader that connects gets
+the current key announcement at once; the registry and the trust directory are
+watched, so ``zmqsec keys readers remove`` or a new CRL rekeys the live stream
+within ``watch_interval`` seconds, without a restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import zmq
+
+from zmqsec.errors import ZmqsecError
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.registry import ReaderRegistry
+from zmqsec.keys.trust import CrlPolicy
+from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
+from zmqsec.protocol.frames import DATA, topic_for
+from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE
+
+from .curve import CurveServer, apply_server
+from .transports import DEFAULT_MULTICAST_RATE, bind
+from .watch import RegistryWatch
+
+log = logging.getLogger("zmqsec.publisher")
+
+
+class Publisher:
+    """Publish one encrypted stream.
+
+    ``publish()`` does the per-message work in the caller's thread; call
+    ``tick()`` when idle (or use :meth:`run_idle`) so checkpoints, periodic
+    re-announcements and registry changes are handled on time.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        endpoints: list[str],
+        credential: Credential,
+        registry: ReaderRegistry,
+        *,
+        trust_dir: str | os.PathLike | None = None,
+        crl: CrlPolicy = CrlPolicy.REQUIRE,
+        policy: RotationPolicy | None = None,
+        watch_interval: float = 0.25,
+        context: zmq.Context | None = None,
+        sndhwm: int = 100_000,
+        curve: CurveServer | None = None,
+        multicast_rate: int = DEFAULT_MULTICAST_RATE,
+    ) -> None:
+        self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
+        self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy())
+        self.last_rekey_seconds = 0.0  # CPU time of the last rekey, for status files
+        self.watch_interval = watch_interval
+        self._context = context or zmq.Context.instance()
+        self.socket = self._context.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)  # what a subscriber sends us is a subscription
+        self._release_curve = apply_server(self.socket, curve) if curve else None
+        for endpoint in endpoints:
+            bind(self.socket, endpoint)
+        self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
+        self._next_watch = 0.0
+        self.subscriptions = 0  # subscriptions that receive data (XPUB_VERBOSE: one per subscriber and topic)
+        self._data_topic = topic_for(stream, DATA)
+        self._act(self.sender.start(time.monotonic()))
+
+    @property
+    def stats(self):
+        """The stream's counters (:class:`zmqsec.machines.sender.SenderStats`)."""
+        return self.sender.stats
+
+    def _act(self, actions) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.socket.send_multipart(action.parts, copy=False)
+            elif isinstance(action, Rekeyed):
+                log.info("stream %s epoch %d: rekeyed for %d readers%s (%s), %d announcement bytes",
+                         self.sender.stream, action.epoch, action.readers,
+                         f" in {action.groups} groups" if action.groups else "", action.cause.value,
+                         action.announcement_bytes)
+            elif isinstance(action, Suspended):
+                log.warning("stream %s: %s", self.sender.stream, action.reason)
+
+    def publish(self, payload: bytes) -> None:
+        """Encrypt and send one payload (and whatever rotation or checkpoint it makes due)."""
+        now = time.monotonic()
+        self._act(self.sender.publish(payload, now))
+        if now >= self._next_watch:
+            self.tick(now)
+
+    def flush(self) -> None:
+        """Sign and send the checkpoint of everything published so far."""
+        self._act(self.sender.flush(time.monotonic()))
+
+    def tick(self, now: float | None = None) -> None:
+        """Service subscriptions, timers and registry changes (call when idle)."""
+        now = time.monotonic() if now is None else now
+        subscribed = []
+        while self.socket.poll(0, zmq.POLLIN):
+            message = self.socket.recv()
+            if message[:1] == b"\x01":
+                subscribed.append(message[1:])
+                self.subscriptions += self._data_topic.startswith(message[1:])
+        if subscribed:
+            self._act(self.sender.subscription_seen(now, subscribed))
+        if now >= self._next_watch:
+            self._next_watch = now + self.watch_interval
+            if self._watch.changed():
+                self.reload_readers(now)
+        self._act(self.sender.tick(now))
+
+    def reload_readers(self, now: float | None = None) -> None:
+        """Re-read the registry now; rekey if the authorized set changed."""
+        now = time.monotonic() if now is None else now
+        try:
+            readers = self._watch.load()
+        except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
+            log.error("stream %s: cannot reload readers (%s); keeping the current set", self.sender.stream, exc)
+            return
+        started = time.process_time()
+        actions = self.sender.readers_changed(readers, now)
+        if any(isinstance(a, Rekeyed) for a in actions):
+            self.last_rekey_seconds = time.process_time() - started
+        self._act(actions)
+
+    def run_idle(self, seconds: float) -> None:
+        """Service timers and subscriptions for ``seconds`` without publishing."""
+        deadline = time.monotonic() + seconds
+        while (now := time.monotonic()) < deadline:
+            wait = min(deadline, self.sender.next_deadline or deadline, now + self.watch_interval) - now
+            self.socket.poll(max(0, int(wait * 1000)), zmq.POLLIN)
+            self.tick()
+
+    def wait_for_subscribers(self, count: int, timeout: float) -> bool:
+        """Service the socket until ``count`` subscriptions to the data were seen (a PUB drops what nobody
+        subscribed to)."""
+        deadline = time.monotonic() + timeout
+        while self.subscriptions < count and time.monotonic() < deadline:
+            self.run_idle(min(0.05, max(0.0, deadline - time.monotonic())))
+        return self.subscriptions >= count
+
+    def close(self) -> None:
+        """Sign the last checkpoint and close the socket."""
+        self.flush()
+        self.socket.close()
+        if self._release_curve is not None:
+            self._release_curve()
+
+    def __enter__(self) -> "Publisher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

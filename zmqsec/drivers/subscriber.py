@@ -1,0 +1,219 @@
+"""The reader drivers: a ZeroMQ SUB socket around a StreamReceiver, blocking or asyncio.
+
+Both runners share the receiver (all decisions) and :class:`_Events` (logging,
+counters, callbacks); they differ only in how they wait for the socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import zmq
+import zmq.asyncio
+
+from zmqsec.keys.dn import DnAllowList
+from zmqsec.errors import ZmqsecError
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.trust import CrlPolicy, TrustStore
+
+from .curve import CurveClient, apply_client
+from zmqsec.protocol.groups import reader_topics
+from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME
+from zmqsec.machines.receiver import (
+    Delivered,
+    Gap,
+    GroupKeyAccepted,
+    KeyAccepted,
+    ReceiverPolicy,
+    Rejected,
+    Restarted,
+    StreamReceiver,
+)
+from .transports import connect
+from .watch import signature
+
+log = logging.getLogger("zmqsec.reader")
+
+TICK = 0.1  # seconds between housekeeping passes while waiting
+
+
+class _Events:
+    """Turns receiver events into log lines, callbacks and a delivery queue."""
+
+    def __init__(self, stream: str, on_gap, on_restart, on_reject) -> None:
+        self.stream = stream
+        self.on_gap, self.on_restart, self.on_reject = on_gap, on_restart, on_reject
+        self.ready: collections.deque[Delivered] = collections.deque()
+        self.epoch = 0
+
+    def handle(self, events) -> None:
+        """Queue deliveries; log, count and pass on everything else."""
+        for event in events:
+            if isinstance(event, Delivered):
+                self.ready.append(event)
+            elif isinstance(event, Rejected):
+                log.warning("stream %s seq %s: rejected [%s] %s", self.stream, event.seq, event.name, event.detail)
+                if self.on_reject:
+                    self.on_reject(event)
+            elif isinstance(event, Gap):
+                log.warning("stream %s: gap of %d message(s) from seq %d", self.stream, event.count, event.first_missing)
+                if self.on_gap:
+                    self.on_gap(event)
+            elif isinstance(event, Restarted):
+                log.warning("stream %s: publisher restarted (%s, new stream id %s)", self.stream,
+                            event.publisher_dn, event.new_stream_id.hex())
+                if self.on_restart:
+                    self.on_restart(event)
+            elif isinstance(event, KeyAccepted):
+                self.epoch = event.epoch
+                log.info("stream %s epoch %d: key accepted from %s", self.stream, event.epoch, event.publisher_dn)
+            elif isinstance(event, GroupKeyAccepted):
+                log.info("stream %s: key of reader group %r generation %d accepted", self.stream,
+                         event.tag.decode(), event.generation)
+
+
+class _Base:
+    def __init__(
+        self,
+        stream: str,
+        endpoints: list[str],
+        credential: Credential,
+        trust_dir: str | os.PathLike,
+        *,
+        allowed_publishers: DnAllowList,
+        crl: CrlPolicy = CrlPolicy.REQUIRE,
+        policy: ReceiverPolicy | None = None,
+        on_gap: Callable[[Gap], None] | None = None,
+        on_restart: Callable[[Restarted], None] | None = None,
+        on_reject: Callable[[Rejected], None] | None = None,
+        curve: CurveClient | None = None,
+        socket: zmq.Socket,
+    ) -> None:
+        self.stream = stream
+        self.trust_dir = Path(trust_dir)
+        self._trust_seen = signature(self.trust_dir)
+        self.receiver = StreamReceiver(credential, TrustStore.from_directory(self.trust_dir),
+                                       allowed_publishers=allowed_publishers, crl=crl, policy=policy)
+        self.events = _Events(stream, on_gap, on_restart, on_reject)
+        self.socket = socket
+        self.socket.setsockopt(zmq.RCVHWM, 100_000)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        if curve:
+            apply_client(self.socket, curve)
+        for topic in reader_topics(stream, credential.certificate):  # not the other reader groups' keys
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+        for endpoint in endpoints:
+            connect(self.socket, endpoint)
+        self._next_tick = 0.0
+
+    @property
+    def counters(self):
+        return self.receiver.counters
+
+    def _housekeeping(self, now: float) -> None:
+        if now < self._next_tick:
+            return
+        self._next_tick = now + TICK
+        self.events.handle(self.receiver.tick(now))
+        current = signature(self.trust_dir)
+        if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
+            try:
+                self.receiver.trust = TrustStore.from_directory(self.trust_dir)
+            except ZmqsecError as exc:
+                log.error("trust directory %s: %s; keeping the previous one", self.trust_dir, exc)
+                return
+            self._trust_seen = current
+            log.info("trust directory %s reloaded", self.trust_dir)
+
+    def _next_wait(self, deadline: float | None) -> float | None:
+        """Housekeeping, then how long to wait on the socket; None once a message is ready or time is up."""
+        now = time.monotonic()
+        self._housekeeping(now)
+        if self.events.ready or (deadline is not None and now >= deadline):
+            return None
+        return TICK if deadline is None else min(TICK, deadline - now)
+
+    def _ready(self) -> Delivered | None:
+        return self.events.ready.popleft() if self.events.ready else None
+
+    def _process(self, parts: list[bytes]) -> None:
+        self.events.handle(self.receiver.frame_received(parts, time.monotonic()))
+
+
+class Subscriber(_Base):
+    """Blocking reader: ``receive(timeout)`` returns the next verified message, or None."""
+
+    def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
+                 context: zmq.Context | None = None, **options) -> None:
+        ctx = context or zmq.Context.instance()
+        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+
+    def receive(self, timeout: float | None = None) -> Delivered | None:
+        """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
+
+        Housekeeping (the receiver's timers, reloading a changed trust directory) runs while it waits.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (wait := self._next_wait(deadline)) is not None:
+            if self.socket.poll(max(1, int(wait * 1000)), zmq.POLLIN):
+                while True:
+                    try:
+                        parts = self.socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._process(parts)
+        return self._ready()
+
+    def __iter__(self):
+        while True:
+            yield self.receive()
+
+    def close(self) -> None:
+        """Close the socket; messages not yet received are dropped."""
+        self.socket.close()
+
+    def __enter__(self) -> "Subscriber":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSubscriber(_Base):
+    """asyncio reader: ``await receive(timeout)``, or ``async for message in subscriber``."""
+
+    def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
+                 context: zmq.asyncio.Context | None = None, **options) -> None:
+        ctx = context or zmq.asyncio.Context.instance()
+        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+
+    async def receive(self, timeout: float | None = None) -> Delivered | None:
+        """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
+
+        Housekeeping (the receiver's timers, reloading a changed trust directory) runs while it waits.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (wait := self._next_wait(deadline)) is not None:
+            try:
+                parts = await asyncio.wait_for(self.socket.recv_multipart(), wait)
+            except asyncio.TimeoutError:
+                continue
+            self._process(parts)
+        return self._ready()
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> Delivered:
+        return await self.receive()
+
+    def close(self) -> None:
+        """Close the socket; messages not yet received are dropped."""
+        self.socket.close()

@@ -1,0 +1,94 @@
+"""What the reader's state machine tells its driver (docs/PROTOCOL.md §6.2), and its bounds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from zmqsec.errors import RejectReason, Scope, scoped
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """A verified message, in order: deliver it."""
+
+    stream: bytes
+    stream_id: bytes
+    epoch: int
+    seq: int
+    payload: bytes
+    publisher_dn: str
+
+    @property
+    def message_id(self) -> str:
+        """Unique per message and stable on every retry: ``<stream id hex>-<seq>`` (SSM's empa-id)."""
+        return f"{self.stream_id.hex()}-{self.seq}"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Something was refused: count it under :attr:`name`, log it, carry on."""
+
+    reason: RejectReason
+    detail: str
+    stream_id: bytes | None = None
+    seq: int | None = None
+    scope: Scope | None = None  # what part of an announcement the reason is about
+
+    @property
+    def name(self) -> str:
+        """The counter name: ``forged``, ``publisher-revoked``."""
+        return scoped(self.scope, self.reason) if self.scope else str(self.reason)
+
+
+@dataclass(frozen=True)
+class Gap:
+    """Sequence numbers ``first_missing`` .. ``first_missing + count - 1`` were never delivered."""
+
+    stream_id: bytes
+    first_missing: int
+    count: int
+
+
+@dataclass(frozen=True)
+class Restarted:
+    """The stream's publisher started a new run (a new stream id) and this reader follows it."""
+
+    stream: bytes
+    old_stream_id: bytes
+    new_stream_id: bytes
+    publisher_dn: str
+
+
+@dataclass(frozen=True)
+class KeyAccepted:
+    """An epoch key was verified, unwrapped and confirmed."""
+
+    stream_id: bytes
+    epoch: int
+    publisher_dn: str
+
+
+@dataclass(frozen=True)
+class GroupKeyAccepted:
+    """Our reader group's key was verified, unwrapped and confirmed."""
+
+    stream_id: bytes
+    tag: bytes
+    generation: int
+
+
+Event = Delivered | Rejected | Gap | Restarted | KeyAccepted | GroupKeyAccepted
+
+
+@dataclass(frozen=True)
+class ReceiverPolicy:
+    """Bounds on what a reader holds while it waits (times in seconds)."""
+
+    hold_timeout: float = 5.0  # a decrypted frame waits this long for its checkpoint
+    key_timeout: float = 5.0  # a frame waits this long for its epoch's key
+    max_held: int = 100_000  # frames held in all (pending + awaiting key)
+    keep_epochs: int = 4  # old epoch keys kept for stragglers
+    max_streams: int = 8  # unknown stream identities buffered at once
+    max_candidates: int = 4  # different frames claiming one sequence number
+    keep_group_keys: int = 4  # group keys kept (ours change when our group's membership does)
+    max_awaiting_group: int = 4  # epoch announcements held until our group's key arrives

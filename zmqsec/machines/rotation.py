@@ -1,0 +1,72 @@
+"""Epochs and when they end (docs/PROTOCOL.md §6.1): the rotation policy and the state of one epoch."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from zmqsec.crypto.enveloped import KeyTransport
+from zmqsec.protocol.datacipher import DataKey
+
+
+class RekeyCause(enum.Enum):
+    """Why a new epoch began."""
+
+    START = "start"
+    AGE = "rotation-age"
+    MESSAGES = "rotation-messages"
+    BYTES = "rotation-bytes"
+    READERS = "readers-changed"
+
+
+@dataclass(frozen=True)
+class RotationPolicy:
+    """When keys rotate and how often the publisher speaks up.  Times in seconds."""
+
+    max_age: float = 3600.0
+    max_messages: int = 1_000_000
+    max_bytes: int = 1 << 30
+    reannounce_interval: float = 1.0
+    checkpoint_interval: float = 0.02
+    checkpoint_max: int = 256
+    transport: str = KeyTransport.OAEP
+    group_size: int = 0  # 0: one envelope for every reader; N: reader groups of about N (docs/PROTOCOL.md §4.5)
+    group_reannounce_interval: float = 4.0  # under a reader's key_timeout (5 s): a multicast joiner loses nothing
+
+    def __post_init__(self) -> None:
+        if self.group_size < 0:
+            raise ValueError("group_size must be 0 (single envelope) or positive")
+        for name in ("max_age", "reannounce_interval", "checkpoint_interval", "group_reannounce_interval"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if not 1 <= self.checkpoint_max <= 4096:
+            raise ValueError("checkpoint_max must be in 1..4096")
+        if self.max_messages < 1 or self.max_bytes < 1:
+            raise ValueError("max_messages and max_bytes must be positive")
+
+
+@dataclass
+class Epoch:
+    """One epoch of a stream: its number, data key, announcement, and how much it has carried."""
+
+    number: int
+    key: DataKey
+    announcement: list[bytes]  # the encoded K frame, re-sent as it is
+    started: float
+    messages: int = 0
+    bytes: int = 0
+
+    def rotation_due(self, policy: RotationPolicy, now: float, incoming: int) -> RekeyCause | None:
+        """Whether a payload of ``incoming`` bytes arriving ``now`` must go under a new key, and why."""
+        if now - self.started >= policy.max_age:
+            return RekeyCause.AGE
+        if self.messages >= policy.max_messages:
+            return RekeyCause.MESSAGES
+        if self.bytes + incoming > policy.max_bytes and self.messages:
+            return RekeyCause.BYTES
+        return None
+
+    def carried(self, size: int) -> None:
+        """One payload of ``size`` bytes went out under this epoch's key."""
+        self.messages += 1
+        self.bytes += size

@@ -1,0 +1,188 @@
+"""Key announcements: an epoch key in a multi-recipient CMS envelope, signed by the publisher.
+
+Building and opening are pure; the trust decision is the trust layer's
+(:meth:`keys.trust.TrustStore.validate`).  A reader verifies the signature and
+the publisher's certificate *before* it spends a private-key operation on the
+envelope, then confirms the key it unwrapped (docs/PROTOCOL.md §4).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from zmqsec.keys.dn import DnAllowList, slash_dn
+from zmqsec.errors import RejectReason, Scope, ZmqsecError, scoped
+from zmqsec.keys.errors import CertificateRejected
+from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.trust import CrlPolicy, TrustStore, Usage
+
+from zmqsec.crypto import cms, enveloped, signed
+from .frames import ANNOUNCEMENT, Announcement, GroupAnnouncement, group_topic, stream_name, topic_for
+from .groups import kek_id
+from .primitives import (
+    KeyRecordError,
+    decode_group_record,
+    decode_key_record,
+    encode_group_record,
+    encode_key_record,
+)
+
+
+class AnnouncementRejected(ZmqsecError):
+    """A key announcement was refused: ``reason`` says why and ``scope`` (if any) what part of it
+    the reason is about, for counters and logs (``publisher-revoked``)."""
+
+    def __init__(self, reason: RejectReason, message: str, scope: Scope | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.scope = scope
+
+    @property
+    def name(self) -> str:
+        """The counter name: the reason, prefixed by its scope."""
+        return scoped(self.scope, self.reason) if self.scope else str(self.reason)
+
+
+@dataclass(frozen=True)
+class Publisher:
+    """A publisher identity as a reader learned it from a verified announcement."""
+
+    certificate: x509.Certificate
+    signed_at: dt.datetime | None = None  # the announcement's CMS signingTime
+
+    @functools.cached_property
+    def dn(self) -> str:  # formatted once per publisher, not once per delivered message
+        """The publisher's subject DN in slash form."""
+        return slash_dn(self.certificate.subject)
+
+
+@dataclass(frozen=True)
+class EpochKey:
+    """An epoch key, unwrapped from a verified announcement and confirmed, with who published it."""
+
+    stream_id: bytes
+    epoch: int
+    key: bytes
+    publisher: Publisher
+
+
+@dataclass(frozen=True)
+class GroupKey:
+    """The key of a reader group at one generation: announcements wrap epoch keys to it for the group's members."""
+
+    tag: bytes
+    generation: int
+    key: bytes
+
+    @property
+    def key_id(self) -> bytes:
+        """The CMS KEKRecipientInfo key identifier, ``<tag>.<generation>``."""
+        return kek_id(self.tag, self.generation)
+
+    def __repr__(self) -> str:  # never show key material
+        return f"GroupKey(tag={self.tag!r}, generation={self.generation})"
+
+
+def make_announcement(
+    stream: str | bytes,
+    stream_id: bytes,
+    epoch: int,
+    key: bytes,
+    recipients: Sequence[enveloped.Recipient],
+    credential: Credential,
+    *,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> Announcement:
+    """Wrap ``key`` for every recipient (reader certificates, or group keys) and sign the envelope."""
+    topic = topic_for(stream, ANNOUNCEMENT)
+    record = encode_key_record(stream_name(topic), stream_id, epoch, key)
+    envelope = enveloped.envelope(record, recipients)
+    signature = signed.sign(envelope, credential, clock=clock)
+    return Announcement(topic, stream_id, epoch, envelope, signature)
+
+
+def make_group_announcement(
+    stream: str | bytes,
+    stream_id: bytes,
+    group: GroupKey,
+    members: Sequence[enveloped.Recipient],
+    credential: Credential,
+    *,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> GroupAnnouncement:
+    """Wrap a group key for the group's members and sign the envelope."""
+    topic = group_topic(stream, group.tag)
+    record = encode_group_record(stream_name(topic), stream_id, group.tag, group.generation, group.key)
+    envelope = enveloped.envelope(record, members)
+    signature = signed.sign(envelope, credential, clock=clock)
+    return GroupAnnouncement(topic, stream_id, group.generation, envelope, signature)
+
+
+def verify_announcement(
+    announcement: Announcement | GroupAnnouncement,
+    trust: TrustStore,
+    *,
+    allowed_publishers: DnAllowList | None = None,
+    crl: CrlPolicy = CrlPolicy.REQUIRE,
+    at: dt.datetime | None = None,
+) -> Publisher:
+    """Check the announcement's signature and its signer's certificate; return the publisher."""
+    try:
+        verified = signed.verify_signature(announcement.signature, announcement.envelope)
+    except cms.CmsError as exc:
+        raise AnnouncementRejected(exc.reason, f"announcement signature: {exc}", Scope.ANNOUNCEMENT) from None
+    try:
+        trust.validate(verified.signer, usage=Usage.SIGN, untrusted=verified.certificates[1:],
+                       allowed_dns=allowed_publishers, crl=crl, at=at)
+    except CertificateRejected as exc:
+        raise AnnouncementRejected(exc.reason, f"announcement publisher refused: {exc}", Scope.PUBLISHER) from None
+    return Publisher(verified.signer, verified.signing_time)
+
+
+def open_announcement(announcement: Announcement, publisher: Publisher, credential: Credential,
+                      groups: Mapping[bytes, bytes] | None = None) -> EpochKey:
+    """Decrypt a verified announcement with our key (or a group key we hold: key id -> key) and confirm
+    the epoch key inside."""
+    try:
+        record = enveloped.open_envelope(announcement.envelope, credential, keks=groups)
+    except cms.NotARecipient:
+        if not enveloped.recipients(announcement.envelope).key_transport:
+            raise AnnouncementRejected(RejectReason.NO_GROUP_KEY,
+                                       f"epoch {announcement.epoch}: wrapped for reader groups only, and we hold none "
+                                       "of their current keys (yet, or any more)") from None
+        raise AnnouncementRejected(RejectReason.NOT_A_RECIPIENT,
+                                   f"epoch {announcement.epoch}: the envelope holds no key for us (not authorized, or revoked)") from None
+    except cms.CmsError as exc:
+        raise AnnouncementRejected(exc.reason, f"epoch {announcement.epoch}: {exc}", Scope.ENVELOPE) from None
+    try:
+        topic, stream_id, epoch, key = decode_key_record(record)
+    except KeyRecordError as exc:
+        raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"epoch {announcement.epoch}: {exc}") from None
+    if (topic, stream_id, epoch) != (stream_name(announcement.topic), announcement.stream_id, announcement.epoch):
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "announcement header does not match the signed key record")
+    return EpochKey(stream_id, epoch, key, publisher)
+
+
+def open_group_announcement(announcement: GroupAnnouncement, credential: Credential) -> GroupKey:
+    """Decrypt a verified group key announcement with our key and confirm the group key inside."""
+    what = f"group {announcement.tag.decode()!r} generation {announcement.generation}"
+    try:
+        record = enveloped.open_envelope(announcement.envelope, credential)
+    except cms.NotARecipient:
+        raise AnnouncementRejected(RejectReason.NOT_A_RECIPIENT,
+                                   f"{what}: the envelope holds no key for us (not authorized, or revoked)") from None
+    except cms.CmsError as exc:
+        raise AnnouncementRejected(exc.reason, f"{what}: {exc}", Scope.ENVELOPE) from None
+    try:
+        name, stream_id, tag, generation, key = decode_group_record(record)
+    except KeyRecordError as exc:
+        raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"{what}: {exc}") from None
+    if (name, stream_id, tag, generation) != (stream_name(announcement.topic), announcement.stream_id,
+                                               announcement.tag, announcement.generation):
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "group announcement header does not match the signed key record")
+    return GroupKey(tag, generation, key)

@@ -1,0 +1,214 @@
+"""The wire codec of protocol v1 (docs/PROTOCOL.md §3): ZeroMQ multipart messages <-> typed frames.
+
+Pure and keyless: it knows nothing of sockets or keys.  Every ZeroMQ message
+is two parts, a topic and a msgpack body::
+
+    topic = stream name || 0x00 || kind            kind: D data, K key announcement, S checkpoint
+    topic = stream name || 0x00 || G || tag || .   G group key announcement, tag = 0..16 ASCII bits
+    D body = [1, stream_id, epoch, seq, ciphertext]
+    K body = [1, stream_id, epoch, envelope, signature]
+    G body = [1, stream_id, generation, envelope, signature]
+    S body = [1, stream_id, first_seq, digests, signature]
+
+Decoding is strict (exact arity, types, sizes); anything else raises
+:class:`FrameError` whose ``reason`` names the defect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+
+from zmqsec.errors import RejectReason, ZmqsecError
+
+from .primitives import (
+    DIGEST_BYTES,
+    MAX_ANNOUNCEMENT_FRAME,
+    MAX_CHECKPOINT_DIGESTS,
+    MAX_DATA_FRAME,
+    MAX_EPOCH,
+    MAX_GENERATION,
+    MAX_GROUP_BITS,
+    MAX_SEQ,
+    MAX_TOPIC_BYTES,
+    STREAM_ID_BYTES,
+    VERSION,
+)
+
+DATA, ANNOUNCEMENT, CHECKPOINT, GROUP = b"D", b"K", b"S", b"G"
+KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP)
+_TAG_END = b"."
+
+
+class FrameError(ZmqsecError):
+    """A ZeroMQ message is not a valid v1 frame; ``reason`` says which rule it broke."""
+
+    def __init__(self, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class DataFrame:
+    """One message of the stream, encrypted under the key of ``epoch``; ``seq`` numbers it within the stream."""
+
+    topic: bytes  # the whole topic part, stream name + b"\0D"
+    stream_id: bytes
+    epoch: int
+    seq: int
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    """A key announcement: the key of ``epoch`` wrapped for the readers (or reader groups), signed by the publisher."""
+
+    topic: bytes
+    stream_id: bytes
+    epoch: int
+    envelope: bytes  # DER CMS EnvelopedData of the key record
+    signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """The publisher's signed digests of data frames ``first_seq`` onwards; a reader delivers a frame only once one covers it."""
+
+    topic: bytes
+    stream_id: bytes
+    first_seq: int
+    digests: bytes  # n * 32 bytes: SHA-256 of data frames first_seq .. first_seq + n - 1
+    signature: bytes  # raw signature by the publisher's key (see primitives.checkpoint_signing_input)
+
+    @property
+    def count(self) -> int:
+        """How many data frames the checkpoint covers."""
+        return len(self.digests) // DIGEST_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class GroupAnnouncement:
+    """A group key (KEK) for the readers whose certificate hash starts with ``tag`` (docs/PROTOCOL.md §4.5)."""
+
+    topic: bytes  # stream name + b"\0G" + tag + b"."
+    stream_id: bytes
+    generation: int
+    envelope: bytes  # DER CMS EnvelopedData of the group key record, one KeyTransRecipientInfo per member
+    signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+
+    @property
+    def tag(self) -> bytes:
+        """The group's tag, taken from the topic."""
+        return group_tag(self.topic)
+
+
+Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement
+
+
+def topic_for(stream: str | bytes, kind: bytes) -> bytes:
+    """The topic part for a stream name and a frame kind."""
+    name = stream.encode() if isinstance(stream, str) else stream
+    if not name or len(name) > MAX_TOPIC_BYTES or b"\x00" in name:
+        raise ValueError(f"stream name must be 1..{MAX_TOPIC_BYTES} bytes without NUL")
+    return name + b"\x00" + kind
+
+
+def group_topic(stream: str | bytes, tag: bytes) -> bytes:
+    """The topic of a group key announcement: readers subscribe to it exactly (the '.' ends the tag)."""
+    if len(tag) > MAX_GROUP_BITS or tag.strip(b"01"):
+        raise ValueError(f"a group tag is 0..{MAX_GROUP_BITS} ASCII bits")
+    return topic_for(stream, GROUP) + tag + _TAG_END
+
+
+def stream_name(topic: bytes) -> bytes:
+    """The stream name part of a topic (before the NUL); raises :class:`ValueError` if there is no NUL."""
+    return topic[:topic.index(b"\x00")]
+
+
+def group_tag(topic: bytes) -> bytes:
+    """The tag of a group announcement topic (between ``\\0G`` and the final ``.``); the topic is not checked."""
+    return topic[topic.index(b"\x00") + 2:-1]
+
+
+def encode_data(topic: bytes, stream_id: bytes, epoch: int, seq: int, ciphertext: bytes) -> list[bytes]:
+    """A data frame's two message parts, without building a :class:`DataFrame` (the per-message path)."""
+    return [topic, msgpack.packb([VERSION, stream_id, epoch, seq, ciphertext], use_bin_type=True)]
+
+
+def encode(frame: Frame) -> list[bytes]:
+    """A frame's two message parts: topic and msgpack body."""
+    if isinstance(frame, DataFrame):
+        return encode_data(frame.topic, frame.stream_id, frame.epoch, frame.seq, frame.ciphertext)
+    if isinstance(frame, Announcement):
+        body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
+    elif isinstance(frame, GroupAnnouncement):
+        body = [VERSION, frame.stream_id, frame.generation, frame.envelope, frame.signature]
+    else:
+        body = [VERSION, frame.stream_id, frame.first_seq, frame.digests, frame.signature]
+    return [frame.topic, msgpack.packb(body, use_bin_type=True)]
+
+
+def _uint(value, limit: int, field: str) -> int:
+    if type(value) is not int or not 0 <= value <= limit:
+        raise FrameError(RejectReason.BAD_FIELD, f"{field} must be an integer in 0..{limit}")
+    return value
+
+
+def _bin(value, field: str, size: int | None = None, limit: int | None = None) -> bytes:
+    if type(value) is not bytes:
+        raise FrameError(RejectReason.BAD_FIELD, f"{field} must be binary")
+    if size is not None and len(value) != size:
+        raise FrameError(RejectReason.BAD_FIELD, f"{field} must be {size} bytes, not {len(value)}")
+    if limit is not None and len(value) > limit:
+        raise FrameError(RejectReason.OVERSIZED, f"{field} of {len(value)} bytes exceeds {limit}")
+    return value
+
+
+def decode(parts: list[bytes]) -> Frame:
+    """Parse one ZeroMQ multipart message into a frame, or raise :class:`FrameError`."""
+    if len(parts) != 2:
+        raise FrameError(RejectReason.BAD_PARTS, f"expected 2 message parts, got {len(parts)}")
+    topic, body = bytes(parts[0]), parts[1]
+    end = topic.find(b"\x00")
+    if not 1 <= end <= MAX_TOPIC_BYTES or len(topic) < end + 2:
+        raise FrameError(RejectReason.BAD_TOPIC, "topic is not <stream name> NUL <kind>")
+    kind, rest = topic[end + 1:end + 2], topic[end + 2:]
+    if kind not in KINDS:
+        raise FrameError(RejectReason.UNKNOWN_KIND, f"unknown frame kind {kind!r}")
+    if kind == GROUP:
+        tag = rest[:-1]
+        if rest[-1:] != _TAG_END or len(tag) > MAX_GROUP_BITS or tag.strip(b"01"):
+            raise FrameError(RejectReason.BAD_TOPIC, f"group topic must end in 0..{MAX_GROUP_BITS} ASCII bits and '.'")
+    elif rest:
+        raise FrameError(RejectReason.BAD_TOPIC, "topic is not <stream name> NUL <kind>")
+    limit = MAX_ANNOUNCEMENT_FRAME if kind in (ANNOUNCEMENT, GROUP) else MAX_DATA_FRAME
+    if len(body) > limit:
+        raise FrameError(RejectReason.OVERSIZED, f"frame body of {len(body)} bytes exceeds {limit}")
+    try:
+        fields = msgpack.unpackb(body, raw=True, use_list=True, strict_map_key=True,
+                                 max_bin_len=limit, max_str_len=0, max_array_len=8, max_map_len=0, max_ext_len=0)
+    except msgpack.ExtraData:
+        raise FrameError(RejectReason.BAD_MSGPACK, "trailing bytes after the frame body") from None
+    except Exception:
+        raise FrameError(RejectReason.BAD_MSGPACK, "frame body is not valid msgpack") from None
+    if not isinstance(fields, list) or not fields:
+        raise FrameError(RejectReason.BAD_MSGPACK, "frame body is not a msgpack array")
+    if fields[0] != VERSION or type(fields[0]) is not int:
+        raise FrameError(RejectReason.UNKNOWN_VERSION, f"frame version {fields[0]!r} unsupported (this is v{VERSION})")
+    if len(fields) != 5:
+        raise FrameError(RejectReason.BAD_MSGPACK, f"frame body has {len(fields)} fields, expected 5")
+    stream_id = _bin(fields[1], "stream_id", size=STREAM_ID_BYTES)
+    if kind == DATA:
+        return DataFrame(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"), _uint(fields[3], MAX_SEQ, "seq"),
+                         _bin(fields[4], "ciphertext", limit=MAX_DATA_FRAME))
+    if kind in (ANNOUNCEMENT, GROUP):
+        cls, limit = (Announcement, MAX_EPOCH) if kind == ANNOUNCEMENT else (GroupAnnouncement, MAX_GENERATION)
+        return cls(topic, stream_id, _uint(fields[2], limit, "epoch" if kind == ANNOUNCEMENT else "generation"),
+                   _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
+                   _bin(fields[4], "signature", limit=1024 * 1024))
+    digests = _bin(fields[3], "digests", limit=MAX_CHECKPOINT_DIGESTS * DIGEST_BYTES)
+    if not digests or len(digests) % DIGEST_BYTES:
+        raise FrameError(RejectReason.BAD_FIELD, "checkpoint digests must be a non-empty multiple of 32 bytes")
+    first_seq = _uint(fields[2], MAX_SEQ, "first_seq")
+    return Checkpoint(topic, stream_id, first_seq, digests, _bin(fields[4], "signature", limit=16 * 1024))

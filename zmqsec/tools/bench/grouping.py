@@ -1,0 +1,36 @@
+"""Single-envelope or grouped key hierarchy: which this tree has, and what each means for a run."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+
+from zmqsec.machines.sender import RotationPolicy
+
+from .config import STREAM
+
+
+def grouped_api() -> bool:
+    """Does this tree have the grouped key hierarchy (``RotationPolicy(group_size=...)``, ``zmqsec.groups``)?"""
+    return ("group_size" in {f.name for f in dataclasses.fields(RotationPolicy)}
+            and importlib.util.find_spec("zmqsec.protocol.groups") is not None)
+
+
+def policy(group_size: int) -> RotationPolicy:
+    """The rotation policy of a run: grouped with ``group_size`` readers per group, or (0) single-envelope."""
+    return RotationPolicy(group_size=group_size) if group_size else RotationPolicy()
+
+
+def reader_topics(group_size: int, certificate) -> tuple[bytes, ...]:
+    """Subscription prefixes of a reader: the whole stream, or its groups' topics in grouped mode."""
+    if not group_size:
+        return (STREAM.encode() + b"\x00",)
+    from zmqsec.protocol import groups
+
+    return tuple(groups.reader_topics(STREAM, certificate))
+
+
+def auto_group_size(readers: int) -> int:
+    """About the square root of the reader count: balances the group-key envelope (one CMS
+    recipient per group member) against the epoch envelope (one wrap per group)."""
+    return max(2, round(readers ** 0.5))

@@ -1,0 +1,85 @@
+"""What results.json holds beside the figures -- the machine, its load, the issue's targets met or
+missed -- and the file itself, written whole or not at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import zmq
+
+
+def machine() -> dict:
+    """The CPU, platform and library versions the figures were taken on."""
+    import cryptography
+
+    try:
+        openssl = subprocess.run(["openssl", "version"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        openssl = None
+    model = None
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), None)
+    except OSError:
+        pass
+    return {"cpus": os.cpu_count(), "cpu": model, "platform": platform.platform(), "python": platform.python_version(),
+            "pyzmq": zmq.pyzmq_version(), "libzmq": zmq.zmq_version(), "cryptography": cryptography.__version__,
+            "openssl_cli": openssl}
+
+
+def load() -> float:
+    """One-minute load average: other work on the machine shows in every figure, so it is recorded."""
+    return os.getloadavg()[0]
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """The issue's targets against this run's figures (met, missed, or not measured in this profile)."""
+    out = []
+    stream = {r["payload_bytes"]: r for r in results.get("stream", [])}
+    for size, key, goal, text in ((1024, "msgs_ratio", 0.5, "zmqsec >= 50% of plain pyzmq messages/s at 1 KiB"),
+                                  (65536, "mb_ratio", 0.85, "zmqsec >= 85% of plain pyzmq MB/s at 64 KiB")):
+        value = stream[size][key] if size in stream else None
+        out.append({"target": text, "goal": goal, "measured": value, "met": None if value is None else value >= goal})
+    rows = [r for r in results.get("rekey", []) if r["readers"] == 10_000]
+    for r in rows:
+        out.append({"target": f"revoking one of 10,000 readers in effect within 1 s ({r['mode']})", "goal": 1.0,
+                    "measured": r["rekey_s"], "met": r["rekey_s"] <= 1.0})
+    revocation = results.get("revocation")
+    if revocation and revocation["readers"] == 10_000:
+        out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: registry "
+                              f"removal to new key, {revocation['mode']})", "goal": 1.0,
+                    "measured": revocation["revocation_to_new_key_s"], "met": revocation["revocation_to_new_key_s"] <= 1.0})
+        out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: certificate "
+                              f"on the CRL to new key, {revocation['mode']})", "goal": 1.0,
+                    "measured": revocation["crl_revocation_to_new_key_s"],
+                    "met": revocation["crl_revocation_to_new_key_s"] <= 1.0})
+    if not rows:
+        out.append({"target": "revoking one of 10,000 readers in effect within 1 s", "goal": 1.0, "measured": None,
+                    "met": None, "note": "this profile stops below 10,000 readers"})
+    for r in results.get("bridge", []):
+        out.append({"target": f"bridge >= 20x openssl per message ({r['body_bytes']} B, {r['mode']})", "goal": 20.0,
+                    "measured": r["ratio"], "met": r["ratio"] >= 20.0})
+    return out
+
+
+def round_figures(value, digits: int = 4):
+    """``value`` with every float, however deeply nested, rounded to ``digits`` significant digits."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: round_figures(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [round_figures(v, digits) for v in value]
+    return value
+
+
+def write_results(results: dict, out: Path) -> None:
+    """Write ``results`` as JSON to ``out`` through a temporary file, so a reader never sees half of it."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    os.replace(tmp, out)
