@@ -38,6 +38,7 @@ class RejectReason(enum.StrEnum):
     NO_KEY = "no-key"
     DECRYPT_FAILED = "decrypt-failed"
     BAD_CHECKPOINT = "bad-checkpoint"
+    BAD_RUN = "bad-run"
     UNVERIFIED = "unverified"
     FORGED = "forged"
     DUPLICATE = "duplicate"

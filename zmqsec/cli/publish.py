@@ -6,6 +6,7 @@ import logging
 
 from zmqsec.crypto.enveloped import KeyTransport
 from zmqsec.drivers import curve
+from zmqsec.drivers.journal import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, Journal
 from zmqsec.drivers.publisher import Publisher
 from zmqsec.drivers.spool import OutgoingSpool
 from zmqsec.drivers.spooling import SpoolPublisher
@@ -14,6 +15,7 @@ from zmqsec.errors import ConfigError
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
 from zmqsec.machines.sender import RotationPolicy
+from zmqsec.protocol.primitives import MAX_PAYLOAD
 
 from . import config
 from .config import Option
@@ -40,6 +42,16 @@ PUBLISH = COMMON + CURVE_SERVER + [
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
     Option("messaging", "spool", "choice", "dirq", "outgoing spool format", choices=("dirq", "directory")),
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),
+    Option("messaging", "reject_path", "path", help="where refused outgoing items (oversized, unreadable) are moved "
+           "with a .reason file (default: the spool's path + .reject)", flag_name="outgoing_reject"),
+    Option("journal", "path", "path", help="directory of the journal: every frame sent, for replay; with it a "
+           "spool item leaves only once journaled, and a restart publishes nothing twice", flag_name="journal"),
+    Option("journal", "max_age", "float", DEFAULT_MAX_AGE, "seconds the journal keeps a frame", flag_name="journal_max_age"),
+    Option("journal", "max_bytes", "int", DEFAULT_MAX_BYTES, "bytes the journal may hold", flag_name="journal_max_bytes"),
+    Option("replay", "endpoint", "list", help="endpoint to bind for replay of the journal (repeatable)",
+           flag_name="replay_endpoint"),
+    Option("messaging", "settle", "float", 1.0, "a file written in place into a plain-directory spool is taken once "
+           "unchanged this many seconds"),
 ]
 
 
@@ -63,13 +75,20 @@ def cmd_publish(args) -> int:
     settings = config.load(PUBLISH, args)
     policy = rotation_policy(settings)
     registry = ReaderRegistry(settings["readers.registry"], settings["readers.dn_list"])
-    spool = OutgoingSpool(settings["messaging.path"], settings["messaging.spool"]) if settings["messaging.path"] else None
+    spool = (OutgoingSpool(settings["messaging.path"], settings["messaging.spool"], reject=settings["messaging.reject_path"],
+                           max_bytes=MAX_PAYLOAD, settle=settings["messaging.settle"])
+             if settings["messaging.path"] else None)
     stop = Stop()
+    journal = (Journal(settings["journal.path"], max_age=settings["journal.max_age"],
+                       max_bytes=settings["journal.max_bytes"]) if settings["journal.path"] else None)
+    if settings["replay.endpoint"] and journal is None:
+        raise ConfigError("[replay] endpoint serves the journal: set [journal] path (--journal DIR) too")
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), credential(settings), registry,
                           trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]),
                           policy=policy,
                           curve=curve.configured_server(settings["curve.secret_key"], settings["curve.clients"]),
-                          multicast_rate=settings["publisher.multicast_rate"])
+                          multicast_rate=settings["publisher.multicast_rate"], journal=journal,
+                          replay_endpoints=list(settings["replay.endpoint"] or ()))
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
              ", ".join(publisher.endpoints), publisher.stats.readers)
     status = StatusFile(settings["status.status_file"], "publisher", stream=settings["stream.name"],

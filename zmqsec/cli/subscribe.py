@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from zmqsec.drivers import curve
 from zmqsec.drivers.spool import IncomingSpool
-from zmqsec.drivers.spooling import SpoolReader
+from zmqsec.drivers.mending import PositionFile
+from zmqsec.drivers.spooling import SpoolReader, recover
 from zmqsec.drivers.status import StatusFile, Stop
 from zmqsec.drivers.subscriber import Subscriber
 from zmqsec.keys.trust import CrlPolicy
@@ -15,6 +18,10 @@ from .options import COMMON, CURVE_CLIENT, credential, publishers
 
 SUBSCRIBE = COMMON + CURVE_CLIENT + [
     Option("subscriber", "endpoint", "list", required=True, help="endpoint to connect (repeatable)"),
+    Option("subscriber", "replay", "list", help="replay endpoint of an archive relay or of the publisher, in order of "
+           "preference (repeatable): what the reader missed is fetched from there", flag_name="replay"),
+    Option("subscriber", "state", "path", help="the reader's position file (default: the incoming spool's path "
+           "+ .state.json); with it a restarted reader resumes where it stopped"),
     Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
            "dn or dn_list is required", flag_name="publisher_dn"),
     Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
@@ -31,14 +38,21 @@ def cmd_subscribe(args) -> int:
     allowed = publishers(settings, "publishers")
     spool = (IncomingSpool(settings["messaging.path"], settings["messaging.reject_path"])
              if settings["messaging.path"] else None)
+    state = settings["subscriber.state"] or (
+        Path(f"{settings['messaging.path']}.state.json") if settings["messaging.path"] else None)
+    position_file = PositionFile(state) if state else None
+    positions = position_file.load() if position_file else None
+    if positions is not None and spool is not None:
+        recover(positions, spool, settings["stream.name"])
     stop = Stop()
+    link_curve = curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"])
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), credential(settings),
                             settings["certificates.capath"], allowed_publishers=allowed,
-                            crl=CrlPolicy(settings["certificates.crl"]),
-                            curve=curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"]))
+                            crl=CrlPolicy(settings["certificates.crl"]), curve=link_curve,
+                            replay=list(settings["subscriber.replay"] or ()), positions=positions)
     status = StatusFile(settings["status.status_file"], "subscriber", stream=settings["stream.name"],
                         interval=settings["status.status_interval"])
-    SpoolReader(subscriber, spool, status).run(stop, args.count, args.exit_when_idle)
+    SpoolReader(subscriber, spool, status, position_file).run(stop, args.count, args.exit_when_idle)
     return 0
 
 

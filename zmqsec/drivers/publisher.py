@@ -20,14 +20,22 @@ from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
 from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
-from zmqsec.protocol.frames import DATA, topic_for
-from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE
+from zmqsec.protocol.frames import CHECKPOINT, DATA, topic_for
+from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
 from .curve import CurveServer, apply_server
+from .journal import Journal, JournalError, Recorder
+from .replay import ReplayServer
 from .transports import DEFAULT_MULTICAST_RATE, bind
 from .watch import RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
+
+EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes
+
+
+class JournalBlocked(ZmqsecError):
+    """The journal cannot be written (disk full): nothing is published until it can."""
 
 
 class Publisher:
@@ -53,9 +61,18 @@ class Publisher:
         sndhwm: int = 100_000,
         curve: CurveServer | None = None,
         multicast_rate: int = DEFAULT_MULTICAST_RATE,
+        journal: Journal | None = None,
+        replay_endpoints: list[str] = (),
     ) -> None:
         self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
-        self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy())
+        self.journal = journal
+        stream_id, previous = os.urandom(STREAM_ID_BYTES), None
+        if journal is not None:
+            name = stream.encode()
+            previous = journal.last_run(name)  # the run before this one (docs/PROTOCOL.md §10.2)
+            journal.open_run(name, stream_id, previous)
+        self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy(),
+                                   stream_id=stream_id, previous=previous)
         self.last_rekey_seconds = 0.0  # CPU time of the last rekey, for status files
         self.watch_interval = watch_interval
         self._context = context or zmq.Context.instance()
@@ -69,7 +86,15 @@ class Publisher:
         for endpoint in endpoints:
             bind(self.socket, endpoint)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
+        self.recorder = Recorder(lambda parts: self.socket.send_multipart(parts, copy=False), journal)
+        self.replay = None
+        if replay_endpoints:
+            if journal is None:
+                raise ZmqsecError("a replay endpoint needs a journal to serve (--journal DIR)")
+            self.replay = ReplayServer(journal.directory, list(replay_endpoints), context=self._context,
+                                       curve=curve).start()
         self._next_watch = 0.0
+        self._next_expiry = 0.0
         self.subscriptions = 0  # subscriptions that receive data (XPUB_VERBOSE: one per subscriber and topic)
         self._data_topic = topic_for(stream, DATA)
         self._act(self.sender.start(time.monotonic()))
@@ -82,7 +107,12 @@ class Publisher:
     def _act(self, actions) -> None:
         for action in actions:
             if isinstance(action, Send):
-                self.socket.send_multipart(action.parts, copy=False)
+                if action.kind == DATA:
+                    self.recorder.data(action.parts, self.sender.stream_id, action.seq, action.epoch)
+                elif action.kind == CHECKPOINT:
+                    self.recorder.checkpoint(action.parts)
+                else:
+                    self.recorder.control(action.parts)
             elif isinstance(action, Rekeyed):
                 log.info("stream %s epoch %d: rekeyed for %d readers%s (%s), %d announcement bytes",
                          self.sender.stream, action.epoch, action.readers,
@@ -91,16 +121,32 @@ class Publisher:
             elif isinstance(action, Suspended):
                 log.warning("stream %s: %s", self.sender.stream, action.reason)
 
-    def publish(self, payload: bytes) -> None:
-        """Encrypt and send one payload (and whatever rotation or checkpoint it makes due)."""
+    def publish(self, payload: bytes, spool_item: tuple[str, bytes] | None = None) -> int:
+        """Encrypt and send one payload (and whatever rotation or checkpoint it makes due); returns its sequence
+        number.  ``spool_item`` (name, SHA-256 of the payload) is recorded in the journal with it, so that a
+        restarted publisher never publishes that item twice.  Raises :class:`JournalBlocked` while the journal
+        cannot be written."""
+        if self.recorder.blocked:
+            raise JournalBlocked(f"stream {self.sender.stream}: the journal cannot be written; publishing waits")
         now = time.monotonic()
-        self._act(self.sender.publish(payload, now))
+        actions = self.sender.publish(payload, now)
+        seq = next(a.seq for a in actions if isinstance(a, Send) and a.kind == DATA)
+        if spool_item is not None and self.journal is not None:
+            self.journal.spooled(spool_item[0], spool_item[1], self.sender.stream_id, seq)
+        self._act(actions)
         if now >= self._next_watch:
             self.tick(now)
+        return seq
 
-    def flush(self) -> None:
-        """Sign and send the checkpoint of everything published so far."""
+    def published(self, name: str, digest: bytes) -> bool:
+        """Is this spool item in the journal already (published by a run that was killed before removing it)?"""
+        return self.journal is not None and self.journal.published(name, digest)
+
+    def flush(self) -> bool:
+        """Sign and send the checkpoint of everything published so far; False while the journal cannot be
+        written (the checkpoint waits for it)."""
         self._act(self.sender.flush(time.monotonic()))
+        return not self.recorder.blocked
 
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
@@ -118,6 +164,13 @@ class Publisher:
             if self._watch.changed():
                 self.reload_readers(now)
         self._act(self.sender.tick(now))
+        self.recorder.tick()
+        if self.journal is not None and now >= self._next_expiry:
+            self._next_expiry = now + EXPIRY_INTERVAL
+            try:
+                self.journal.expire()
+            except JournalError as exc:
+                log.error("%s", exc)
 
     def reload_readers(self, now: float | None = None) -> None:
         """Re-read the registry now; rekey if the authorized set changed."""
@@ -150,8 +203,10 @@ class Publisher:
         return self.subscriptions >= count
 
     def close(self) -> None:
-        """Sign the last checkpoint and close the socket."""
+        """Sign the last checkpoint and close the socket (and the replay server)."""
         self.flush()
+        if self.replay is not None:
+            self.replay.stop()
         self.socket.close()
         if self._release_curve is not None:
             self._release_curve()

@@ -12,14 +12,21 @@ and fsync'ed before anything is acknowledged.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import stat
+import time
 from pathlib import Path
 
 from dirq.queue import Queue
 from dirq.QueueSimple import QueueSimple
 
 from zmqsec.errors import ZmqsecError
-from zmqsec.files import atomic_write, fsync_tree
+from zmqsec.files import atomic_write, fsync_tree, sync_filesystem
+
+log = logging.getLogger("zmqsec.spool")
 
 QSCHEMA = {"body": "string", "signer": "string", "empaid": "string?"}
 REJECT_SCHEMA = {"body": "string", "signer": "string?", "empaid": "string?", "error": "string"}
@@ -30,53 +37,124 @@ class SpoolError(ZmqsecError):
 
 
 class OutgoingSpool:
-    """Messages waiting to be published; ``kind`` is ``dirq`` or ``directory``."""
+    """Messages waiting to be published; ``kind`` is ``dirq`` or ``directory``.
 
-    def __init__(self, path: str | os.PathLike, kind: str = "dirq") -> None:
+    Nothing in it is ever lost: an item leaves only by :meth:`done` (published) or
+    :meth:`set_aside` (refused: moved to the reject directory beside the spool, with a
+    ``.reason`` file, and logged).  An entry that cannot be read is set aside once and never
+    counts against a batch; one that vanished between listing and reading is already gone.  In
+    a plain directory, a file written in place is taken only once its size and modification time
+    have not changed for ``settle`` seconds (files renamed into place are complete already).
+    """
+
+    def __init__(self, path: str | os.PathLike, kind: str = "dirq", *, reject: str | os.PathLike | None = None,
+                 max_bytes: int | None = None, settle: float = 1.0, clock=time.monotonic) -> None:
         self.path = Path(path)
         self.kind = kind
+        self.reject_path = Path(reject) if reject else self.path.with_name(self.path.name + ".reject")
+        self.max_bytes = max_bytes
+        self.settle = settle
+        self._clock = clock
+        self._seen: dict[str, tuple[int, int, float]] = {}  # directory spool: name -> (size, mtime, first seen)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._queue = QueueSimple(str(self.path)) if kind == "dirq" else None
         except OSError as exc:
             raise SpoolError(f"{self.path}: cannot use outgoing spool ({exc.strerror})") from None
 
+    # -- taking -------------------------------------------------------------------------------
+
     def take(self, limit: int = 1000) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` waiting messages, oldest first, each locked until :meth:`done` or :meth:`release`."""
+        """Up to ``limit`` readable messages, oldest first, each locked until :meth:`done` or :meth:`release`."""
         items: list[tuple[str, bytes]] = []
-        if self._queue is not None:
-            self._queue.purge(maxtemp=300, maxlock=600)  # recover items a crashed run left locked
-            for name in sorted(self._queue):
-                if len(items) >= limit:
-                    break
-                if not self._queue.lock(name):
-                    continue
-                try:
-                    data = self._queue.get(name)
-                except OSError:
-                    self._queue.unlock(name)
-                    continue
-                items.append((name, data if isinstance(data, bytes) else data.encode()))
-            return items
-        entries = [e for e in os.scandir(self.path) if e.is_file() and not e.name.startswith(".")]
-        for entry in sorted(entries, key=lambda e: (e.stat().st_mtime_ns, e.name))[:limit]:
-            try:
-                items.append((entry.name, Path(entry.path).read_bytes()))
-            except OSError:
+        for name in self._candidates():
+            if len(items) >= limit:
+                break
+            data = self._read(name)
+            if data is None:
                 continue
+            if self.max_bytes is not None and len(data) > self.max_bytes:
+                self.set_aside(name, f"oversized: {len(data)} bytes, a frame carries at most {self.max_bytes}")
+                continue
+            items.append((name, data))
         return items
 
-    def done(self, name: str) -> None:
-        """The message is published: remove it."""
+    def _candidates(self) -> list[str]:
         if self._queue is not None:
-            self._queue.remove(name)
-        else:
-            os.unlink(self.path / name)
+            self._queue.purge(maxtemp=300, maxlock=600)  # recover items a crashed run left locked
+            return sorted(self._queue)
+        now, ready, seen = self._clock(), [], {}
+        for entry in os.scandir(self.path):
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            old = self._seen.get(entry.name)
+            first = old[2] if old is not None and old[:2] == stamp else now
+            seen[entry.name] = (*stamp, first)
+            if now - first >= self.settle:
+                ready.append((st.st_mtime_ns, entry.name))
+        self._seen = seen
+        return [name for _, name in sorted(ready)]
+
+    def _read(self, name: str) -> bytes | None:
+        """The item's bytes (locked, for dirq); None if it vanished or was set aside as unreadable."""
+        try:
+            if self._queue is not None:
+                if not self._queue.lock(name):
+                    return None  # locked by another run, or gone
+                data = self._queue.get(name)
+                return data if isinstance(data, bytes) else data.encode()
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            return None  # already gone (another process took it)
+        except OSError as exc:
+            self.set_aside(name, f"unreadable: {exc.strerror or exc}")
+            return None
+
+    # -- leaving -------------------------------------------------------------------------------
+
+    def done(self, name: str) -> None:
+        """The message is published (and durable in the journal, when there is one): remove it."""
+        try:
+            if self._queue is not None:
+                self._queue.remove(name)
+            else:
+                os.unlink(self.path / name)
+        except FileNotFoundError:
+            pass  # already gone: removed by someone else, nothing to lose
+        self._seen.pop(name, None)
 
     def release(self, name: str) -> None:
         """The message was not published: leave it for the next pass."""
         if self._queue is not None:
-            self._queue.unlock(name)
+            try:
+                self._queue.unlock(name)
+            except OSError:
+                pass  # the lock is gone already
+
+    def set_aside(self, name: str, reason: str) -> None:
+        """Refuse an item without losing it: move it to the reject directory with a ``.reason`` file, log it."""
+        self.reject_path.mkdir(parents=True, exist_ok=True)
+        target = self.reject_path / name.replace("/", "-")
+        try:
+            os.replace(self.path / name, target)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("outgoing spool %s: %s is %s, and cannot be moved aside (%s)", self.path, name, reason, exc.strerror)
+            return
+        if self._queue is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / f"{name}.lck")
+        atomic_write(target.with_name(target.name + ".reason"), (reason + "\n").encode())
+        self._seen.pop(name, None)
+        log.error("outgoing spool %s: %s set aside in %s: %s", self.path, name, self.reject_path, reason)
 
     def add(self, data: bytes) -> str:
         """Put a message in the spool (what an accounting client does)."""
@@ -85,6 +163,10 @@ class OutgoingSpool:
         name = os.urandom(8).hex()
         atomic_write(self.path / name, data)
         return name
+
+
+class SpoolFull(SpoolError):
+    """The incoming spool's filesystem is full: nothing was stored."""
 
 
 class IncomingSpool:
@@ -98,16 +180,41 @@ class IncomingSpool:
         except OSError as exc:
             raise SpoolError(f"{self.path}: cannot use incoming spool ({exc.strerror})") from None
 
-    def accept(self, body: bytes, signer: str, empaid: str) -> str | None:
-        """Store a verified message; returns its name, or None if it went to the reject queue."""
+    def accept(self, body: bytes, signer: str, empaid: str, *, durable: bool = True) -> str | None:
+        """Store a verified message; returns its name, or None if it went to the reject queue.
+
+        ``durable``: synced before this returns; otherwise call :meth:`sync` once for a batch.
+        Raises :class:`SpoolFull` (nothing stored) when the filesystem is full.
+        """
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             self.reject(body, "message body is not UTF-8 text", signer, empaid)
             return None
-        name = self.queue.add({"body": text, "signer": signer, "empaid": empaid})
-        fsync_tree(self.path, name)  # durable before anyone acknowledges it
+        try:
+            name = self.queue.add({"body": text, "signer": signer, "empaid": empaid})
+            if durable:
+                fsync_tree(self.path, name)  # durable before anyone acknowledges it
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise SpoolFull(f"{self.path}: no space left to store a message") from None
+            raise
         return name
+
+    def sync(self) -> None:
+        """Make every message added so far durable: one sync of the spool's filesystem for a whole batch."""
+        sync_filesystem(self.path)
+
+    def recent_ids(self, limit: int) -> list[str]:
+        """The ``empaid`` of the newest ``limit`` messages (what a reader stored just before a crash)."""
+        names = sorted(self.queue)[-limit:]
+        out = []
+        for name in names:
+            try:
+                out.append((self.path / name / "empaid").read_text())
+            except OSError:
+                continue  # taken by the loader meanwhile
+        return out
 
     def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None) -> str | None:
         """Record a refused message and why in the reject queue, durably.

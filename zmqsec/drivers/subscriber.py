@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import os
 import time
@@ -22,8 +23,11 @@ from zmqsec.errors import ZmqsecError
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 
+from zmqsec.machines.positions import Positions
+
 from .curve import CurveClient, apply_client
-from zmqsec.protocol.groups import reader_topics
+from .mending import Mender
+from zmqsec.protocol.groups import reader_bits, reader_topics
 from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME
 from zmqsec.machines.receiver import (
     Delivered,
@@ -41,6 +45,8 @@ from .watch import signature
 log = logging.getLogger("zmqsec.reader")
 
 TICK = 0.1  # seconds between housekeeping passes while waiting
+DRAIN = 1000  # messages taken from a socket per turn at most
+REPAIR_TIMEOUT = 30.0  # with replay servers: how long a hole may hold back later records
 
 
 class _Events:
@@ -93,14 +99,23 @@ class _Base:
         on_restart: Callable[[Restarted], None] | None = None,
         on_reject: Callable[[Rejected], None] | None = None,
         curve: CurveClient | None = None,
+        replay: list[str] = (),
+        positions: Positions | None = None,
         socket: zmq.Socket,
     ) -> None:
         self.stream = stream
         self.trust_dir = Path(trust_dir)
         self._trust_seen = signature(self.trust_dir)
+        policy = policy or ReceiverPolicy()
+        if replay and policy.repair_timeout <= 0:
+            policy = dataclasses.replace(policy, repair_timeout=REPAIR_TIMEOUT)
         self.receiver = StreamReceiver(credential, TrustStore.from_directory(self.trust_dir),
                                        allowed_publishers=allowed_publishers, crl=crl, policy=policy)
         self.events = _Events(stream, on_gap, on_restart, on_reject)
+        # Replay connections are plain sockets, polled without blocking under asyncio too.
+        sync_context = None if isinstance(socket.context, zmq.asyncio.Context) else socket.context
+        self.mender = Mender(self.receiver, list(replay), tags=reader_bits(credential.certificate), positions=positions,
+                             context=sync_context, curve=curve)
         self.socket = socket
         self.socket.setsockopt(zmq.RCVHWM, 100_000)
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
@@ -112,16 +127,33 @@ class _Base:
         for endpoint in endpoints:
             connect(self.socket, endpoint)
         self._next_tick = 0.0
+        self.mender.start(time.monotonic())
 
     @property
     def counters(self):
+        """The receiver's counters (deliveries, gaps, refusals by reason)."""
         return self.receiver.counters
+
+    @property
+    def positions(self) -> Positions:
+        """Where this reader is in each run (docs/PROTOCOL.md §10.5)."""
+        return self.mender.positions
+
+    def stored(self, message: Delivered) -> None:
+        """Tell the reader a delivered message is stored for good: its position advances (save it with
+        :class:`~zmqsec.drivers.mending.PositionFile` after the store is synced)."""
+        self.mender.stored(message.stream, message.stream_id, message.seq)
+
+    def _handle(self, events, now: float) -> None:
+        self.mender.handle(events, now)
+        self.events.handle(events)
 
     def _housekeeping(self, now: float) -> None:
         if now < self._next_tick:
             return
         self._next_tick = now + TICK
-        self.events.handle(self.receiver.tick(now))
+        self._handle(self.receiver.tick(now), now)
+        self.mender.tick(now)
         current = signature(self.trust_dir)
         if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
             try:
@@ -136,6 +168,7 @@ class _Base:
         """Housekeeping, then how long to wait on the socket; None once a message is ready or time is up."""
         now = time.monotonic()
         self._housekeeping(now)
+        self._handle(self.mender.poll(now, DRAIN), now)
         if self.events.ready or (deadline is not None and now >= deadline):
             return None
         return TICK if deadline is None else min(TICK, deadline - now)
@@ -144,7 +177,18 @@ class _Base:
         return self.events.ready.popleft() if self.events.ready else None
 
     def _process(self, parts: list[bytes]) -> None:
-        self.events.handle(self.receiver.frame_received(parts, time.monotonic()))
+        now = time.monotonic()
+        self._handle(self.receiver.frame_received(parts, now), now)
+
+    def _drain(self) -> None:
+        """What is waiting on the stream and from the replay servers, bounded per turn so that a flood on
+        one cannot starve the other, nor the housekeeping."""
+        for _ in range(DRAIN):
+            try:
+                parts = self.socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self._process(parts)
 
 
 class Subscriber(_Base):
@@ -154,6 +198,9 @@ class Subscriber(_Base):
                  context: zmq.Context | None = None, **options) -> None:
         ctx = context or zmq.Context.instance()
         super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+        self._poller = zmq.Poller()
+        for sock in (self.socket, *self.mender.sockets):
+            self._poller.register(sock, zmq.POLLIN)
 
     def receive(self, timeout: float | None = None) -> Delivered | None:
         """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
@@ -162,13 +209,8 @@ class Subscriber(_Base):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while (wait := self._next_wait(deadline)) is not None:
-            if self.socket.poll(max(1, int(wait * 1000)), zmq.POLLIN):
-                while True:
-                    try:
-                        parts = self.socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self._process(parts)
+            if self._poller.poll(max(1, int(wait * 1000))):
+                self._drain()
         return self._ready()
 
     def __iter__(self):
@@ -176,7 +218,8 @@ class Subscriber(_Base):
             yield self.receive()
 
     def close(self) -> None:
-        """Close the socket; messages not yet received are dropped."""
+        """Close the sockets; messages not yet received are dropped."""
+        self.mender.close()
         self.socket.close()
 
     def __enter__(self) -> "Subscriber":
@@ -215,5 +258,6 @@ class AsyncSubscriber(_Base):
         return await self.receive()
 
     def close(self) -> None:
-        """Close the socket; messages not yet received are dropped."""
+        """Close the sockets; messages not yet received are dropped."""
+        self.mender.close()
         self.socket.close()

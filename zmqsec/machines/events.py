@@ -50,6 +50,17 @@ class Gap:
 
 
 @dataclass(frozen=True)
+class Missing:
+    """Sequence numbers ``first..last`` of a run are needed before delivery can go on: repair them
+    (docs/PROTOCOL.md §10.5)."""
+
+    stream: bytes
+    stream_id: bytes
+    first: int
+    last: int
+
+
+@dataclass(frozen=True)
 class Restarted:
     """The stream's publisher started a new run (a new stream id) and this reader follows it."""
 
@@ -77,7 +88,18 @@ class GroupKeyAccepted:
     generation: int
 
 
-Event = Delivered | Rejected | Gap | Restarted | KeyAccepted | GroupKeyAccepted
+@dataclass(frozen=True)
+class RunLinked:
+    """A run's signed run frame: it follows ``previous_stream_id`` (empty: none), which sent up to
+    ``previous_last_seq`` (docs/PROTOCOL.md §10.2)."""
+
+    stream: bytes
+    stream_id: bytes
+    previous_stream_id: bytes
+    previous_last_seq: int
+
+
+Event = Delivered | Rejected | Gap | Missing | Restarted | KeyAccepted | GroupKeyAccepted | RunLinked
 
 
 @dataclass(frozen=True)
@@ -92,3 +114,4 @@ class ReceiverPolicy:
     max_candidates: int = 4  # different frames claiming one sequence number
     keep_group_keys: int = 4  # group keys kept (ours change when our group's membership does)
     max_awaiting_group: int = 4  # epoch announcements held until our group's key arrives
+    repair_timeout: float = 0.0  # a hole is waited for this long while replay repairs it (0: no replay)

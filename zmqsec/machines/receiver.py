@@ -25,48 +25,29 @@ from zmqsec.errors import RejectReason
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore
-from zmqsec.protocol.announce import (
-    AnnouncementRejected,
-    Publisher,
-    open_announcement,
-    open_group_announcement,
-    verify_announcement,
-)
-from zmqsec.protocol.checkpoint import checkpoint_valid
+from zmqsec.protocol.checkpoint import checkpoint_valid, run_valid
 from zmqsec.protocol.datacipher import OpenFailed
-from zmqsec.protocol.frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, decode
-from zmqsec.protocol.groups import kek_id, reader_bits
+from zmqsec.protocol.frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, RunFrame, decode
+from zmqsec.protocol.groups import reader_bits
 from zmqsec.protocol.primitives import frame_digest
 
-from .events import Delivered, Event, Gap, GroupKeyAccepted, KeyAccepted, ReceiverPolicy, Rejected, Restarted
-from .keyring import announcement_id
+from .events import (
+    Delivered,
+    Event,
+    Gap,
+    GroupKeyAccepted,
+    KeyAccepted,
+    Missing,
+    ReceiverPolicy,
+    Rejected,
+    Restarted,
+    RunLinked,
+)
+from .intake import KeyIntake
 from .runs import Run, Runs
 
 __all__ = ["StreamReceiver", "ReceiverPolicy", "Delivered", "Rejected", "Gap", "Restarted", "KeyAccepted",
-           "GroupKeyAccepted", "Event"]
-
-
-def count(counters: Counter, events: list[Event]) -> None:
-    """Count events by name: ``delivered``, ``rejected:<reason>``, ``gap`` (sequence numbers), ``restart``."""
-    for event in events:
-        if isinstance(event, Delivered):
-            counters["delivered"] += 1
-        elif isinstance(event, Rejected):
-            counters[f"rejected:{event.name}"] += 1
-        elif isinstance(event, Gap):
-            counters["gap"] += event.count
-        elif isinstance(event, Restarted):
-            counters["restart"] += 1
-
-
-def verified(frame: Announcement | GroupAnnouncement, trust: TrustStore, allowed: DnAllowList | None,
-             crl: CrlPolicy, at: dt.datetime) -> Publisher | Rejected:
-    """The announcement's publisher, once its signature and certificate are checked (before any private-key
-    operation, §4.4 step 2), or why not."""
-    try:
-        return verify_announcement(frame, trust, allowed_publishers=allowed, crl=crl, at=at)
-    except AnnouncementRejected as exc:
-        return Rejected(exc.reason, str(exc), frame.stream_id, scope=exc.scope)
+           "GroupKeyAccepted", "RunLinked", "Missing", "Event"]
 
 
 class StreamReceiver:
@@ -83,31 +64,49 @@ class StreamReceiver:
         wall_clock=None,
     ) -> None:
         self.credential = credential
-        self.trust = trust
-        self.allowed_publishers = allowed_publishers
-        self.crl = crl
         self.policy = policy or ReceiverPolicy()
-        self.wall_clock = wall_clock or (lambda: dt.datetime.now(dt.timezone.utc))
         self.runs = Runs(self.policy)
+        self.intake = KeyIntake(credential, trust, self.runs, allowed_publishers=allowed_publishers, crl=crl,
+                                wall_clock=wall_clock or (lambda: dt.datetime.now(dt.timezone.utc)))
         self.counters: Counter = Counter()  # every event counted by name, in one place (_counted)
         self._bits = reader_bits(credential.certificate)  # which reader groups are ours
 
     # -- entry points ------------------------------------------------------------------
 
-    def frame_received(self, parts: list[bytes], now: float) -> list[Event]:
-        """One ZeroMQ message from the stream."""
+    def frame_received(self, parts: list[bytes], now: float, replayed: bool = False) -> list[Event]:
+        """One ZeroMQ message from the stream, or (``replayed``) from a replay server the reader asked."""
         try:
             frame = decode(parts)
         except FrameError as exc:
             return self._counted([Rejected(exc.reason, str(exc))])
+        if self.runs.retired(frame.stream_id, replayed):
+            return self._counted([Rejected(RejectReason.RETIRED_STREAM, "frame of an earlier publisher run (replay)",
+                                           frame.stream_id, getattr(frame, "seq", None))])
         if isinstance(frame, DataFrame):
-            return self._counted(self._on_data(frame, parts[1], now))
+            return self._counted(self._on_data(frame, parts[1], now, replayed))
         if isinstance(frame, Checkpoint):
-            return self._counted(self._on_checkpoint(frame, now))
+            return self._counted(self._on_checkpoint(frame, now, replayed))
+        if isinstance(frame, RunFrame):
+            return self._counted(self._on_run(frame))
         self.counters["announcement-bytes"] += len(parts[0]) + len(parts[1])  # what key distribution costs a reader
         if isinstance(frame, GroupAnnouncement):
-            return self._counted(self._on_group(frame, now))
-        return self._counted(self._on_announcement(frame, now))
+            return self._counted(self._on_group(frame, now, replayed))
+        return self._counted(self._on_announcement(frame, now, replayed))
+
+    def resume(self, stream: bytes, stream_id: bytes, last_seq: int) -> None:
+        """The reader's position: it stored ``stream_id`` up to ``last_seq``; delivery continues from there (and
+        a later run of ``stream`` is read from its start)."""
+        self.runs.resume(stream, stream_id, last_seq)
+
+    def expect(self, stream_id: bytes, first: int) -> None:
+        """Replayed frames of ``stream_id`` from ``first`` on were asked for: accept them."""
+        self.runs.expect(stream_id, first)
+
+    def give_up(self, stream_id: bytes, first: int, last: int) -> None:
+        """No replay server holds ``first..last`` of ``stream_id``: stop waiting (the gap is reported)."""
+        run = self.runs.get(stream_id)
+        if run is not None:
+            run.sequencer.give_up(first, last)
 
     def tick(self, now: float) -> list[Event]:
         """Expire frames that waited too long for a key or a checkpoint, and announcements that waited
@@ -119,8 +118,18 @@ class StreamReceiver:
                                 "whose keys we do not hold (not authorized, or revoked)", run.stream_id)
                        for frame in run.keyring.expire_waiting(now)]
             if run.publisher is not None:
-                events += run.sequencer.release(run.publisher.dn)
+                events += run.sequencer.release(run.publisher.dn, now)
         return self._counted(events)
+
+    @property
+    def trust(self) -> TrustStore:
+        """The CA certificates and CRLs announcements are judged by (a new CRL: assign a new store)."""
+        return self.intake.trust
+
+    @trust.setter
+    def trust(self, store: TrustStore) -> None:
+        """Judge later announcements by ``store``."""
+        self.intake.trust = store
 
     @property
     def held(self) -> int:
@@ -128,16 +137,22 @@ class StreamReceiver:
         return self.runs.held
 
     def _counted(self, events: list[Event]) -> list[Event]:
-        count(self.counters, events)
+        counters = self.counters
+        for event in events:  # by name: delivered, rejected:<reason>, gap (sequence numbers), restart
+            if type(event) is Delivered:
+                counters["delivered"] += 1
+            elif isinstance(event, Rejected):
+                counters[f"rejected:{event.name}"] += 1
+            elif isinstance(event, Gap):
+                counters["gap"] += event.count
+            elif isinstance(event, Restarted):
+                counters["restart"] += 1
         return events
 
     # -- data and checkpoints -------------------------------------------------------------
 
-    def _on_data(self, frame: DataFrame, body: bytes, now: float) -> list[Event]:
-        run = self.runs.open(frame, now)
-        if run is None:
-            return [Rejected(RejectReason.RETIRED_STREAM, "frame of an earlier publisher run (replay)",
-                             frame.stream_id, frame.seq)]
+    def _on_data(self, frame: DataFrame, body: bytes, now: float, replayed: bool) -> list[Event]:
+        run = self.runs.open(frame, now, replayed)
         sequencer = run.sequencer
         if sequencer.delivered_already(frame.seq):
             return [Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {frame.seq} already delivered",
@@ -162,108 +177,52 @@ class StreamReceiver:
         if refused is not None:
             return [refused]
         # Frames normally come before their checkpoint: until this one is vouched for, nothing new can be released.
-        return run.sequencer.release(run.publisher.dn) if run.sequencer.vouched_for(frame.seq) else []
+        return run.sequencer.release(run.publisher.dn, now) if run.sequencer.vouched_for(frame.seq) else []
 
-    def _on_checkpoint(self, frame: Checkpoint, now: float) -> list[Event]:
-        run = self.runs.open(frame, now)
-        if run is None:
-            return [Rejected(RejectReason.RETIRED_STREAM, "checkpoint of an earlier publisher run (replay)",
-                             frame.stream_id)]
+    def _on_checkpoint(self, frame: Checkpoint, now: float, replayed: bool) -> list[Event]:
+        run = self.runs.open(frame, now, replayed)
         if run.publisher is None:
             run.sequencer.hold_early(frame, now)
             return []
-        return self._apply_checkpoint(run, frame)
+        return self._apply_checkpoint(run, frame, now)
 
-    def _apply_checkpoint(self, run: Run, frame: Checkpoint) -> list[Event]:
+    def _apply_checkpoint(self, run: Run, frame: Checkpoint, now: float) -> list[Event]:
         if not checkpoint_valid(frame, run.publisher.certificate):
             return [Rejected(RejectReason.BAD_CHECKPOINT, "checkpoint signature does not verify with the "
                              "publisher's key", run.stream_id)]
         run.sequencer.vouch(frame)
-        return run.sequencer.release(run.publisher.dn)
+        return run.sequencer.release(run.publisher.dn, now)
+
+    def _on_run(self, frame: RunFrame) -> list[Event]:
+        """Where a run comes from, once its publisher is known (the frame is re-sent with re-announcements)."""
+        run = self.runs.get(frame.stream_id)
+        if run is None or run.publisher is None or run.previous is not None:
+            return []
+        if not run_valid(frame, run.publisher.certificate):
+            return [Rejected(RejectReason.BAD_RUN, "run frame signature does not verify with the publisher's key",
+                             run.stream_id)]
+        run.previous = (frame.previous_stream_id, frame.previous_last_seq)
+        return [RunLinked(run.name, run.stream_id, frame.previous_stream_id, frame.previous_last_seq)]
 
     # -- announcements ----------------------------------------------------------------------
 
-    def _verify(self, frame: Announcement | GroupAnnouncement) -> Publisher | Rejected:
-        return verified(frame, self.trust, self.allowed_publishers, self.crl, self.wall_clock())
-
-    def _on_announcement(self, frame: Announcement, now: float) -> list[Event]:
-        if self.runs.retired(frame.stream_id):
-            return [Rejected(RejectReason.RETIRED_STREAM, "announcement of an earlier publisher run (replay)",
-                             frame.stream_id)]
-        fingerprint = announcement_id(frame)
-        known = self.runs.get(frame.stream_id)
-        if known is not None:
-            if known.keyring.settled(fingerprint, known.keyring.has_key(frame.epoch)):
-                return []  # a periodic re-announcement of a key we hold (or were refused): costs nothing
-            if known.keyring.older_than_every_key(frame.epoch):
-                return [Rejected(RejectReason.STALE_EPOCH, f"epoch {frame.epoch} is older than every key held",
-                                 frame.stream_id)]
-        publisher = self._verify(frame)
-        if isinstance(publisher, Rejected):
-            return [publisher]
-        run = self.runs.open(frame, now)
-        if self.runs.older_than_live(run, publisher):
-            self.runs.forget(run.stream_id)
-            return [Rejected(RejectReason.STALE_RESTART, "announcement of a publisher run older than the live one "
-                             "(replay)", frame.stream_id)]
-        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
-            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
-                             f"{publisher.dn}", run.stream_id)]
-        try:
-            epoch_key = open_announcement(frame, publisher, self.credential,
-                                          run.keyring.group_keys_from(publisher.certificate))
-        except AnnouncementRejected as exc:
-            if exc.reason == RejectReason.NO_GROUP_KEY:
-                # Our group's key may still be on its way (it has its own topic): hold, do not remember.
-                run.keyring.wait_for_group_key(frame, fingerprint, now)
-                return []
-            run.keyring.remember(fingerprint, False)
-            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)]
-        run.keyring.remember(fingerprint, True)
-        events: list[Event] = []
-        restarted = self.runs.bind(run, publisher)
-        if restarted is not None:
-            events.append(restarted)
-        if run.keyring.add_key(frame.epoch, epoch_key.key):
-            events.append(KeyAccepted(run.stream_id, frame.epoch, publisher.dn))
+    def _on_announcement(self, frame: Announcement, now: float, replayed: bool = False) -> list[Event]:
+        events, run = self.intake.epoch(frame, now, replayed)
+        if run is None:
+            return events
         # Frames that were waiting for this key, then checkpoints that were waiting for the publisher.
         for entry in run.sequencer.unlock(run.keyring.has_key):
             events += self._open(run, entry.frame, entry.digest, entry.arrived)
         for checkpoint in run.sequencer.take_early():
-            events += self._apply_checkpoint(run, checkpoint)
+            events += self._apply_checkpoint(run, checkpoint, now)
         return events
 
-    def _on_group(self, frame: GroupAnnouncement, now: float) -> list[Event]:
+    def _on_group(self, frame: GroupAnnouncement, now: float, replayed: bool = False) -> list[Event]:
         """A group key: only ours is opened; then epoch announcements that waited for it are retried."""
-        if self.runs.retired(frame.stream_id):
-            return [Rejected(RejectReason.RETIRED_STREAM, "group announcement of an earlier publisher run (replay)",
-                             frame.stream_id)]
         if not self._bits.startswith(frame.tag):
             self.counters["other-group"] += 1  # multicast carries every group; not ours is not an error
             return []
-        fingerprint = announcement_id(frame)
-        known = self.runs.get(frame.stream_id)
-        if known is not None:
-            if known.keyring.settled(fingerprint, known.keyring.has_group_key(kek_id(frame.tag, frame.generation))):
-                return []  # a re-announcement of a group key we hold (or were refused): costs nothing
-            if known.keyring.older_than_every_group_key(frame.generation):
-                return [Rejected(RejectReason.STALE_GROUP_KEY, f"group key generation {frame.generation} is older "
-                                 "than every one held (replay)", frame.stream_id)]
-        publisher = self._verify(frame)
-        if isinstance(publisher, Rejected):
-            return [publisher]
-        run = self.runs.open(frame, now)
-        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
-            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
-                             f"{publisher.dn}", run.stream_id)]
-        try:
-            group = open_group_announcement(frame, self.credential)
-        except AnnouncementRejected as exc:
-            run.keyring.remember(fingerprint, False)
-            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)]
-        run.keyring.remember(fingerprint, True)
-        run.keyring.add_group_key(group, publisher.certificate)
-        events: list[Event] = [GroupKeyAccepted(run.stream_id, group.tag, group.generation)]
-        for announcement, arrived in run.keyring.take_waiting():
-            events += self._on_announcement(announcement, arrived)
+        events, waiting = self.intake.group(frame, now, replayed)
+        for announcement, arrived in waiting:
+            events += self._on_announcement(announcement, arrived, replayed)
         return events

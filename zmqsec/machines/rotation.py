@@ -65,8 +65,3 @@ class Epoch:
         if self.bytes + incoming > policy.max_bytes and self.messages:
             return RekeyCause.BYTES
         return None
-
-    def carried(self, size: int) -> None:
-        """One payload of ``size`` bytes went out under this epoch's key."""
-        self.messages += 1
-        self.bytes += size

@@ -12,7 +12,7 @@ from zmqsec.protocol.frames import stream_name
 
 from .events import ReceiverPolicy, Restarted
 from .keyring import Keyring
-from .sequencer import Sequencer
+from .sequencer import HoldCount, Sequencer
 
 RETIRED_KEPT = 256  # stream ids of earlier runs remembered
 
@@ -27,6 +27,8 @@ class Run:
     keyring: Keyring
     sequencer: Sequencer
     publisher: Publisher | None = None
+    previous: tuple[bytes, int] | None = None  # from its run frame: (previous stream id, its last seq)
+    repair: bool = False  # known from replay only: never made the live run by a replayed frame
 
 
 @dataclass
@@ -38,46 +40,84 @@ class Runs:
     current: dict[bytes, bytes] = field(default_factory=dict)  # stream name -> stream id of the live run
     latest_signed: dict[bytes, dt.datetime] = field(default_factory=dict)  # stream name -> newest signingTime
     _retired: OrderedDict = field(default_factory=OrderedDict)
+    followed: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)  # stream name -> (run, last stored seq)
+    expected: dict[bytes, int] = field(default_factory=dict)  # runs asked from replay -> last seq stored before
+    hold: HoldCount = field(default_factory=HoldCount)  # frames held by every run together
 
-    def retired(self, stream_id: bytes) -> bool:
-        """Is this the stream id of an earlier run (whose frames are replays)?"""
-        return stream_id in self._retired
+    def resume(self, name: bytes, stream_id: bytes, last_seq: int) -> None:
+        """The reader stored ``stream_id`` up to ``last_seq`` before (its position): that run continues from
+        there, and any later run of ``name`` is read from its start."""
+        self.followed[name] = (stream_id, last_seq)
+        run = self.runs.get(stream_id)
+        if run is not None and run.sequencer.last_delivered is None:
+            run.sequencer.last_delivered = last_seq
+
+    def expect(self, stream_id: bytes, first: int) -> None:
+        """Replayed frames of ``stream_id`` from ``first`` on are asked for: accept them, even for a run
+        retired from the live stream."""
+        self.expected[stream_id] = min(first - 1, self.expected.get(stream_id, first - 1))
+        run = self.runs.get(stream_id)
+        if run is not None and run.sequencer.last_delivered is None:
+            run.sequencer.last_delivered = first - 1
+
+    def _start(self, name: bytes, stream_id: bytes) -> int | None:
+        """Where a new run's delivery starts (the last seq before it), or None: wherever it is joined."""
+        if stream_id in self.expected:
+            return self.expected[stream_id]
+        followed = self.followed.get(name)
+        if followed is None:
+            return None
+        return followed[1] if followed[0] == stream_id else 0
+
+    def retired(self, stream_id: bytes, replayed: bool = False) -> bool:
+        """Is this the stream id of an earlier run, whose frames are refused (a replay nobody asked for)?"""
+        return stream_id in self._retired and not (replayed and stream_id in self.expected)
 
     def get(self, stream_id: bytes) -> Run | None:
         """The state of a known run."""
         return self.runs.get(stream_id)
 
-    def open(self, frame, now: float) -> Run | None:
-        """The run of a frame, created on first sight; None for a retired run."""
-        if frame.stream_id in self._retired:
-            return None
+    def open(self, frame, now: float, replayed: bool = False) -> Run:
+        """The run of a frame, created on first sight.  Callers have refused retired runs already
+        (:meth:`retired`): this is on every frame's path."""
         run = self.runs.get(frame.stream_id)
         if run is None:
             if len(self.runs) >= self.policy.max_streams:
                 self._evict()
             name = stream_name(frame.topic)
-            run = self.runs[frame.stream_id] = Run(frame.stream_id, name, now, Keyring(self.policy),
-                                                   Sequencer(name, frame.stream_id, self.policy))
+            run = self.runs[frame.stream_id] = Run(
+                frame.stream_id, name, now, Keyring(self.policy),
+                Sequencer(name, frame.stream_id, self.policy, self._start(name, frame.stream_id), self.hold),
+                repair=replayed)
         return run
 
     def _evict(self) -> None:
-        """Forget the oldest run that is not live."""
-        live = set(self.current.values())
+        """Forget the oldest run that is neither live nor being repaired."""
+        live = set(self.current.values()) | set(self.expected)
         victims = sorted((run.created, sid) for sid, run in self.runs.items() if sid not in live)
         if victims:
-            del self.runs[victims[0][1]]
+            self.runs.pop(victims[0][1]).sequencer.forget()
 
-    def older_than_live(self, run: Run, publisher: Publisher) -> bool:
-        """A new run claims a stream only with an announcement signed after everything the live run announced."""
+    def older_than_live(self, run: Run, publisher: Publisher, replayed: bool = False) -> bool:
+        """A new run claims a stream only with an announcement signed after everything the live run announced
+        (a replayed announcement claims nothing: it completes an earlier run)."""
         previous = self.current.get(run.name)
-        if run.publisher is not None or previous is None or previous == run.stream_id:
+        if replayed or (run.publisher is not None and not run.repair) or previous is None or previous == run.stream_id:
             return False
         latest = self.latest_signed.get(run.name)
         return publisher.signed_at is None or (latest is not None and publisher.signed_at < latest)
 
-    def bind(self, run: Run, publisher: Publisher) -> Restarted | None:
-        """The run's first accepted announcement: it becomes the live run of its stream name."""
+    def bind(self, run: Run, publisher: Publisher, replayed: bool = False) -> Restarted | None:
+        """The run's first accepted live announcement: it becomes the live run of its stream name.  A replayed
+        one only names the run's publisher."""
         event = None
+        if replayed:
+            run.publisher = run.publisher or publisher
+            return None
+        if run.repair:  # known from replay so far, now seen live
+            run.repair = False
+            if self.current.get(run.name) != run.stream_id:
+                run.publisher = None
         if run.publisher is None:
             run.publisher = publisher
             previous = self.current.get(run.name)
@@ -93,9 +133,14 @@ class Runs:
     def forget(self, stream_id: bytes) -> None:
         """Retire a stream id: its state goes, and it is never accepted again (replays of that run);
         the live run itself is never retired."""
-        old = self.runs.pop(stream_id, None)
-        if old is not None and self.current.get(old.name) == stream_id:
+        if stream_id in self.expected:  # being completed from replay: keep its state, refuse it live
+            self._retired[stream_id] = None
             return
+        old = self.runs.pop(stream_id, None)
+        if old is not None:
+            old.sequencer.forget()
+            if self.current.get(old.name) == stream_id:
+                return
         self._retired[stream_id] = None
         while len(self._retired) > RETIRED_KEPT:
             self._retired.popitem(last=False)
@@ -103,4 +148,4 @@ class Runs:
     @property
     def held(self) -> int:
         """Frames held across every run."""
-        return sum(run.sequencer.held for run in self.runs.values())
+        return self.hold.frames

@@ -18,35 +18,43 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from zmqsec.errors import ZmqsecError
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderSet
 from zmqsec.protocol.announce import make_announcement
 from zmqsec.protocol.datacipher import DataKey
-from zmqsec.protocol.frames import ANNOUNCEMENT, CHECKPOINT, DATA, GROUP, encode, encode_data, stream_name, topic_for
-from zmqsec.protocol.primitives import KEY_BYTES, MAX_EPOCH, STREAM_ID_BYTES, frame_digest
+from zmqsec.protocol.checkpoint import sign_run
+from zmqsec.protocol.frames import ANNOUNCEMENT, CHECKPOINT, DATA, GROUP, RUN, encode, encode_data, stream_name, topic_for
+from zmqsec.protocol.primitives import KEY_BYTES, MAX_EPOCH, MAX_PAYLOAD, STREAM_ID_BYTES, frame_digest
 
 from .checkpoints import Checkpointer
 from .distribution import distribution_for
 from .reannounce import Reannouncer
 from .rotation import Epoch, RekeyCause, RotationPolicy
 
-__all__ = ["StreamSender", "RotationPolicy", "RekeyCause", "Send", "Rekeyed", "Suspended", "SenderStats", "NoReaders"]
+__all__ = ["StreamSender", "RotationPolicy", "RekeyCause", "Send", "Rekeyed", "Suspended", "SenderStats", "NoReaders",
+           "PayloadTooLarge"]
 
 
 class NoReaders(ZmqsecError):
     """The publisher has no authorized reader to wrap a key for."""
 
 
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send one frame: its kind (``frames.DATA``, ``ANNOUNCEMENT``, ``GROUP``, ``CHECKPOINT``) and its two
-    ZeroMQ message parts; ``seq`` is a data frame's sequence number (0 for the other kinds)."""
+class PayloadTooLarge(ZmqsecError):
+    """A payload does not fit in one data frame (``MAX_PAYLOAD`` bytes)."""
+
+
+class Send(NamedTuple):
+    """Send one frame: its kind (``frames.DATA``, ``ANNOUNCEMENT``, ``GROUP``, ``CHECKPOINT``, ``RUN``) and its
+    two ZeroMQ message parts; ``seq`` and ``epoch`` are a data frame's (0 for the other kinds).  A named tuple:
+    one is made per message."""
 
     kind: bytes
     parts: list[bytes]
     seq: int = 0
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,7 @@ class StreamSender:
     rng: Callable[[int], bytes] = os.urandom
     stream_id: bytes | None = None
     wall_clock: Callable | None = None  # signingTime of announcements (None: now)
+    previous: tuple[bytes, int] | None = None  # the run before this one and its last seq (docs/PROTOCOL.md §10.2)
 
     def __post_init__(self) -> None:
         self._data_topic = topic_for(self.stream, DATA)
@@ -113,6 +122,8 @@ class StreamSender:
                                          self.policy.checkpoint_interval, self.policy.checkpoint_max)
         self._reannounce = Reannouncer(topic_for(self.stream, ANNOUNCEMENT), self.policy.reannounce_interval,
                                        self.policy.group_reannounce_interval)
+        previous_id, previous_last = self.previous or (b"", 0)
+        self._run = encode(sign_run(self.stream_bytes, self.stream_id, previous_id, previous_last, self.credential.key))
         self.stats = SenderStats()
 
     @property
@@ -151,8 +162,8 @@ class StreamSender:
         return [Suspended(reason)]
 
     def start(self, now: float) -> list[Action]:
-        """The first epoch's announcement; call once before publishing."""
-        return self._rekey(now, RekeyCause.START)
+        """The first epoch's announcement and the run frame; call once before publishing."""
+        return self._rekey(now, RekeyCause.START) + [Send(RUN, self._run)]
 
     def readers_changed(self, readers: ReaderSet, now: float) -> list[Action]:
         """A new reader set: rekey at once if it differs (revocation excludes the removed reader from here on)."""
@@ -181,13 +192,19 @@ class StreamSender:
             return []
         messages = self._reannounce.due(self._distribution.groups, self._epoch.announcement, now)
         self.stats.announcements += len(messages)
-        return [Send(ANNOUNCEMENT if m is self._epoch.announcement else GROUP, m) for m in messages]
+        out: list[Action] = [Send(ANNOUNCEMENT if m is self._epoch.announcement else GROUP, m) for m in messages]
+        if messages and messages[-1] is self._epoch.announcement:
+            out.append(Send(RUN, self._run))  # late joiners and archives learn where this run comes from
+        return out
 
     # -- data ----------------------------------------------------------------------------
 
     def publish(self, payload: bytes, now: float) -> list[Action]:
         """Encrypt one payload: the data frame, preceded by a rotation's announcements and followed
         by a checkpoint when either is due."""
+        if len(payload) > MAX_PAYLOAD:
+            raise PayloadTooLarge(f"stream {self.stream}: a payload of {len(payload)} bytes does not fit in a frame "
+                                  f"(at most {MAX_PAYLOAD})")
         out: list[Action] = []
         epoch = self._epoch
         if epoch is None:
@@ -202,10 +219,13 @@ class StreamSender:
         topic = self._data_topic
         parts = encode_data(topic, self.stream_id, epoch.number, seq, epoch.key.seal(topic, self.stream_id, epoch.number,
                                                                                     seq, payload))
-        out.append(Send(DATA, parts, seq))
-        epoch.carried(len(payload))
-        self.stats.sent += 1
-        self.stats.bytes += len(payload)
+        out.append(Send(DATA, parts, seq, epoch.number))
+        size = len(payload)
+        epoch.messages += 1  # the epoch's rotation counters (inline: every message passes here)
+        epoch.bytes += size
+        stats = self.stats
+        stats.sent += 1
+        stats.bytes += size
         if self._checkpoints.add(seq, frame_digest(topic, parts[1]), now):
             out += self.flush(now)
         return out

@@ -15,7 +15,7 @@ from zmqsec.errors import RejectReason
 from zmqsec.protocol.frames import Checkpoint, DataFrame
 from zmqsec.protocol.primitives import DIGEST_BYTES
 
-from .events import Delivered, Event, Gap, ReceiverPolicy, Rejected
+from .events import Delivered, Event, Gap, Missing, ReceiverPolicy, Rejected
 
 
 @dataclass(slots=True)
@@ -38,17 +38,38 @@ class _Locked:
     digest: bytes
 
 
+class HoldCount:
+    """How many frames every run of a reader holds together (a bound of the reader's policy)."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+
 class Sequencer:
     """The frames of one stream id between arrival and delivery."""
 
-    def __init__(self, stream: bytes, stream_id: bytes, policy: ReceiverPolicy) -> None:
+    def __init__(self, stream: bytes, stream_id: bytes, policy: ReceiverPolicy,
+                 last_delivered: int | None = None, total: HoldCount | None = None) -> None:
         self.stream, self.stream_id, self.policy = stream, stream_id, policy
-        self.last_delivered: int | None = None
+        self.last_delivered = last_delivered  # None: joined without a position (the first frame starts it)
+        self._hole: tuple[int, float] | None = None  # (first missing seq, since when) while a repair may fill it
+        self._asked: tuple[int, int] | None = None  # the range last reported Missing
         self._locked: list[_Locked] = []
         self._pending: dict[int, list[_Candidate]] = {}
         self._vouched: dict[int, bytes] = {}  # seq -> digest from a verified checkpoint
         self._early: list[tuple[Checkpoint, float]] = []  # checkpoints before the publisher is known
-        self.held = 0  # frames locked or pending
+        self.held = 0  # frames locked or pending (changed only through _held)
+        self._total = total or HoldCount()
+
+    def _held(self, change: int) -> None:
+        self.held += change
+        self._total.frames += change
+
+    def forget(self) -> None:
+        """This run's state is dropped: what it held no longer counts."""
+        self._held(-self.held)
 
     def _reject(self, reason: RejectReason, detail: str, seq: int | None = None) -> Rejected:
         return Rejected(reason, detail, self.stream_id, seq)
@@ -60,14 +81,14 @@ class Sequencer:
     def lock(self, frame: DataFrame, body: bytes, digest: bytes, now: float) -> None:
         """Hold a frame until its epoch key arrives."""
         self._locked.append(_Locked(frame, body, now, digest))
-        self.held += 1
+        self._held(1)
 
     def unlock(self, has_key) -> list[_Locked]:
         """Take the held frames whose epoch ``has_key(epoch)`` now; the others stay."""
         ready = [entry for entry in self._locked if has_key(entry.frame.epoch)]
         if ready:
             self._locked = [entry for entry in self._locked if not has_key(entry.frame.epoch)]
-            self.held -= len(ready)
+            self._held(-len(ready))
         return ready
 
     def opened(self, seq: int, digest: bytes, payload: bytes, epoch: int, now: float) -> Rejected | None:
@@ -78,7 +99,8 @@ class Sequencer:
         if len(candidates) >= self.policy.max_candidates:
             return self._reject(RejectReason.OVERLOADED, f"too many frames claim sequence {seq}", seq)
         candidates.append(_Candidate(digest, payload, epoch, now))
-        self.held += 1
+        self.held += 1  # (as _held(1), inline: every frame passes here)
+        self._total.frames += 1
         return None
 
     def vouched_for(self, seq: int) -> bool:
@@ -107,11 +129,48 @@ class Sequencer:
             for seq in sorted(self._vouched)[:excess]:
                 del self._vouched[seq]
 
-    def release(self, publisher_dn: str) -> list[Event]:
-        """Deliver, in sequence order, every held frame a checkpoint vouched for."""
+    def _waits(self, first: int, last: int, now: float, events: list[Event]) -> bool:
+        """A hole ``first..last`` before what could be delivered: wait for its repair (reporting it
+        :class:`Missing` once) while ``repair_timeout`` allows; False once delivery must go on without it."""
+        if self.policy.repair_timeout <= 0:
+            return False
+        if self._hole is None or self._hole[0] != first:
+            self._hole, self._asked = (first, now), None
+        if now - self._hole[1] >= self.policy.repair_timeout:
+            return False
+        if self._asked is None or self._asked[1] < last:
+            self._asked = (first, last)
+            events.append(Missing(self.stream, self.stream_id, first, last))
+        return True
+
+    def give_up(self, first: int, last: int) -> None:
+        """No server holds ``first..last``: stop waiting for it (the next release reports the gap)."""
+        if self._hole is not None and first <= self._hole[0] <= last:
+            self._hole = (self._hole[0], float("-inf"))
+
+    def _skip_to(self, seq: int, events: list[Event]) -> None:
+        """Deliver past a hole: report it as a gap."""
+        if self.last_delivered is not None and seq > self.last_delivered + 1:
+            events.append(Gap(self.stream_id, self.last_delivered + 1, seq - self.last_delivered - 1))
+        self._hole = self._asked = None
+
+    def release(self, publisher_dn: str, now: float) -> list[Event]:
+        """Deliver, in sequence order, every held frame a checkpoint vouched for; a hole before it is waited
+        for (and reported :class:`Missing`) while a repair may fill it."""
         events: list[Event] = []
+        last = self.last_delivered
         ready = sorted(seq for seq in self._pending if seq in self._vouched)
         if not ready:
+            if last is None or self.policy.repair_timeout <= 0:
+                return events  # without repair, frames vouched for but never seen are reported with the next delivery
+            locked = {e.frame.seq for e in self._locked}
+            beyond = [seq for seq in self._vouched if seq > last and seq not in locked]
+            if beyond and not self._waits(last + 1, max(beyond), now, events):
+                # Vouched frames that never came, and the repair gave up: lost; move past them.
+                self._skip_to(max(beyond) + 1, events)
+                self.last_delivered = max(beyond)
+                for seq in [s for s in self._vouched if s <= self.last_delivered]:
+                    del self._vouched[seq]
             return events
         # Never overtake a genuine frame still waiting for its key (the checkpoint vouches for its bytes);
         # junk claiming a sequence number blocks nothing.
@@ -119,17 +178,20 @@ class Sequencer:
         for seq in ready:
             if blocked is not None and seq > blocked:
                 break
+            if self.last_delivered is not None and seq > self.last_delivered + 1:
+                if self._waits(self.last_delivered + 1, seq - 1, now, events):
+                    break
+                self._skip_to(seq, events)
             expected = self._vouched.pop(seq)
             candidates = self._pending.pop(seq)
-            self.held -= len(candidates)
+            self._held(-len(candidates))
             for cand in candidates:
                 if cand.digest != expected:
                     events.append(self._reject(RejectReason.FORGED, "frame differs from what the publisher signed "
                                                "(insider forgery or alteration)", seq))
                     continue
-                if self.last_delivered is not None and seq > self.last_delivered + 1:
-                    events.append(Gap(self.stream_id, self.last_delivered + 1, seq - self.last_delivered - 1))
                 self.last_delivered = seq
+                self._hole = self._asked = None
                 events.append(Delivered(self.stream, self.stream_id, cand.epoch, seq, cand.payload, publisher_dn))
         # Vouched sequences we never received and can no longer deliver are dropped from memory.
         if events and self.last_delivered is not None:
@@ -143,12 +205,14 @@ class Sequencer:
         stale = [e for e in self._locked if now - e.arrived >= p.key_timeout]
         if stale:
             self._locked = [e for e in self._locked if now - e.arrived < p.key_timeout]
-            self.held -= len(stale)
+            self._held(-len(stale))
             events += [self._reject(RejectReason.NO_KEY, f"epoch {e.frame.epoch}: no key arrived (not authorized, "
                                     "or revoked)", e.frame.seq) for e in stale]
-        for seq in [s for s, cands in self._pending.items() if all(now - c.arrived >= p.hold_timeout for c in cands)]:
+        # A frame a checkpoint vouched for waits for the hole before it; only unvouched ones expire.
+        for seq in [s for s, cands in self._pending.items()
+                    if s not in self._vouched and all(now - c.arrived >= p.hold_timeout for c in cands)]:
             candidates = self._pending.pop(seq)
-            self.held -= len(candidates)
+            self._held(-len(candidates))
             events += [self._reject(RejectReason.UNVERIFIED, "no checkpoint from the publisher vouched for this frame",
                                     seq) for _ in candidates]
         self._early = [(c, t) for c, t in self._early if now - t < p.key_timeout]

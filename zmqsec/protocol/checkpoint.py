@@ -1,4 +1,6 @@
-"""Checkpoints: the publisher's signature over the digests of a run of data frames.
+"""Checkpoints and run frames: what the publisher signs with its own key besides announcements.
+
+Checkpoints are the publisher's signature over the digests of a run of data frames.
 
 Every authorized reader holds the epoch key, so AES-GCM alone cannot tell the
 publisher's frames from an insider's.  The publisher signs, every few
@@ -13,8 +15,8 @@ from cryptography import x509
 
 from zmqsec.crypto import signing
 
-from .frames import CHECKPOINT, Checkpoint, topic_for
-from .primitives import checkpoint_signing_input
+from .frames import CHECKPOINT, RUN, Checkpoint, RunFrame, topic_for
+from .primitives import checkpoint_signing_input, run_signing_input
 
 
 def sign_checkpoint(stream: bytes, stream_id: bytes, first_seq: int, digests: bytes, key) -> Checkpoint:
@@ -28,3 +30,16 @@ def checkpoint_valid(checkpoint: Checkpoint, publisher: x509.Certificate) -> boo
     """Does the checkpoint's signature verify with the publisher certificate's key?"""
     data = checkpoint_signing_input(checkpoint.topic, checkpoint.stream_id, checkpoint.first_seq, checkpoint.digests)
     return signing.verify(publisher.public_key(), checkpoint.signature, data)
+
+
+def sign_run(stream: bytes, stream_id: bytes, previous: bytes, previous_last_seq: int, key) -> RunFrame:
+    """A run frame: this run (``stream_id``) follows ``previous`` (empty: none), which sent up to ``previous_last_seq``."""
+    topic = topic_for(stream, RUN)
+    data = run_signing_input(topic, stream_id, previous, previous_last_seq)
+    return RunFrame(topic, stream_id, previous, previous_last_seq, signing.sign(key, data))
+
+
+def run_valid(frame: RunFrame, publisher: x509.Certificate) -> bool:
+    """Does the run frame's signature verify with the publisher certificate's key?"""
+    data = run_signing_input(frame.topic, frame.stream_id, frame.previous_stream_id, frame.previous_last_seq)
+    return signing.verify(publisher.public_key(), frame.signature, data)

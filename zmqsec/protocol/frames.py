@@ -5,10 +5,12 @@ is two parts, a topic and a msgpack body::
 
     topic = stream name || 0x00 || kind            kind: D data, K key announcement, S checkpoint
     topic = stream name || 0x00 || G || tag || .   G group key announcement, tag = 0..16 ASCII bits
+    topic = stream name || 0x00 || R               R run frame (where this publisher run comes from)
     D body = [1, stream_id, epoch, seq, ciphertext]
     K body = [1, stream_id, epoch, envelope, signature]
     G body = [1, stream_id, generation, envelope, signature]
     S body = [1, stream_id, first_seq, digests, signature]
+    R body = [1, stream_id, previous_stream_id, previous_last_seq, signature]
 
 Decoding is strict (exact arity, types, sizes); anything else raises
 :class:`FrameError` whose ``reason`` names the defect.
@@ -36,8 +38,8 @@ from .primitives import (
     VERSION,
 )
 
-DATA, ANNOUNCEMENT, CHECKPOINT, GROUP = b"D", b"K", b"S", b"G"
-KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP)
+DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN = b"D", b"K", b"S", b"G", b"R"
+KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN)
 _TAG_END = b"."
 
 
@@ -103,7 +105,19 @@ class GroupAnnouncement:
         return group_tag(self.topic)
 
 
-Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement
+@dataclass(frozen=True, slots=True)
+class RunFrame:
+    """Where a publisher run comes from (docs/PROTOCOL.md §10.2): the previous run's stream id (empty for a
+    first run) and the last sequence number it sent, signed by the publisher."""
+
+    topic: bytes  # stream name + b"\0R"
+    stream_id: bytes
+    previous_stream_id: bytes
+    previous_last_seq: int
+    signature: bytes
+
+
+Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement | RunFrame
 
 
 def topic_for(stream: str | bytes, kind: bytes) -> bytes:
@@ -144,6 +158,8 @@ def encode(frame: Frame) -> list[bytes]:
         body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
     elif isinstance(frame, GroupAnnouncement):
         body = [VERSION, frame.stream_id, frame.generation, frame.envelope, frame.signature]
+    elif isinstance(frame, RunFrame):
+        body = [VERSION, frame.stream_id, frame.previous_stream_id, frame.previous_last_seq, frame.signature]
     else:
         body = [VERSION, frame.stream_id, frame.first_seq, frame.digests, frame.signature]
     return [frame.topic, msgpack.packb(body, use_bin_type=True)]
@@ -207,6 +223,12 @@ def decode(parts: list[bytes]) -> Frame:
         return cls(topic, stream_id, _uint(fields[2], limit, "epoch" if kind == ANNOUNCEMENT else "generation"),
                    _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
                    _bin(fields[4], "signature", limit=1024 * 1024))
+    if kind == RUN:
+        previous = _bin(fields[2], "previous_stream_id", limit=STREAM_ID_BYTES)
+        if len(previous) not in (0, STREAM_ID_BYTES):
+            raise FrameError(RejectReason.BAD_FIELD, f"previous_stream_id must be empty or {STREAM_ID_BYTES} bytes")
+        return RunFrame(topic, stream_id, previous, _uint(fields[3], MAX_SEQ, "previous_last_seq"),
+                        _bin(fields[4], "signature", limit=16 * 1024))
     digests = _bin(fields[3], "digests", limit=MAX_CHECKPOINT_DIGESTS * DIGEST_BYTES)
     if not digests or len(digests) % DIGEST_BYTES:
         raise FrameError(RejectReason.BAD_FIELD, "checkpoint digests must be a non-empty multiple of 32 bytes")

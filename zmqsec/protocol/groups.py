@@ -16,7 +16,7 @@ from cryptography import x509
 
 from zmqsec.keys.registry import Reader, fingerprint
 
-from .frames import ANNOUNCEMENT, CHECKPOINT, DATA, group_topic, topic_for
+from .frames import ANNOUNCEMENT, CHECKPOINT, DATA, RUN, group_topic, topic_for
 from .primitives import MAX_GROUP_BITS
 
 
@@ -53,11 +53,12 @@ def kek_id(tag: bytes, generation: int) -> bytes:
 
 
 def reader_topics(stream: str | bytes, certificate: x509.Certificate) -> list[bytes]:
-    """The subscriptions of a reader: data, checkpoints, epoch announcements and its possible group topics.
+    """The subscriptions of a reader: data, checkpoints, epoch announcements, run frames and its possible
+    group topics.
 
     A message reaches the reader iff its topic starts with one of these (ZeroMQ prefix matching;
     the '.' that ends a group tag keeps one group's topic from matching another's).
     """
     bits = reader_bits(certificate)
-    return ([topic_for(stream, kind) for kind in (DATA, CHECKPOINT, ANNOUNCEMENT)]
+    return ([topic_for(stream, kind) for kind in (DATA, CHECKPOINT, ANNOUNCEMENT, RUN)]
             + [group_topic(stream, bits[:n]) for n in range(MAX_GROUP_BITS + 1)])

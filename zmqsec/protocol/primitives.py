@@ -24,6 +24,9 @@ MAX_TOPIC_BYTES = 200
 MAX_EPOCH = 2**32 - 1
 MAX_SEQ = 2**64 - 1
 MAX_DATA_FRAME = 16 * 1024 * 1024
+# The largest payload whose data frame fits MAX_DATA_FRAME: the body adds msgpack framing, the
+# stream id, epoch and sequence number (at most 48 bytes) and the 16-byte GCM tag.
+MAX_PAYLOAD = MAX_DATA_FRAME - 64
 MAX_ANNOUNCEMENT_FRAME = 64 * 1024 * 1024
 MAX_CHECKPOINT_DIGESTS = 4096
 # A subscription message is 0x01/0x00 and a topic prefix; the longest real one is a group topic
@@ -39,6 +42,7 @@ LABEL_DIGEST = b"zmqsec/v1/frame-digest"
 LABEL_CHECKPOINT = b"zmqsec/v1/checkpoint"
 LABEL_KEY_CHECK = b"zmqsec/v1/key-check"
 LABEL_GROUP_KEY_CHECK = b"zmqsec/v1/group-key-check"
+LABEL_RUN = b"zmqsec/v1/run"
 
 MAX_GROUP_BITS = 16  # a group tag is 0..16 bits of the reader certificate's SHA-256
 MAX_GENERATION = 2**32 - 1
@@ -70,6 +74,12 @@ def frame_digest(topic: bytes, body: bytes) -> bytes:
 def checkpoint_signing_input(topic: bytes, stream_id: bytes, first_seq: int, digests: bytes) -> bytes:
     """The bytes the publisher signs for a checkpoint."""
     return LABEL_CHECKPOINT + _AAD.pack(len(topic)) + topic + stream_id + _SEQ.pack(first_seq) + digests
+
+
+def run_signing_input(topic: bytes, stream_id: bytes, previous: bytes, previous_last_seq: int) -> bytes:
+    """The bytes the publisher signs for a run frame (docs/PROTOCOL.md §10.2)."""
+    return (LABEL_RUN + _AAD.pack(len(topic)) + topic + stream_id + bytes((len(previous),)) + previous
+            + _SEQ.pack(previous_last_seq))
 
 
 def key_check(key: bytes, topic: bytes, stream_id: bytes, epoch: int) -> bytes:

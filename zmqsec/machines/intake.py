@@ -1,0 +1,114 @@
+"""Key announcements into a run's keyring (docs/PROTOCOL.md §4.4, §4.5): verified first, opened only then.
+
+Epoch announcements and group key announcements arrive on their own topics;
+each is checked once (a re-announcement of something already judged costs
+nothing), its signature and publisher certificate before any private-key
+operation, and its key confirmed before it is kept.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from zmqsec.errors import RejectReason
+from zmqsec.keys.dn import DnAllowList
+from zmqsec.keys.trust import CrlPolicy, TrustStore
+from zmqsec.protocol.announce import (
+    AnnouncementRejected,
+    Publisher,
+    open_announcement,
+    open_group_announcement,
+    verify_announcement,
+)
+from zmqsec.protocol.frames import Announcement, GroupAnnouncement
+from zmqsec.protocol.groups import kek_id
+
+from .events import Event, GroupKeyAccepted, KeyAccepted, Rejected
+from .keyring import announcement_id
+from .runs import Run, Runs
+
+
+class KeyIntake:
+    """Judges announcements for every run of a reader."""
+
+    def __init__(self, credential, trust: TrustStore, runs: Runs, *, allowed_publishers: DnAllowList | None,
+                 crl: CrlPolicy, wall_clock: Callable[[], dt.datetime]) -> None:
+        self.credential, self.trust, self.runs = credential, trust, runs
+        self.allowed_publishers, self.crl, self.wall_clock = allowed_publishers, crl, wall_clock
+
+    def _verify(self, frame: Announcement | GroupAnnouncement) -> Publisher | Rejected:
+        """The announcement's publisher, once its signature and certificate are checked (before any private-key
+        operation, §4.4 step 2), or why not."""
+        try:
+            return verify_announcement(frame, self.trust, allowed_publishers=self.allowed_publishers, crl=self.crl,
+                                       at=self.wall_clock())
+        except AnnouncementRejected as exc:
+            return Rejected(exc.reason, str(exc), frame.stream_id, scope=exc.scope)
+
+    def epoch(self, frame: Announcement, now: float, replayed: bool = False) -> tuple[list[Event], Run | None]:
+        """An epoch announcement: the events, and the run when a new key may unlock held frames."""
+        fingerprint = announcement_id(frame)
+        known = self.runs.get(frame.stream_id)
+        if known is not None:
+            if known.keyring.settled(fingerprint, known.keyring.has_key(frame.epoch)):
+                return [], None  # a periodic re-announcement of a key we hold (or were refused): costs nothing
+            if known.keyring.older_than_every_key(frame.epoch):
+                return [Rejected(RejectReason.STALE_EPOCH, f"epoch {frame.epoch} is older than every key held",
+                                 frame.stream_id)], None
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return [publisher], None
+        run = self.runs.open(frame, now, replayed)
+        if self.runs.older_than_live(run, publisher, replayed):
+            self.runs.forget(run.stream_id)
+            return [Rejected(RejectReason.STALE_RESTART, "announcement of a publisher run older than the live one "
+                             "(replay)", frame.stream_id)], None
+        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
+            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
+                             f"{publisher.dn}", run.stream_id)], None
+        try:
+            epoch_key = open_announcement(frame, publisher, self.credential,
+                                          run.keyring.group_keys_from(publisher.certificate))
+        except AnnouncementRejected as exc:
+            if exc.reason == RejectReason.NO_GROUP_KEY:
+                # Our group's key may still be on its way (it has its own topic): hold, do not remember.
+                run.keyring.wait_for_group_key(frame, fingerprint, now)
+                return [], None
+            run.keyring.remember(fingerprint, False)
+            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], None
+        run.keyring.remember(fingerprint, True)
+        events: list[Event] = []
+        restarted = self.runs.bind(run, publisher, replayed)
+        if restarted is not None:
+            events.append(restarted)
+        if run.keyring.add_key(frame.epoch, epoch_key.key):
+            events.append(KeyAccepted(run.stream_id, frame.epoch, publisher.dn))
+        return events, run
+
+    def group(self, frame: GroupAnnouncement, now: float,
+              replayed: bool = False) -> tuple[list[Event], list[tuple[Announcement, float]]]:
+        """A group key announcement of our group: the events, and the epoch announcements to retry now."""
+        fingerprint = announcement_id(frame)
+        known = self.runs.get(frame.stream_id)
+        if known is not None:
+            if known.keyring.settled(fingerprint, known.keyring.has_group_key(kek_id(frame.tag, frame.generation))):
+                return [], []  # a re-announcement of a group key we hold (or were refused): costs nothing
+            if known.keyring.older_than_every_group_key(frame.generation):
+                return [Rejected(RejectReason.STALE_GROUP_KEY, f"group key generation {frame.generation} is older "
+                                 "than every one held (replay)", frame.stream_id)], []
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return [publisher], []
+        run = self.runs.open(frame, now, replayed)
+        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
+            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
+                             f"{publisher.dn}", run.stream_id)], []
+        try:
+            group = open_group_announcement(frame, self.credential)
+        except AnnouncementRejected as exc:
+            run.keyring.remember(fingerprint, False)
+            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], []
+        run.keyring.remember(fingerprint, True)
+        run.keyring.add_group_key(group, publisher.certificate)
+        return [GroupKeyAccepted(run.stream_id, group.tag, group.generation)], run.keyring.take_waiting()

@@ -1,0 +1,184 @@
+"""What a reader asks its replay servers for, and when (docs/PROTOCOL.md §10.4, §10.5).  No sockets.
+
+Inputs: ``missing`` (a range the receiver needs), ``frame`` (a replayed frame
+arrived), ``end`` and ``error`` (a server's answers), ``tick`` (time passes).
+Outputs: :class:`Ask` a server for a range, :class:`Grant` it credit,
+:class:`Cancel` a request, :class:`Abandon` a range no server holds (an
+unrecoverable gap).  Servers are tried in the order the reader lists them;
+a server that errs, lacks the range, or stays silent hands over to the next.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from zmqsec.protocol.replay import BUSY, Request
+
+CREDIT = 512  # frames granted when asking
+GRANT_EVERY = 256  # frames consumed before granting as many again
+SILENCE = 5.0  # seconds without an answer before the next server is asked
+RETRY = 1.0  # seconds before asking again a server that had nothing yet (the journal commits every 20 ms)
+ATTEMPTS = 5  # answers without progress from one server before the next is tried
+
+
+@dataclass(frozen=True)
+class Ask:
+    """Send ``request`` to server ``server``."""
+
+    server: int
+    request: Request
+
+
+@dataclass(frozen=True)
+class Grant:
+    """Grant request ``request_id`` on server ``server`` ``credit`` more frames."""
+
+    server: int
+    request_id: int
+    credit: int
+
+
+@dataclass(frozen=True)
+class Cancel:
+    """Tell server ``server`` to stop serving ``request_id``."""
+
+    server: int
+    request_id: int
+
+
+@dataclass(frozen=True)
+class Abandon:
+    """No server holds ``first..last`` of ``run``: report it as an unrecoverable gap."""
+
+    stream: bytes
+    run: bytes
+    first: int
+    last: int
+
+
+Action = Ask | Grant | Cancel | Abandon
+
+
+@dataclass
+class _Want:
+    """A range being repaired, and the request that serves it now."""
+
+    stream: bytes
+    run: bytes
+    first: int  # the first sequence number still needed
+    last: int  # the last one needed (0: whatever the server holds of the run)
+    server: int = 0
+    request_id: int = 0
+    asked_at: float = 0.0
+    heard_at: float = 0.0
+    consumed: int = 0  # frames since the last grant
+    idle: int = 0  # answers without progress from this server
+    retry_at: float | None = None  # ask again then (the server had nothing yet)
+
+
+class Repairer:
+    """Ranges wanted per run, at most one request in flight for each."""
+
+    def __init__(self, servers: int, tags: bytes = b"") -> None:
+        self.servers, self.tags = servers, tags
+        self._wants: dict[int, _Want] = {}  # request id -> want
+        self._ids = itertools.count(1)
+
+    @property
+    def active(self) -> int:
+        """Ranges being repaired."""
+        return len(self._wants)
+
+    def _ask(self, want: _Want, now: float) -> list[Action]:
+        self._wants.pop(want.request_id, None)
+        want.request_id, want.asked_at, want.heard_at, want.consumed, want.retry_at = next(self._ids), now, now, 0, None
+        self._wants[want.request_id] = want
+        return [Ask(want.server, Request(want.request_id, want.stream, want.run, want.first, want.last, self.tags,
+                                         CREDIT))]
+
+    def _next_server(self, want: _Want, now: float) -> list[Action]:
+        """Hand the want over to the next server, or abandon it when none is left."""
+        out: list[Action] = [Cancel(want.server, want.request_id)] if want.request_id else []
+        self._wants.pop(want.request_id, None)
+        if want.server + 1 >= self.servers:
+            return out + [Abandon(want.stream, want.run, want.first, want.last or want.first)]
+        want.server, want.idle = want.server + 1, 0
+        return out + self._ask(want, now)
+
+    def missing(self, stream: bytes, run: bytes, first: int, last: int, now: float) -> list[Action]:
+        """The receiver needs ``first..last`` (``last`` 0: to the end) of ``run``."""
+        if not self.servers:
+            return [Abandon(stream, run, first, last or first)]
+        for want in self._wants.values():
+            if want.run == run and want.first <= first and (want.last == 0 or last and want.last >= last):
+                return []  # being fetched already
+            if want.run == run and want.first <= first <= (want.last or first) + 1 and want.last and last:
+                want.last = max(want.last, last)  # the hole grew: the next request asks for it all
+                return []
+        return self._ask(_Want(stream, run, first, last), now)
+
+    def frame(self, server: int, request_id: int, now: float) -> list[Action]:
+        """A replayed frame of ``request_id`` arrived; grant more credit as it is consumed."""
+        want = self._wants.get(request_id)
+        if want is None or want.server != server:
+            return []
+        want.heard_at, want.consumed = now, want.consumed + 1
+        if want.consumed >= GRANT_EVERY:
+            want.consumed = 0
+            return [Grant(server, request_id, GRANT_EVERY)]
+        return []
+
+    def end(self, server: int, request_id: int, served_last: int, available_first: int, available_last: int,
+            now: float) -> list[Action]:
+        """The server served ``request_id`` up to ``served_last`` and holds ``available_first..available_last``."""
+        want = self._wants.get(request_id)
+        if want is None or want.server != server:
+            return []
+        want.heard_at = now
+        if available_first > want.first:  # part of the range expired from this server's journal
+            gone_last = available_first - 1 if not want.last else min(available_first - 1, want.last)
+            self._wants.pop(request_id)
+            gone = _Want(want.stream, want.run, want.first, gone_last, want.server)  # not asked yet: no id
+            out = self._next_server(gone, now)
+            if want.last and available_first > want.last:
+                return out
+            want.first = available_first
+            return out + self._ask(want, now)
+        if served_last >= want.first:
+            want.first, want.idle = served_last + 1, 0
+            if want.last and want.first > want.last:
+                self._wants.pop(request_id)
+                return []  # done
+            if not want.last and served_last >= available_last:
+                self._wants.pop(request_id)
+                return []  # everything this server holds of the run; the receiver asks again if still short
+            return self._ask(want, now)
+        if not want.last and available_last < want.first:
+            self._wants.pop(request_id)
+            return []  # an open-ended request, and the run holds nothing more: nothing is missing
+        want.idle += 1  # nothing (yet): the live run may not be committed that far
+        if want.idle >= ATTEMPTS:
+            return self._next_server(want, now)
+        want.retry_at = now + RETRY
+        return []
+
+    def error(self, server: int, request_id: int, reason: str, now: float) -> list[Action]:
+        """The server refused ``request_id``."""
+        want = self._wants.get(request_id)
+        if want is None or want.server != server:
+            return []
+        if reason == BUSY:
+            want.retry_at, want.heard_at = now + RETRY, now
+            return []
+        return self._next_server(want, now)
+
+    def tick(self, now: float) -> list[Action]:
+        """Time passes: retries that are due, silent servers handed over."""
+        out: list[Action] = []
+        for want in list(self._wants.values()):
+            if want.retry_at is not None and now >= want.retry_at:
+                out += self._ask(want, now)
+            elif want.retry_at is None and now - want.heard_at >= SILENCE:
+                out += self._next_server(want, now)
+        return out
