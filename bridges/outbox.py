@@ -76,6 +76,16 @@ class Outbox:
         """Delete an element the broker has receipted; it must have been read with :meth:`get` first."""
         self.queue.remove(name)
 
+    def message_ids(self) -> list[str]:
+        """The ``empa-id`` of every message waiting (to recognise, after a crash, what was taken already)."""
+        out = []
+        for name in self.queue:
+            try:
+                out.append((self.path / name / "empaid").read_text())
+            except OSError:
+                continue  # receipted and removed meanwhile
+        return out
+
     def count(self) -> int:
         """How many elements wait for a receipt (walks the queue directory)."""
         return sum(1 for _ in self.queue)

@@ -96,19 +96,29 @@ class StompOutBridge:
 
     def status_fields(self, subscriber) -> dict:
         """The bridge's figures for its status file."""
-        return {"epoch": subscriber.events.epoch, "outbox": self.outbox.count(),
+        mender = subscriber.mender
+        return {"epoch": subscriber.events.epoch, "outbox": self.outbox.count(), "gaps": subscriber.counters.get("gap", 0),
+                "repairs": mender.counters.get("repairs", 0), "repaired": mender.counters.get("replayed-frames", 0),
+                "unrecoverable": mender.counters.get("unrecoverable", 0),
                 "broker": "%s:%d" % self.link.current if self.link.connected else None, **dict(self.counters),
                 "stream_rejected": sum(v for k, v in subscriber.counters.items() if k.startswith("rejected:"))}
 
-    def run(self, subscriber, stop, status) -> None:
+    def run(self, subscriber, stop, status, position_file=None) -> None:
         """Read the stream into the outbox and the outbox into the broker until ``stop.requested``;
-        ``status`` is a :class:`zmqsec.StatusFile`."""
+        ``status`` is a status file (``zmqsec.drivers.status.StatusFile``).  With ``position_file`` the bridge is a
+        reader with a position (docs/PROTOCOL.md §10.5): what was taken is saved before anything is sent, and
+        a restarted bridge resumes from there, taking nothing twice."""
         try:
             while not stop.requested:
                 message = subscriber.receive(timeout=0.05)
+                taken = 0
                 while message is not None and not stop.requested:
                     self.take(message)  # in the outbox, fsync'ed, before anything else
+                    subscriber.stored(message)
+                    taken += 1
                     message = subscriber.receive(timeout=0.001) if subscriber.events.ready else None
+                if taken and position_file is not None:
+                    position_file.save(subscriber.positions)  # before sending: a crash resumes after these
                 self.send_pending(time.monotonic())
                 if status.due():
                     status.write(self.status_fields(subscriber))

@@ -36,7 +36,7 @@ def recorded(tmp_path_factory, stream_pki):
     for i in range(30):
         messages += sender.publish(b"record %d" % i, 0.0)
     messages += sender.flush(0.0)
-    assert len(messages) == 39  # 3 announcements, 30 data frames, 6 checkpoints
+    assert len(messages) == 40  # 3 announcements, the run frame, 30 data frames, 6 checkpoints
     ctx = zmq.Context.instance()
     out = ctx.socket(zmq.XPUB)  # XPUB: we see the capture's subscription instead of sleeping
     port = out.bind_to_random_port("tcp://127.0.0.1")
@@ -49,7 +49,7 @@ def recorded(tmp_path_factory, stream_pki):
         out.send_multipart(m)
     output, _ = capture.communicate(timeout=30)
     out.close()
-    assert capture.returncode == 0 and b"captured 39 frames" in output, output
+    assert capture.returncode == 0 and b"captured 40 frames" in output, output
     return {"pki": stream_pki, "cap": d / "cap"}
 
 
@@ -80,8 +80,9 @@ def test_inspect_lists_frames_without_keys(recorded, run_cli):
     code, out, err = run_cli("inspect", recorded["cap"] / "frames.zcap")
     assert code == 0, err
     lines = out.splitlines()
-    assert len(lines) == 39
+    assert len(lines) == 40
     assert sum(" D apel.jobs" in line for line in lines) == 30
+    assert sum(" R apel.jobs" in line and "a first run" in line for line in lines) == 1
     assert sum(" K apel.jobs" in line and "recipients 2" in line and "signature good" in line for line in lines) == 3
 
 
@@ -107,4 +108,4 @@ def test_a_damaged_capture_is_read_up_to_the_damage(recorded, tmp_path, run_cli)
     data = (recorded["cap"] / "frames.zcap").read_bytes()
     damaged.write_bytes(data[: len(data) // 2] + msgpack.packb("not a record"))
     code, out, _ = run_cli("inspect", damaged)
-    assert code == 0 and 0 < len(out.splitlines()) < 39
+    assert code == 0 and 0 < len(out.splitlines()) < 40

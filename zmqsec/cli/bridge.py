@@ -8,6 +8,7 @@ Sections: ``[broker]`` (hosts, TLS, login, heart-beats), ``[certificates]``,
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from zmqsec.bridges import smime
 from zmqsec.bridges.outbox import Outbox
@@ -15,6 +16,7 @@ from zmqsec.bridges.stomp_in import InSettings, StompInBridge
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
 from zmqsec.drivers import curve
+from zmqsec.drivers.mending import PositionFile
 from zmqsec.drivers.publisher import Publisher
 from zmqsec.drivers.spool import IncomingSpool
 from zmqsec.drivers.status import StatusFile, Stop
@@ -56,6 +58,9 @@ OUT = BROKER + CURVE_CLIENT + [
     Option("stream", "dn", "list", help="DN of the stream's publisher (repeatable); dn or dn_list is required",
            flag_name="publisher_dn"),
     Option("stream", "dn_list", "path", help="file of publisher DNs", flag_name="publisher_dn_list"),
+    Option("stream", "replay", "list", help="replay endpoint of an archive relay or of the publisher, in order of "
+           "preference (repeatable): what the bridge missed while down is fetched from there", flag_name="replay"),
+    Option("stream", "state", "path", help="the bridge's position file (default: the outbox's path + .state.json)"),
 ]
 IN = BROKER + CURVE_SERVER + [
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema)", flag_name="incoming"),
@@ -90,16 +95,21 @@ def cmd_stomp_out(args) -> int:
     credential = Credential.load(settings["certificates.certificate"], settings["certificates.key"])
     servers = tuple(load_certificates(settings["encryption.server_cert"])) if settings["encryption.server_cert"] else ()
     link = StompLink(_broker_settings(settings))
-    bridge = StompOutBridge(link, Outbox(settings["messaging.outbox"]), credential, OutSettings(
+    outbox = Outbox(settings["messaging.outbox"])
+    bridge = StompOutBridge(link, outbox, credential, OutSettings(
         destination=settings["messaging.destination"], digest=settings["signing.digest"], server_certs=servers,
         cipher=settings["encryption.cipher"]))
+    position_file = PositionFile(settings["stream.state"] or Path(f"{settings['messaging.outbox']}.state.json"))
+    positions = position_file.load()
+    positions.adopt(settings["stream.name"].encode(), outbox.message_ids())  # taken before a crash, not yet saved
     subscriber = Subscriber(settings["stream.name"], list(settings["stream.endpoint"]), credential,
                             settings["certificates.capath"], allowed_publishers=publishers(settings, "stream"),
                             crl=CrlPolicy(settings["certificates.crl"]),
-                            curve=curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"]))
+                            curve=curve.configured_client(settings["curve.server_key"], settings["curve.secret_key"]),
+                            replay=list(settings["stream.replay"] or ()), positions=positions)
     log.info("bridge: stream %s -> %s on %s (%s)", settings["stream.name"], settings["messaging.destination"],
              ", ".join(f"{h}:{p}" for h, p in link.settings.hosts), "sign+encrypt" if servers else "sign")
-    bridge.run(subscriber, Stop(), _status(settings, "stomp-out"))
+    bridge.run(subscriber, Stop(), _status(settings, "stomp-out"), position_file)
     return 0
 
 

@@ -46,6 +46,10 @@ def cmd_inspect(args) -> int:
             print(f"{stamp} D {name} stream {sid} epoch {frame.epoch} seq {frame.seq} ciphertext {len(frame.ciphertext)} B")
         elif isinstance(frame, frames.Checkpoint):
             print(f"{stamp} S {name} stream {sid} seqs {frame.first_seq}..{frame.first_seq + frame.count - 1}")
+        elif isinstance(frame, frames.RunFrame):
+            follows = (f"follows run {frame.previous_stream_id.hex()[:12]} (its last seq {frame.previous_last_seq})"
+                       if frame.previous_stream_id else "a first run")
+            print(f"{stamp} R {name} stream {sid} {follows}")
         else:
             try:
                 signer = signed.verify_signature(frame.signature, frame.envelope).signer

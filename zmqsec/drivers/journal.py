@@ -180,6 +180,10 @@ class Journal:
         """A spool item travels in the current batch: the journal remembers it, so it is never published twice."""
         self._spooled.append((name, data_digest, stream_id, seq))
 
+    def discard(self) -> None:
+        """Drop the batch (an archive that cannot write keeps forwarding)."""
+        self._batch, self._spooled = [], []
+
     @property
     def pending(self) -> int:
         """Frames added since the last commit."""

@@ -125,17 +125,10 @@ BATCH = 1000  # records stored and synced together at most
 
 def recover(positions: Positions, spool: IncomingSpool, stream: str) -> None:
     """Records stored after the last saved position (a crash between the two) count as stored: they are
-    recognised by their ``empaid`` (``<run>-<seq>``) among the newest records of the spool."""
-    name = stream.encode()
-    for empaid in spool.recent_ids(BATCH * 2):
-        run_hex, _, seq = empaid.rpartition("-")
-        try:
-            run, seq = bytes.fromhex(run_hex), int(seq)
-        except ValueError:
-            continue
-        known = positions.streams.get(name, {}).get(run)
-        if len(run) == 16 and (known is None or seq > known.seq):
-            positions.stored(name, run, seq)
+    recognised by their ``empaid`` among the newest records of the spool."""
+    positions.adopt(stream.encode(), spool.recent_ids(BATCH * 2))
+
+
 FULL_RETRY = 2.0  # seconds between attempts to store into a full spool
 
 

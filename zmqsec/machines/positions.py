@@ -81,6 +81,19 @@ class Positions:
             self.current[name] = run
         self._tidy(name)
 
+    def adopt(self, name: bytes, message_ids) -> None:
+        """Records found stored (by their ``empaid``, ``<run hex>-<seq>``) beyond the saved position: a crash came
+        between storing them and saving the position, so they count as stored."""
+        for message_id in message_ids:
+            run_hex, _, seq = message_id.rpartition("-")
+            try:
+                run, seq = bytes.fromhex(run_hex), int(seq)
+            except ValueError:
+                continue
+            known = self.streams.get(name, {}).get(run)
+            if len(run) == 16 and (known is None or seq > known.seq):
+                self.stored(name, run, seq)
+
     def linked(self, name: bytes, run: bytes, previous: bytes, previous_last: int) -> list[Repair]:
         """A run frame: ``run`` follows ``previous``, which sent up to ``previous_last``.  Returns the repairs it
         calls for: the rest of ``previous`` when this reader was reading it (or a run after it)."""
