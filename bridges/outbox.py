@@ -45,8 +45,11 @@ class Outbox:
         except BlockingIOError:
             raise OutboxError(f"{self.path}: another bridge is using this outbox; give each bridge its own") from None
         self.queue = Queue(str(self.path), schema=SCHEMA)
-        # We own the outbox now: anything still locked belonged to a dead predecessor.
-        self.queue.purge(maxtemp=60, maxlock=1)
+        # We own the outbox now: anything half-written or still locked belonged to a dead predecessor.  A
+        # half-written element was never taken (the position is saved after the add), so it goes; dirq's own
+        # purge cannot do this (it rmdirs every temporary element, young or old, without emptying the young).
+        _remove_volatile(self.path)
+        self.queue.purge(maxtemp=0, maxlock=1)
         for name in list(self.queue):
             self.queue.unlock(name, permissive=True)
 
@@ -93,3 +96,12 @@ class Outbox:
     def close(self) -> None:
         """Release the exclusive lock, so another bridge may open the outbox."""
         self._lock.close()
+
+
+def _remove_volatile(path: Path) -> None:
+    """Remove the temporary and obsolete elements of the dirq queue at ``path`` (its owner is dead)."""
+    for volatile in ("temporary", "obsolete"):
+        for element in (path / volatile).glob("*") if (path / volatile).is_dir() else ():
+            for member in sorted(element.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                member.rmdir() if member.is_dir() else member.unlink()
+            element.rmdir()

@@ -177,14 +177,23 @@ def test_daemon_unit_is_unprivileged_and_hardened(unit):
 def _writable(service: dict[str, list[str]]) -> list[PurePosixPath]:
     roots = [PurePosixPath(p.lstrip("-+")) for line in service.get("ReadWritePaths", []) for p in line.split()]
     roots += [PurePosixPath("/run", d) for line in service.get("RuntimeDirectory", []) for d in line.split()]
+    roots += [PurePosixPath("/var/lib", d) for line in service.get("StateDirectory", []) for d in line.split()]
     return roots
 
 
 def _written(settings: config.Settings) -> list[PurePosixPath]:
     """What a daemon creates or changes: its queues, the outbox and the lock file beside it, the status
     file (replaced through a temporary file beside it), the socket file of an ipc:// endpoint it binds."""
-    paths = [settings.get(k) for k in ("messaging.path", "messaging.reject_path", "messaging.outbox", "status.status_file")]
+    paths = [settings.get(k) for k in ("messaging.path", "messaging.reject_path", "messaging.outbox", "status.status_file",
+                                       "journal.path", "subscriber.state", "stream.state")]
     paths = [PurePosixPath(p) for p in paths if p is not None]
+    # the defaults beside a spool: refused outgoing items, a reader's or a bridge's position
+    if "messaging.spool" in settings and settings.get("messaging.path") and not settings.get("messaging.reject_path"):
+        paths.append(PurePosixPath(f"{settings['messaging.path']}.reject"))
+    if "subscriber.state" in settings and settings.get("messaging.path") and not settings.get("subscriber.state"):
+        paths.append(PurePosixPath(f"{settings['messaging.path']}.state.json"))
+    if "stream.state" in settings and settings.get("messaging.outbox") and not settings.get("stream.state"):
+        paths.append(PurePosixPath(f"{settings['messaging.outbox']}.state.json"))
     if settings.get("messaging.outbox") is not None:
         outbox = PurePosixPath(settings["messaging.outbox"])
         paths.append(outbox.with_name(outbox.name + ".lock"))

@@ -5,11 +5,33 @@ from __future__ import annotations
 
 import signal
 
+import pytest
+
 from kit import daemons, ports
+from zmqsec.drivers.spool import IncomingSpool
 
 
 def _bodies(site, name) -> list[str]:
-    return [m["body"] for m in daemons.incoming(site, name)]
+    """The bodies in a reader's incoming queue, oldest first, read straight from dirq's files (the queue
+    holds thousands: locking each element, as a consumer must, would take seconds per look)."""
+    root = site.dir / f"in-{name}"
+    if not root.exists():
+        return []
+    elements = sorted(e for d in root.iterdir() if d.is_dir() and len(d.name) == 8
+                      for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
+    return [(e / "body").read_text() for e in elements if (e / "body").exists()]
+
+
+def _count(site, name) -> int:
+    """Records in a reader's incoming spool."""
+    path = site.dir / f"in-{name}"
+    return IncomingSpool(path).count() if path.exists() else 0
+
+
+def _stored(site, name) -> int:
+    """The last sequence number a reader stored, from its status file (its position)."""
+    position = daemons.status(site, name).get("position") or {}
+    return position.get("seq", 0)
 
 
 def _journaled_publisher(site, endpoint, replay, **options):
@@ -58,3 +80,140 @@ def test_a_reader_killed_again_and_again_stores_every_record_once(site):
         daemons.stop(pub, reader)
     bodies = _bodies(site, "portal")
     assert sorted(bodies, key=lambda b: int(b.split()[1])) == [f"job {i}" for i in range(1000)], (len(bodies), len(set(bodies)))
+
+
+def _feeder(site, total: int, rate: float, start: int = 0):
+    """A thread dropping ``total`` records into the outgoing spool at about ``rate`` per second."""
+    import threading
+    import time
+
+    def run():
+        began, done = time.monotonic(), 0
+        while done < total:
+            due = min(total, int((time.monotonic() - began) * rate) + 1)
+            if due > done:
+                daemons.feed(site, due - done, start=start + done)
+                done = due
+            time.sleep(0.02)  # the pace of the feed itself, not a wait for an event
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def _numbers(bodies) -> list[int]:
+    return [int(b.split()[1]) for b in bodies]
+
+
+@pytest.mark.timeout(600)
+def test_ten_kill_9s_of_a_reader_during_a_20000_record_stream_store_each_record_once(site):
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = [d / "publisher.log", d / "portal.log"]
+    pub = _journaled_publisher(site, endpoint, replay)
+    reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+    try:
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
+        feeder = _feeder(site, 20_000, 2000.0)
+        for kill in range(10):
+            stored = _stored(site, "portal")
+            daemons.wait(lambda: _stored(site, "portal") > stored, timeout=30,
+                         what=f"progress before kill {kill + 1}", logs=logs)
+            reader.send_signal(signal.SIGKILL)
+            reader.wait()
+            reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+        feeder.join()
+        daemons.wait(lambda: _stored(site, "portal") >= 20_000, timeout=180, what="all 20,000", logs=logs)
+    finally:
+        daemons.stop(pub, reader)
+    numbers = _numbers(_bodies(site, "portal"))
+    assert len(numbers) == 20_000 and sorted(numbers) == list(range(20_000))  # every record, each once
+
+
+@pytest.mark.timeout(400)
+def test_a_reader_stopped_for_60_s_catches_up_in_order(site):
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = [d / "publisher.log", d / "portal.log"]
+    pub = _journaled_publisher(site, endpoint, replay)
+    reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+    try:
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
+        feeder = _feeder(site, 8000, 100.0)  # 80 s of records
+        daemons.wait(lambda: _stored(site, "portal") >= 500, what="a start", logs=logs)
+        daemons.stop(reader)
+        import time
+        time.sleep(60)  # the outage under test: 6,000 records are published meanwhile
+        reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+        feeder.join()
+        daemons.wait(lambda: _stored(site, "portal") >= 8000, timeout=120, what="catch-up", logs=logs)
+    finally:
+        daemons.stop(pub, reader)
+    assert _numbers(_bodies(site, "portal")) == list(range(8000))  # each once, in order
+    status = daemons.status(site, "portal")
+    assert status["unrecoverable"] == 0 and status["repairs"] >= 1
+
+
+def _waiting(outgoing) -> int:
+    """Records still in an outgoing spool (its files, not its lock and state files)."""
+    return sum(1 for p in outgoing.rglob("*") if p.is_file() and p.name[0] != ".")
+
+
+@pytest.mark.timeout(400)
+def test_a_publisher_killed_five_times_mid_batch_publishes_every_record_once(site):
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = [d / "publisher.log", d / "portal.log", d / "central.log"]
+    readers = [daemons.subscriber(site, n, endpoint, replay=replay) for n in ("portal", "central")]
+    pub = _journaled_publisher(site, endpoint, replay)
+    try:
+        daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 1 for n in ("portal", "central")),
+                     what="keys", logs=logs)
+        mid_batch = 0
+        for kill in range(5):
+            before = _count(site, "portal")
+            daemons.feed(site, 1000, start=kill * 1000)
+            # Killed as soon as the round's first records arrive: the publisher is in the middle of its batch.
+            daemons.wait(lambda: _count(site, "portal") > before, timeout=30,
+                         what=f"publishing before kill {kill + 1}", logs=logs)
+            pub.send_signal(signal.SIGKILL)
+            pub.wait()
+            mid_batch += 0 < _waiting(d / "outgoing") < 1000 * (kill + 1)
+            (d / "publisher.json").unlink(missing_ok=True)
+            pub = _journaled_publisher(site, endpoint, replay)
+        daemons.wait(lambda: all(len(_bodies(site, n)) >= 5000 for n in ("portal", "central")),
+                     timeout=180, what="every record at both readers", logs=logs)
+        daemons.wait(lambda: _waiting(d / "outgoing") == 0, what="the spool empty", logs=logs)
+    finally:
+        daemons.stop(pub, *readers)
+    assert mid_batch >= 1  # at least one kill found part of the spool published and part not
+    for name in ("portal", "central"):
+        numbers = _numbers(_bodies(site, name))
+        assert len(numbers) == 5000 and sorted(numbers) == list(range(5000)), name  # none lost, none twice
+
+
+def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_range(site):
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = [d / "publisher.log", d / "portal.log"]
+    pub = _journaled_publisher(site, endpoint, replay, journal_max_age=3)
+    reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+    try:
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
+        daemons.feed(site, 10)
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 10, what="first 10", logs=logs)
+        daemons.stop(reader)
+        daemons.feed(site, 100, start=10)
+        daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 110, what="published", logs=logs)
+        import time
+        time.sleep(4.5)  # past retention (3 s; the journal expires every 0.75 s)
+        reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
+        daemons.feed(site, 10, start=110)
+        daemons.wait(lambda: len(daemons.incoming(site, "portal")) == 20, timeout=60, what="the newest 10", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("unrecoverable") == 100, what="the gap reported",
+                     logs=logs)
+    finally:
+        daemons.stop(pub, reader)
+    assert _numbers(_bodies(site, "portal")) == list(range(10)) + list(range(110, 120))
+    log = (d / "portal.log").read_text()
+    assert "records 11..110 are in no replay server's journal" in log and "ERROR" in log

@@ -71,6 +71,17 @@ def bridge_out(site, name: str, endpoint: str, *, reader: str, **options) -> sub
     return cli("--log-level", "INFO", "bridge", "stomp-out", *flags({**defaults, **options}), log=d / f"{name}.log")
 
 
+def bridge_in(site, name: str, *, certificate: str, **options) -> subprocess.Popen:
+    """``zmqsec bridge stomp-in`` as the site's certificate ``certificate`` (it decrypts what is encrypted to it),
+    validating signers against the site's CA, storing into the incoming queue ``in-NAME`` (so :func:`incoming`
+    reads it) with refusals in ``reject-NAME``; status ``NAME.json``.  ``options`` add the broker's flags
+    (``hosts``, ``destination``, ``dn_list``, ...)."""
+    d, c = site.dir, site.certs[certificate]
+    defaults = {"certificate": c.cert_path, "key": c.key_path, "capath": site.trust_dir, "incoming": d / f"in-{name}",
+                "reject": d / f"reject-{name}", "status_file": d / f"{name}.json", "status_interval": 0.2}
+    return cli("--log-level", "INFO", "bridge", "stomp-in", *flags({**defaults, **options}), log=d / f"{name}.log")
+
+
 def feed(site, count: int, template: bytes = b"job %d", start: int = 0) -> None:
     """Drop messages ``start`` .. ``start + count - 1`` into the site's outgoing spool, as an admin would."""
     spool = OutgoingSpool(site.dir / "outgoing")

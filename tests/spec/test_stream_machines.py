@@ -172,6 +172,9 @@ def test_periodic_reannouncement(pki):
     sender.start(0.0)
     assert sender.tick(0.5) == []
     assert kinds(sender.actions.tick(1.0)) == [frames.ANNOUNCEMENT, frames.RUN]  # the run frame rides along
+    sender.publish(b"one", 1.5)
+    sender.actions.flush(1.5)
+    assert kinds(sender.actions.tick(2.5)) == [frames.ANNOUNCEMENT, frames.RUN, frames.CHECKPOINT]  # and the last checkpoint
 
 
 def test_loss_is_reported_as_a_gap_and_replays_are_dropped(pki):

@@ -76,7 +76,7 @@ def cmd_publish(args) -> int:
     policy = rotation_policy(settings)
     registry = ReaderRegistry(settings["readers.registry"], settings["readers.dn_list"])
     spool = (OutgoingSpool(settings["messaging.path"], settings["messaging.spool"], reject=settings["messaging.reject_path"],
-                           max_bytes=MAX_PAYLOAD, settle=settings["messaging.settle"])
+                           max_bytes=MAX_PAYLOAD, settle=settings["messaging.settle"], exclusive=True)
              if settings["messaging.path"] else None)
     stop = Stop()
     journal = (Journal(settings["journal.path"], max_age=settings["journal.max_age"],

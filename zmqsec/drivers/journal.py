@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS frames (
     written REAL NOT NULL, topic BLOB NOT NULL, body BLOB NOT NULL, digest BLOB NOT NULL UNIQUE);
 CREATE INDEX IF NOT EXISTS frames_lookup ON frames (stream_id, kind, seq);
 CREATE INDEX IF NOT EXISTS frames_written ON frames (written);
+CREATE INDEX IF NOT EXISTS frames_epoch ON frames (stream_id, kind, epoch);
 CREATE TABLE IF NOT EXISTS spooled (
     name TEXT NOT NULL, digest BLOB NOT NULL, stream_id BLOB NOT NULL, seq INTEGER NOT NULL,
     written REAL NOT NULL, PRIMARY KEY (name, digest));
@@ -108,6 +109,8 @@ def describe(parts: list[bytes]) -> Entry:
 def _connect(path: Path, *, readonly: bool = False) -> sqlite3.Connection:
     uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
     conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+    if not readonly:
+        conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # before WAL: it takes effect on a new database only
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     return conn
@@ -137,7 +140,6 @@ class Journal:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             self._db = _connect(self.path)
-            self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # takes effect on a new database
             self._db.executescript(_SCHEMA)
         except sqlite3.Error as exc:
             raise JournalError(f"{self.path}: cannot open the journal ({exc})") from None
@@ -226,7 +228,8 @@ class Journal:
                 work(self._db)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                    self._db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
@@ -243,33 +246,43 @@ class Journal:
     # -- retention --------------------------------------------------------------------------------
 
     def expire(self) -> int:
-        """Drop what is older than ``max_age`` and, while the file is over ``max_bytes``, the oldest rows;
-        give the space back.  Returns how many frames went."""
+        """Drop the data frames and checkpoints older than ``max_age`` and, while the files are over
+        ``max_bytes``, the oldest ones; then the announcements, group announcements and run frames no data
+        frame left needs (an epoch's announcement stays as long as one of its frames does); give the space
+        back.  Returns how many frames went."""
         cutoff, dropped = self._clock() - self.max_age, 0
 
-        def drop_old(db: sqlite3.Connection) -> None:
+        def drop(db: sqlite3.Connection, where: str, args: tuple) -> None:
             nonlocal dropped
-            dropped += db.execute("DELETE FROM frames WHERE written < ?", (cutoff,)).rowcount
+            dropped += db.execute(f"DELETE FROM frames WHERE kind IN ('D', 'S') AND {where}", args).rowcount
+            dropped += db.execute(
+                f"DELETE FROM frames WHERE kind = 'K' AND {where} AND NOT EXISTS (SELECT 1 FROM frames d "
+                "WHERE d.stream_id = frames.stream_id AND d.kind = 'D' AND d.epoch = frames.epoch)", args).rowcount
+            dropped += db.execute(
+                f"DELETE FROM frames WHERE kind IN ('G', 'R') AND {where} AND NOT EXISTS (SELECT 1 FROM frames d "
+                "WHERE d.stream_id = frames.stream_id AND d.kind = 'D')", args).rowcount
+
+        def drop_old(db: sqlite3.Connection) -> None:
+            drop(db, "written < ?", (cutoff,))
             db.execute("DELETE FROM spooled WHERE written < ?", (cutoff,))
 
         self._write(drop_old)
         while self.size() > self.max_bytes:
-            oldest = self._db.execute("SELECT id FROM frames ORDER BY id LIMIT 1 OFFSET ?",
-                                      (max(1, self.count() // 10),)).fetchone()
-            if oldest is None:
+            row = self._db.execute("SELECT id FROM frames WHERE kind IN ('D', 'S') ORDER BY id LIMIT 1 OFFSET ?",
+                                   (max(1, self.count() // 10),)).fetchone()
+            if row is None:
                 break
-
-            def drop_oldest(db: sqlite3.Connection, below=oldest[0]) -> None:
-                nonlocal dropped
-                dropped += db.execute("DELETE FROM frames WHERE id < ?", (below,)).rowcount
-
-            self._write(drop_oldest)
-            self._db.execute("PRAGMA incremental_vacuum")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._write(lambda db, below=row[0]: drop(db, "id < ?", (below,)))
+            self._give_back()
         if dropped:
-            self._db.execute("PRAGMA incremental_vacuum")
+            self._give_back()
             log.info("journal %s: %d frame(s) past retention dropped", self.path, dropped)
         return dropped
+
+    def _give_back(self) -> None:
+        """Return free pages to the filesystem and empty the write-ahead log."""
+        self._db.executescript("PRAGMA incremental_vacuum;")  # run to completion (execute() frees one page)
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     def size(self) -> int:
         """Bytes the journal occupies (database and write-ahead log)."""
@@ -354,20 +367,30 @@ class JournalReader:
 class Recorder:
     """A publisher's output in the order of docs/PROTOCOL.md §10.3: every frame goes on the socket at once and
     into the journal's batch; a checkpoint goes out only once the batch holding it (and the spool items it
-    carries) is committed and synced.  With the disk full, checkpoints wait (``blocked``) and the commit is
-    retried; nothing is published meanwhile."""
+    carries) is committed and synced.  Commits are grouped: at most one every ``COMMIT_EVERY`` seconds, unless
+    the caller forces one (:meth:`commit`, at the end of a spool batch).  With the disk full, checkpoints wait
+    (``blocked``) and the commit is retried; nothing is published meanwhile."""
 
     RETRY = 2.0  # seconds between commits of a batch the disk had no room for
+    COMMIT_EVERY = 0.05  # seconds between group commits: checkpoints due meanwhile wait for the next one
 
     def __init__(self, send, journal: Journal | None, clock=time.monotonic) -> None:
         self._send, self.journal, self._clock = send, journal, clock
         self._held: list[list[bytes]] = []  # checkpoints waiting for their commit
-        self._retry_at = 0.0
+        self._retry_at = 0.0  # while a commit fails (disk full): when to try again
+        self._next_commit = 0.0
 
     @property
     def blocked(self) -> bool:
         """Is a commit failing (disk full)?  Then publish nothing more."""
-        return bool(self._held)
+        return self._retry_at != 0.0
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`tick` must run to commit the held checkpoints (None: nothing held)."""
+        if not self._held:
+            return None
+        return self._retry_at or self._next_commit
 
     def data(self, parts: list[bytes], stream_id: bytes, seq: int, epoch: int) -> None:
         """A data frame: out now, into the batch."""
@@ -381,6 +404,11 @@ class Recorder:
         if self.journal is not None:
             self.journal.add_parts(parts)
 
+    def again(self, parts: list[bytes]) -> None:
+        """A copy of a frame sent and journaled before: out now, unless checkpoints are held (disk full)."""
+        if not self._held:
+            self._send(parts)
+
     def checkpoint(self, parts: list[bytes]) -> None:
         """A checkpoint: into the batch, committed, then out (held while the commit fails)."""
         if self.journal is None:
@@ -388,7 +416,8 @@ class Recorder:
             return
         self.journal.add_parts(parts)
         self._held.append(parts)
-        self.commit()
+        if not self._retry_at and self._clock() >= self._next_commit:
+            self.commit()
 
     def commit(self) -> bool:
         """Commit the batch and release the checkpoints it holds; False (logged once) while the disk is full."""
@@ -404,12 +433,13 @@ class Recorder:
         if self._retry_at:
             log.info("journal %s: writing again; publishing resumes", self.journal.path)
             self._retry_at = 0.0
+        self._next_commit = self._clock() + self.COMMIT_EVERY
         held, self._held = self._held, []
         for parts in held:
             self._send(parts)
         return True
 
     def tick(self) -> None:
-        """Retry a commit the disk had no room for."""
-        if self._held and self._clock() >= self._retry_at:
+        """Commit the held checkpoints when the group commit is due (or retry one the disk had no room for)."""
+        if self._held and self._clock() >= (self._retry_at or self._next_commit):
             self.commit()

@@ -84,8 +84,12 @@ class Mender:
             elif isinstance(event, RunLinked):
                 for name, run, first, last in self.positions.linked(event.stream, event.stream_id,
                                                                     event.previous_stream_id, event.previous_last_seq):
-                    log.info("stream %s: run %s follows run %s, which is not stored to its end; fetching %d..%d",
-                             name.decode(errors="replace"), event.stream_id.hex(), run.hex(), first, last)
+                    if run == event.stream_id:
+                        log.info("stream %s: new run %s; fetching what it sent from %d on", name.decode(errors="replace"),
+                                 run.hex(), first)
+                    else:
+                        log.info("stream %s: run %s follows run %s, which is not stored to its end; fetching %d..%d",
+                                 name.decode(errors="replace"), event.stream_id.hex(), run.hex(), first, last)
                     self._act(self.repairer.missing(name, run, first, last, now))
 
     def stored(self, stream: bytes, stream_id: bytes, seq: int) -> None:

@@ -31,7 +31,7 @@ from .watch import RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
 
-EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes
+EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes (a quarter of max_age when that is shorter)
 
 
 class JournalBlocked(ZmqsecError):
@@ -107,7 +107,9 @@ class Publisher:
     def _act(self, actions) -> None:
         for action in actions:
             if isinstance(action, Send):
-                if action.kind == DATA:
+                if action.again:
+                    self.recorder.again(action.parts)
+                elif action.kind == DATA:
                     self.recorder.data(action.parts, self.sender.stream_id, action.seq, action.epoch)
                 elif action.kind == CHECKPOINT:
                     self.recorder.checkpoint(action.parts)
@@ -146,7 +148,7 @@ class Publisher:
         """Sign and send the checkpoint of everything published so far; False while the journal cannot be
         written (the checkpoint waits for it)."""
         self._act(self.sender.flush(time.monotonic()))
-        return not self.recorder.blocked
+        return self.recorder.commit() if self.recorder.deadline is not None else not self.recorder.blocked
 
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
@@ -166,7 +168,7 @@ class Publisher:
         self._act(self.sender.tick(now))
         self.recorder.tick()
         if self.journal is not None and now >= self._next_expiry:
-            self._next_expiry = now + EXPIRY_INTERVAL
+            self._next_expiry = now + min(EXPIRY_INTERVAL, self.journal.max_age / 4)
             try:
                 self.journal.expire()
             except JournalError as exc:
@@ -190,7 +192,8 @@ class Publisher:
         """Service timers and subscriptions for ``seconds`` without publishing."""
         deadline = time.monotonic() + seconds
         while (now := time.monotonic()) < deadline:
-            wait = min(deadline, self.sender.next_deadline or deadline, now + self.watch_interval) - now
+            wait = min(deadline, self.sender.next_deadline or deadline, self.recorder.deadline or deadline,
+                       now + self.watch_interval) - now
             self.socket.poll(max(0, int(wait * 1000)), zmq.POLLIN)
             self.tick()
 

@@ -123,7 +123,7 @@ class Relay:
                 next_commit = now + ARCHIVE_COMMIT
                 self._commit()
             if now >= next_expiry:
-                next_expiry = now + 60.0
+                next_expiry = now + min(60.0, self.journal.max_age / 4)
                 try:
                     self.journal.expire()
                 except JournalError as exc:

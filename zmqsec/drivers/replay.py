@@ -169,7 +169,7 @@ class ReplayServer:
                 continue
             if not serving.queue and not serving.finished:
                 self._fill(serving, reader)
-            while serving.queue and serving.credit > 0:
+            while serving.queue and (serving.credit > 0 or len(serving.queue[0]) == 1):  # the end needs no credit
                 try:
                     self.socket.send_multipart([serving.client, *serving.queue[0]], zmq.NOBLOCK)
                 except zmq.Again:
@@ -185,9 +185,29 @@ class ReplayServer:
             if serving.finished and not serving.queue:
                 del self._serving[key]
 
+    @staticmethod
+    def _announce(s: _Serving, reader: JournalReader, header: bytes, epoch: int) -> None:
+        """Queue what an epoch's frames need: its group announcements (the reader's group only), its epoch
+        announcement, and the first time the run frame."""
+        s.epochs.add(epoch)
+        announcement = reader.announcement(s.request.run, epoch)
+        if announcement is None:
+            return
+        keks = [k for k in announcement[0].split(b"\0") if k and k not in s.keks]
+        for kek, topic, body in reader.group_announcements(s.request.run, keks):
+            s.keks.add(kek)
+            if s.request.tags.startswith(kek.split(b".")[0]):
+                s.queue.append([header, topic, body])
+        s.queue.append([header, *announcement[1:]])
+        if not s.run_sent:
+            s.run_sent = True
+            run_frame = reader.run_frame(s.request.run)
+            if run_frame is not None:
+                s.queue.append([header, *run_frame])
+
     def _fill(self, s: _Serving, reader: JournalReader) -> None:
-        """Queue the next chunk: the announcements its epochs need, the run frame, the data frames with
-        the checkpoints after the last frame each covers; or the end."""
+        """Queue the next chunk: the data frames, each epoch's announcements just before its first frame (and
+        the run frame before the first), the checkpoints after the last frame each covers; or the end."""
         request, header = s.request, replay.frame_header(s.request.id)
         rows = reader.data(request.run, s.next_seq, s.end_seq, CHUNK) if s.next_seq <= s.end_seq else []
         if not rows:
@@ -196,27 +216,11 @@ class ReplayServer:
             s.queue.append([replay.encode(End(request.id, s.next_seq - 1, first, last))])
             s.finished = True
             return
-        for seq, epoch, _, _ in rows:
-            if epoch in s.epochs:
-                continue
-            s.epochs.add(epoch)
-            announcement = reader.announcement(request.run, epoch)
-            if announcement is None:
-                continue
-            keks = [k for k in announcement[0].split(b"\0") if k and k not in s.keks]
-            for kek, topic, body in reader.group_announcements(request.run, keks):
-                s.keks.add(kek)
-                if request.tags.startswith(kek.split(b".")[0]):  # only the reader's own group's key
-                    s.queue.append([header, topic, body])
-            s.queue.append([header, *announcement[1:]])
-            if not s.run_sent:
-                s.run_sent = True
-                run_frame = reader.run_frame(request.run)
-                if run_frame is not None:
-                    s.queue.append([header, *run_frame])
         checkpoints = [c for c in reader.checkpoints(request.run, rows[0][0], rows[-1][0])
                        if (c[0], c[1]) not in s.checkpoints]
-        for seq, _, topic, body in rows:
+        for seq, epoch, topic, body in rows:
+            if epoch not in s.epochs:  # the epoch's keys just before its first frame (a reader keeps only a few)
+                self._announce(s, reader, header, epoch)
             s.queue.append([header, topic, body])
             while checkpoints and checkpoints[0][1] <= seq:
                 first, last, c_topic, c_body = checkpoints.pop(0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import stat
@@ -32,6 +33,13 @@ QSCHEMA = {"body": "string", "signer": "string", "empaid": "string?"}
 REJECT_SCHEMA = {"body": "string", "signer": "string?", "empaid": "string?", "error": "string"}
 
 
+def disk_full(exc: OSError) -> bool:
+    """Is this the filesystem being full?  dirq re-raises write errors as a new OSError without the errno,
+    so its message is read too."""
+    text = str(exc)
+    return exc.errno in (errno.ENOSPC, errno.EDQUOT) or "[Errno 28]" in text or "[Errno 122]" in text
+
+
 class SpoolError(ZmqsecError):
     """A spool directory cannot be used."""
 
@@ -43,12 +51,13 @@ class OutgoingSpool:
     :meth:`set_aside` (refused: moved to the reject directory beside the spool, with a
     ``.reason`` file, and logged).  An entry that cannot be read is set aside once and never
     counts against a batch; one that vanished between listing and reading is already gone.  In
-    a plain directory, a file written in place is taken only once its size and modification time
-    have not changed for ``settle`` seconds (files renamed into place are complete already).
+    a plain directory, a file is taken only once its size and modification time have not changed for
+    ``settle`` seconds, so that one still being written in place is not published half-written.
     """
 
     def __init__(self, path: str | os.PathLike, kind: str = "dirq", *, reject: str | os.PathLike | None = None,
-                 max_bytes: int | None = None, settle: float = 1.0, clock=time.monotonic) -> None:
+                 max_bytes: int | None = None, settle: float = 1.0, exclusive: bool = False,
+                 clock=time.monotonic) -> None:
         self.path = Path(path)
         self.kind = kind
         self.reject_path = Path(reject) if reject else self.path.with_name(self.path.name + ".reject")
@@ -61,6 +70,25 @@ class OutgoingSpool:
             self._queue = QueueSimple(str(self.path)) if kind == "dirq" else None
         except OSError as exc:
             raise SpoolError(f"{self.path}: cannot use outgoing spool ({exc.strerror})") from None
+        self._lock = None
+        if exclusive:
+            self._own()
+
+    def _own(self) -> None:
+        """Take the spool for this publisher alone (an exclusive lock on a dot file inside it, which the queue
+        and its other users skip); then every item still locked belongs to a predecessor that was killed, and is
+        unlocked so that it is published, not stuck until dirq's 10-minute purge."""
+        try:
+            self._lock = open(self.path / ".zmqsec-publisher.lock", "w")
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SpoolError(f"{self.path}: another publisher is using this outgoing spool; give each its own") from None
+        except OSError as exc:
+            raise SpoolError(f"{self.path}: cannot lock the outgoing spool ({exc.strerror})") from None
+        if self._queue is not None:
+            for name in list(self._queue):
+                with contextlib.suppress(OSError):
+                    self._queue.unlock(name, permissive=True)
 
     # -- taking -------------------------------------------------------------------------------
 
@@ -127,8 +155,14 @@ class OutgoingSpool:
             else:
                 os.unlink(self.path / name)
         except FileNotFoundError:
-            pass  # already gone: removed by someone else, nothing to lose
+            self._drop_lock(name)  # already gone: removed by someone else, nothing to lose
         self._seen.pop(name, None)
+
+    def _drop_lock(self, name: str) -> None:
+        """A dirq lock left behind by an element that vanished (a hard link: it holds the whole payload)."""
+        if self._queue is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path / f"{name}.lck")
 
     def release(self, name: str) -> None:
         """The message was not published: leave it for the next pass."""
@@ -145,13 +179,12 @@ class OutgoingSpool:
         try:
             os.replace(self.path / name, target)
         except FileNotFoundError:
+            self._drop_lock(name)
             return
         except OSError as exc:
             log.error("outgoing spool %s: %s is %s, and cannot be moved aside (%s)", self.path, name, reason, exc.strerror)
             return
-        if self._queue is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path / f"{name}.lck")
+        self._drop_lock(name)
         atomic_write(target.with_name(target.name + ".reason"), (reason + "\n").encode())
         self._seen.pop(name, None)
         log.error("outgoing spool %s: %s set aside in %s: %s", self.path, name, self.reject_path, reason)
@@ -196,7 +229,7 @@ class IncomingSpool:
             if durable:
                 fsync_tree(self.path, name)  # durable before anyone acknowledges it
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if disk_full(exc):
                 raise SpoolFull(f"{self.path}: no space left to store a message") from None
             raise
         return name
@@ -212,6 +245,16 @@ class IncomingSpool:
         for name in names:
             try:
                 out.append((self.path / name / "empaid").read_text())
+            except OSError:
+                continue  # taken by the loader meanwhile
+        return out
+
+    def recent_signed_ids(self, limit: int) -> list[tuple[str, str]]:
+        """(signer, empaid) of the newest ``limit`` messages (what stomp-in stored before a restart)."""
+        out = []
+        for name in sorted(self.queue)[-limit:]:
+            try:
+                out.append(((self.path / name / "signer").read_text(), (self.path / name / "empaid").read_text()))
             except OSError:
                 continue  # taken by the loader meanwhile
         return out
@@ -232,6 +275,10 @@ class IncomingSpool:
         name = self.rejects.add(element)
         fsync_tree(Path(self.rejects.path), name)
         return name
+
+    def count(self) -> int:
+        """Messages in the incoming queue."""
+        return self.queue.count()
 
     def messages(self) -> list[dict]:
         """Every message in the incoming queue, oldest first (for tools and tests)."""

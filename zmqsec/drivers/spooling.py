@@ -22,7 +22,7 @@ from zmqsec.machines.sender import NoReaders
 
 from .publisher import JournalBlocked, Publisher
 from .mending import PositionFile
-from .spool import IncomingSpool, OutgoingSpool, SpoolFull
+from .spool import IncomingSpool, OutgoingSpool, SpoolFull, disk_full
 from .status import StatusFile, Stop, rejections
 from .subscriber import Subscriber
 
@@ -145,6 +145,7 @@ class SpoolReader:
     def __post_init__(self) -> None:
         self._unstored: collections.deque[Delivered] = collections.deque()  # delivered, not yet in the spool
         self._full_until = 0.0
+        self._position_unsaved = False
         self.stored = 0
 
     def status_fields(self) -> dict:
@@ -179,9 +180,18 @@ class SpoolReader:
                 self.spool.sync()
             for message in done:
                 self.subscriber.stored(message)
-            if self.position_file is not None:
-                self.position_file.save(self.subscriber.positions)
             self.stored += len(done)
+        if (done or self._position_unsaved) and self.position_file is not None:
+            try:
+                self.position_file.save(self.subscriber.positions)
+                self._position_unsaved = False
+            except OSError as exc:
+                # The records are stored (and synced); after a crash they are recognised by their ids in
+                # the spool, so an unsaved position loses nothing.  Saved again with the next batch.
+                if not disk_full(exc):
+                    raise
+                self._position_unsaved = True
+                self._full_until = self._full_until or time.monotonic() + FULL_RETRY
         return len(done)
 
     def run(self, stop: Stop, count: int = 0, exit_when_idle: float = 0.0) -> None:

@@ -57,6 +57,7 @@ class _Events:
         self.on_gap, self.on_restart, self.on_reject = on_gap, on_restart, on_reject
         self.ready: collections.deque[Delivered] = collections.deque()
         self.epoch = 0
+        self.repairing = False  # replay servers are configured
 
     def handle(self, events) -> None:
         """Queue deliveries; log, count and pass on everything else."""
@@ -68,7 +69,9 @@ class _Events:
                 if self.on_reject:
                     self.on_reject(event)
             elif isinstance(event, Gap):
-                log.warning("stream %s: gap of %d message(s) from seq %d", self.stream, event.count, event.first_missing)
+                # With replay servers a gap is what could not be repaired: an error an operator must see.
+                (log.error if self.repairing else log.warning)(
+                    "stream %s: gap of %d message(s) from seq %d", self.stream, event.count, event.first_missing)
                 if self.on_gap:
                     self.on_gap(event)
             elif isinstance(event, Restarted):
@@ -112,6 +115,7 @@ class _Base:
         self.receiver = StreamReceiver(credential, TrustStore.from_directory(self.trust_dir),
                                        allowed_publishers=allowed_publishers, crl=crl, policy=policy)
         self.events = _Events(stream, on_gap, on_restart, on_reject)
+        self.events.repairing = bool(replay)
         # Replay connections are plain sockets, polled without blocking under asyncio too.
         sync_context = None if isinstance(socket.context, zmq.asyncio.Context) else socket.context
         self.mender = Mender(self.receiver, list(replay), tags=reader_bits(credential.certificate), positions=positions,

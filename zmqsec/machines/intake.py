@@ -52,7 +52,9 @@ class KeyIntake:
         known = self.runs.get(frame.stream_id)
         if known is not None:
             if known.keyring.settled(fingerprint, known.keyring.has_key(frame.epoch)):
-                return [], None  # a periodic re-announcement of a key we hold (or were refused): costs nothing
+                if not (known.repair and not replayed and known.publisher is not None):
+                    return [], None  # a periodic re-announcement of a key we hold (or were refused): costs nothing
+                return self._seen_live(known)
             if known.keyring.older_than_every_key(frame.epoch):
                 return [Rejected(RejectReason.STALE_EPOCH, f"epoch {frame.epoch} is older than every key held",
                                  frame.stream_id)], None
@@ -85,6 +87,16 @@ class KeyIntake:
         if run.keyring.add_key(frame.epoch, epoch_key.key):
             events.append(KeyAccepted(run.stream_id, frame.epoch, publisher.dn))
         return events, run
+
+    def _seen_live(self, run: Run) -> tuple[list[Event], Run | None]:
+        """A run known from replay only, now announced live (the same announcement, already judged): it may
+        become the live run, as if this were its first announcement."""
+        if self.runs.older_than_live(run, run.publisher):
+            self.runs.forget(run.stream_id)
+            return [Rejected(RejectReason.STALE_RESTART, "announcement of a publisher run older than the live one "
+                             "(replay)", run.stream_id)], None
+        restarted = self.runs.bind(run, run.publisher)
+        return ([restarted] if restarted else []), run
 
     def group(self, frame: GroupAnnouncement, now: float,
               replayed: bool = False) -> tuple[list[Event], list[tuple[Announcement, float]]]:

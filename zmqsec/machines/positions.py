@@ -96,23 +96,25 @@ class Positions:
 
     def linked(self, name: bytes, run: bytes, previous: bytes, previous_last: int) -> list[Repair]:
         """A run frame: ``run`` follows ``previous``, which sent up to ``previous_last``.  Returns the repairs it
-        calls for: the rest of ``previous`` when this reader was reading it (or a run after it)."""
+        calls for when this reader reads the stream: the rest of ``previous``, and ``run`` itself from its
+        start (what it sent before this reader heard of it; ``last`` 0, to the end)."""
         runs = self.streams.get(name)
         if runs is None or not previous:
             return []  # a reader that never stored this stream starts where it joins
+        this = [] if run in runs and runs[run].seq > 0 else [(name, run, 1, 0)]
         if previous in runs:
             pos = runs[previous]
             pos.last = previous_last
             repair = [(name, previous, pos.seq + 1, previous_last)] if pos.seq < previous_last else []
             self._tidy(name)
-            return repair
+            return repair + this
         if run in runs and runs[run].seq > 0:
             return []  # we read this run from the start already: its predecessor was complete
         if len(runs) >= MAX_RUNS or previous_last == 0:
-            return []
+            return this
         # A run we never met (the publisher restarted more than once while we were away): all of it.
         runs[previous] = RunPosition(0, previous_last)
-        return [(name, previous, 1, previous_last)]
+        return [(name, previous, 1, previous_last)] + this
 
     def _tidy(self, name: bytes) -> None:
         runs = self.streams[name]

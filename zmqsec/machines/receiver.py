@@ -79,6 +79,9 @@ class StreamReceiver:
             frame = decode(parts)
         except FrameError as exc:
             return self._counted([Rejected(exc.reason, str(exc))])
+        if replayed and frame.stream_id not in self.runs.expected:
+            self.counters["replay-unasked"] += 1  # a run this reader asked nobody for: a server cannot inject it
+            return []
         if self.runs.retired(frame.stream_id, replayed):
             return self._counted([Rejected(RejectReason.RETIRED_STREAM, "frame of an earlier publisher run (replay)",
                                            frame.stream_id, getattr(frame, "seq", None))])
@@ -154,7 +157,12 @@ class StreamReceiver:
     def _on_data(self, frame: DataFrame, body: bytes, now: float, replayed: bool) -> list[Event]:
         run = self.runs.open(frame, now, replayed)
         sequencer = run.sequencer
+        if replayed:
+            low, high = run.replayed or (frame.seq, frame.seq)
+            run.replayed = (min(low, frame.seq), max(high, frame.seq))
         if sequencer.delivered_already(frame.seq):
+            if replayed or (run.replayed is not None and run.replayed[0] <= frame.seq <= run.replayed[1]):
+                return []  # a repair and the live stream overlapping (either first): expected, not a refusal
             return [Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {frame.seq} already delivered",
                              run.stream_id, frame.seq)]
         if self.runs.held >= self.policy.max_held:
@@ -164,9 +172,9 @@ class StreamReceiver:
         if not run.keyring.has_key(frame.epoch):
             sequencer.lock(frame, body, digest, now)
             return []
-        return self._open(run, frame, digest, now)
+        return self._open(run, frame, digest, now, replayed)
 
-    def _open(self, run: Run, frame: DataFrame, digest: bytes, now: float) -> list[Event]:
+    def _open(self, run: Run, frame: DataFrame, digest: bytes, now: float, replayed: bool = False) -> list[Event]:
         try:
             payload = run.keyring.key(frame.epoch).open(frame.topic, frame.stream_id, frame.epoch, frame.seq,
                                                         frame.ciphertext)
@@ -175,7 +183,8 @@ class StreamReceiver:
                              "(altered or forged)", run.stream_id, frame.seq)]
         refused = run.sequencer.opened(frame.seq, digest, payload, frame.epoch, now)
         if refused is not None:
-            return [refused]
+            overlap = replayed or (run.replayed is not None and run.replayed[0] <= frame.seq <= run.replayed[1])
+            return [] if overlap and refused.reason == RejectReason.DUPLICATE else [refused]
         # Frames normally come before their checkpoint: until this one is vouched for, nothing new can be released.
         return run.sequencer.release(run.publisher.dn, now) if run.sequencer.vouched_for(frame.seq) else []
 

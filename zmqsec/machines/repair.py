@@ -20,6 +20,7 @@ GRANT_EVERY = 256  # frames consumed before granting as many again
 SILENCE = 5.0  # seconds without an answer before the next server is asked
 RETRY = 1.0  # seconds before asking again a server that had nothing yet (the journal commits every 20 ms)
 ATTEMPTS = 5  # answers without progress from one server before the next is tried
+GIVE_UP = 120.0  # seconds a range may stay unrepaired, every server silent, before it is abandoned
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,8 @@ class _Want:
     consumed: int = 0  # frames since the last grant
     idle: int = 0  # answers without progress from this server
     retry_at: float | None = None  # ask again then (the server had nothing yet)
+    refusals: int = 0  # servers that said they do not hold it (silence is no answer)
+    created: float = 0.0
 
 
 class Repairer:
@@ -84,6 +87,7 @@ class Repairer:
         self.servers, self.tags = servers, tags
         self._wants: dict[int, _Want] = {}  # request id -> want
         self._ids = itertools.count(1)
+        self._abandoned: dict[bytes, int] = {}  # run -> the highest sequence number no server holds
 
     @property
     def active(self) -> int:
@@ -97,26 +101,39 @@ class Repairer:
         return [Ask(want.server, Request(want.request_id, want.stream, want.run, want.first, want.last, self.tags,
                                          CREDIT))]
 
-    def _next_server(self, want: _Want, now: float) -> list[Action]:
-        """Hand the want over to the next server, or abandon it when none is left."""
+    def _next_server(self, want: _Want, now: float, refused: bool = True) -> list[Action]:
+        """Hand the want over to the next server (round the list again after the last).  A server that said it
+        does not hold the range counts; when every server has said so, the range is abandoned.  Silence does
+        not count (a server may be restarting): the servers are asked again, for up to GIVE_UP seconds."""
         out: list[Action] = [Cancel(want.server, want.request_id)] if want.request_id else []
         self._wants.pop(want.request_id, None)
-        if want.server + 1 >= self.servers:
-            return out + [Abandon(want.stream, want.run, want.first, want.last or want.first)]
-        want.server, want.idle = want.server + 1, 0
-        return out + self._ask(want, now)
+        want.refusals += refused
+        if want.refusals >= self.servers or now - want.created >= GIVE_UP:
+            return out + self._abandon(Abandon(want.stream, want.run, want.first, want.last or want.first))
+        want.server, want.idle = (want.server + 1) % self.servers, 0
+        out += self._ask(want, now)
+        if want.server == 0 and not refused:  # round the list again: not at once
+            out.pop()
+            want.retry_at = now + RETRY
+        return out
 
     def missing(self, stream: bytes, run: bytes, first: int, last: int, now: float) -> list[Action]:
         """The receiver needs ``first..last`` (``last`` 0: to the end) of ``run``."""
+        if last and last <= self._abandoned.get(run, 0):
+            return []  # abandoned already: asking again finds nothing and reports the gap twice
         if not self.servers:
-            return [Abandon(stream, run, first, last or first)]
+            return self._abandon(Abandon(stream, run, first, last or first))
         for want in self._wants.values():
             if want.run == run and want.first <= first and (want.last == 0 or last and want.last >= last):
                 return []  # being fetched already
             if want.run == run and want.first <= first <= (want.last or first) + 1 and want.last and last:
                 want.last = max(want.last, last)  # the hole grew: the next request asks for it all
                 return []
-        return self._ask(_Want(stream, run, first, last), now)
+        return self._ask(_Want(stream, run, first, last, created=now), now)
+
+    def _abandon(self, action: Abandon) -> list[Action]:
+        self._abandoned[action.run] = max(self._abandoned.get(action.run, 0), action.last)
+        return [action]
 
     def frame(self, server: int, request_id: int, now: float) -> list[Action]:
         """A replayed frame of ``request_id`` arrived; grant more credit as it is consumed."""
@@ -136,24 +153,28 @@ class Repairer:
         if want is None or want.server != server:
             return []
         want.heard_at = now
+        out: list[Action] = []
         if available_first > want.first:  # part of the range expired from this server's journal
             gone_last = available_first - 1 if not want.last else min(available_first - 1, want.last)
             self._wants.pop(request_id)
-            gone = _Want(want.stream, want.run, want.first, gone_last, want.server)  # not asked yet: no id
+            gone = _Want(want.stream, want.run, want.first, gone_last, want.server, refusals=want.refusals,
+                         created=want.created)  # not asked yet: no request id
             out = self._next_server(gone, now)
             if want.last and available_first > want.last:
                 return out
+            self._wants[request_id] = want
             want.first = available_first
-            return out + self._ask(want, now)
-        if served_last >= want.first:
+        if served_last >= want.first:  # what the server sent before its end is not asked for again
             want.first, want.idle = served_last + 1, 0
             if want.last and want.first > want.last:
                 self._wants.pop(request_id)
-                return []  # done
+                return out  # done
             if not want.last and served_last >= available_last:
                 self._wants.pop(request_id)
-                return []  # everything this server holds of the run; the receiver asks again if still short
-            return self._ask(want, now)
+                return out  # everything this server holds of the run; the receiver asks again if still short
+            return out + self._ask(want, now)
+        if out:
+            return out + self._ask(want, now)
         if not want.last and available_last < want.first:
             self._wants.pop(request_id)
             return []  # an open-ended request, and the run holds nothing more: nothing is missing
@@ -180,5 +201,5 @@ class Repairer:
             if want.retry_at is not None and now >= want.retry_at:
                 out += self._ask(want, now)
             elif want.retry_at is None and now - want.heard_at >= SILENCE:
-                out += self._next_server(want, now)
+                out += self._next_server(want, now, refused=False)
         return out

@@ -15,6 +15,7 @@ from .keyring import Keyring
 from .sequencer import HoldCount, Sequencer
 
 RETIRED_KEPT = 256  # stream ids of earlier runs remembered
+MAX_EXPECTED = 16  # runs being completed from replay at once
 
 
 @dataclass
@@ -29,6 +30,7 @@ class Run:
     publisher: Publisher | None = None
     previous: tuple[bytes, int] | None = None  # from its run frame: (previous stream id, its last seq)
     repair: bool = False  # known from replay only: never made the live run by a replayed frame
+    replayed: tuple[int, int] | None = None  # the seqs replays brought (live copies in it come late, harmlessly)
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Runs:
         """Replayed frames of ``stream_id`` from ``first`` on are asked for: accept them, even for a run
         retired from the live stream."""
         self.expected[stream_id] = min(first - 1, self.expected.get(stream_id, first - 1))
+        while len(self.expected) > MAX_EXPECTED:  # the oldest asks go: their runs may be evicted again
+            del self.expected[next(iter(self.expected))]
         run = self.runs.get(stream_id)
         if run is not None and run.sequencer.last_delivered is None:
             run.sequencer.last_delivered = first - 1
@@ -65,9 +69,12 @@ class Runs:
         if stream_id in self.expected:
             return self.expected[stream_id]
         followed = self.followed.get(name)
-        if followed is None:
-            return None
-        return followed[1] if followed[0] == stream_id else 0
+        if followed is not None:
+            return followed[1] if followed[0] == stream_id else 0
+        # Reading another run of this stream already: a restarted publisher's run is read from its start
+        # (what it sent before this reader reconnected is fetched by replay).  Only the first run is joined.
+        live = self.current.get(name)
+        return 0 if live is not None and live != stream_id else None
 
     def retired(self, stream_id: bytes, replayed: bool = False) -> bool:
         """Is this the stream id of an earlier run, whose frames are refused (a replay nobody asked for)?"""

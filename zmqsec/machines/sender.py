@@ -55,6 +55,7 @@ class Send(NamedTuple):
     parts: list[bytes]
     seq: int = 0
     epoch: int = 0
+    again: bool = False  # a copy of a frame sent before (journaled already)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class StreamSender:
                                        self.policy.group_reannounce_interval)
         previous_id, previous_last = self.previous or (b"", 0)
         self._run = encode(sign_run(self.stream_bytes, self.stream_id, previous_id, previous_last, self.credential.key))
+        self._last_checkpoint: list[bytes] | None = None
         self.stats = SenderStats()
 
     @property
@@ -195,6 +197,10 @@ class StreamSender:
         out: list[Action] = [Send(ANNOUNCEMENT if m is self._epoch.announcement else GROUP, m) for m in messages]
         if messages and messages[-1] is self._epoch.announcement:
             out.append(Send(RUN, self._run))  # late joiners and archives learn where this run comes from
+            if self._last_checkpoint is not None:
+                # ... and where it is: a reader that lost the tail of a burst (or its last checkpoint) learns
+                # of the hole on an idle stream too, not only from the next record.
+                out.append(Send(CHECKPOINT, self._last_checkpoint, again=True))
         return out
 
     # -- data ----------------------------------------------------------------------------
@@ -236,7 +242,8 @@ class StreamSender:
         if checkpoint is None:
             return []
         self.stats.checkpoints += 1
-        return [Send(CHECKPOINT, encode(checkpoint))]
+        self._last_checkpoint = encode(checkpoint)
+        return [Send(CHECKPOINT, self._last_checkpoint)]
 
     def tick(self, now: float) -> list[Action]:
         """Time passes: flush a due checkpoint, rotate an old key, re-announce periodically."""

@@ -56,6 +56,7 @@ class Sequencer:
         self.last_delivered = last_delivered  # None: joined without a position (the first frame starts it)
         self._hole: tuple[int, float] | None = None  # (first missing seq, since when) while a repair may fill it
         self._asked: tuple[int, int] | None = None  # the range last reported Missing
+        self._lost_until = 0  # nothing up to here can be repaired any more (give_up): never wait for it
         self._locked: list[_Locked] = []
         self._pending: dict[int, list[_Candidate]] = {}
         self._vouched: dict[int, bytes] = {}  # seq -> digest from a verified checkpoint
@@ -130,12 +131,13 @@ class Sequencer:
                 del self._vouched[seq]
 
     def _waits(self, first: int, last: int, now: float, events: list[Event]) -> bool:
-        """A hole ``first..last`` before what could be delivered: wait for its repair (reporting it
-        :class:`Missing` once) while ``repair_timeout`` allows; False once delivery must go on without it."""
+        """A hole ``first..last`` before what could be delivered: wait for its repair while ``repair_timeout``
+        allows (counted from when the hole opened, however its front fills), reporting :class:`Missing` when
+        it opens or grows; False once delivery must go on without it."""
         if self.policy.repair_timeout <= 0:
             return False
-        if self._hole is None or self._hole[0] != first:
-            self._hole, self._asked = (first, now), None
+        if self._hole is None:
+            self._hole = (first, now)
         if now - self._hole[1] >= self.policy.repair_timeout:
             return False
         if self._asked is None or self._asked[1] < last:
@@ -144,9 +146,17 @@ class Sequencer:
         return True
 
     def give_up(self, first: int, last: int) -> None:
-        """No server holds ``first..last``: stop waiting for it (the next release reports the gap)."""
-        if self._hole is not None and first <= self._hole[0] <= last:
-            self._hole = (self._hole[0], float("-inf"))
+        """No server holds ``first..last``: stop waiting for it, now or when the hole opens (the next release
+        reports that part as a gap, and waits on for the rest)."""
+        self._lost_until = max(self._lost_until, last)
+
+    def _skip_lost(self, before: int, events: list[Event]) -> None:
+        """Move past the part of the hole before ``before`` that was given up: report it as a gap."""
+        first = self.last_delivered + 1
+        if first <= self._lost_until and first < before:
+            upto = min(self._lost_until, before - 1)
+            events.append(Gap(self.stream_id, first, upto - first + 1))
+            self.last_delivered = upto
 
     def _skip_to(self, seq: int, events: list[Event]) -> None:
         """Deliver past a hole: report it as a gap."""
@@ -154,34 +164,44 @@ class Sequencer:
             events.append(Gap(self.stream_id, self.last_delivered + 1, seq - self.last_delivered - 1))
         self._hole = self._asked = None
 
+    def _passes(self, seq: int, now: float, events: list[Event]) -> bool:
+        """May ``seq`` be delivered next?  Past what was given up at once; past a hole once its repair timed out."""
+        if self.last_delivered is None or seq <= self.last_delivered + 1:
+            return True
+        self._skip_lost(seq, events)
+        if seq > self.last_delivered + 1:
+            if self._waits(self.last_delivered + 1, seq - 1, now, events):
+                return False
+            self._skip_to(seq, events)
+        return True
+
     def release(self, publisher_dn: str, now: float) -> list[Event]:
         """Deliver, in sequence order, every held frame a checkpoint vouched for; a hole before it is waited
         for (and reported :class:`Missing`) while a repair may fill it."""
         events: list[Event] = []
-        last = self.last_delivered
         ready = sorted(seq for seq in self._pending if seq in self._vouched)
         if not ready:
-            if last is None or self.policy.repair_timeout <= 0:
+            if self.last_delivered is None or self.policy.repair_timeout <= 0:
                 return events  # without repair, frames vouched for but never seen are reported with the next delivery
             locked = {e.frame.seq for e in self._locked}
-            beyond = [seq for seq in self._vouched if seq > last and seq not in locked]
-            if beyond and not self._waits(last + 1, max(beyond), now, events):
-                # Vouched frames that never came, and the repair gave up: lost; move past them.
-                self._skip_to(max(beyond) + 1, events)
+            beyond = [seq for seq in self._vouched if seq > self.last_delivered and seq not in locked]
+            if beyond and self._passes(max(beyond) + 1, now, events):
+                # Vouched frames that never came, and the repair gave up: reported lost; move past them.
                 self.last_delivered = max(beyond)
-                for seq in [s for s in self._vouched if s <= self.last_delivered]:
-                    del self._vouched[seq]
+                self._forget_vouched()
             return events
+        if self.last_delivered is None:
+            # Joined without a position: the run starts at the first frame received, not the first vouched for
+            # (the frames before it, whose checkpoint was lost, are a hole that repair fills).
+            self.last_delivered = min(self._pending) - 1
         # Never overtake a genuine frame still waiting for its key (the checkpoint vouches for its bytes);
         # junk claiming a sequence number blocks nothing.
         blocked = min((e.frame.seq for e in self._locked if self._vouched.get(e.frame.seq) == e.digest), default=None)
         for seq in ready:
             if blocked is not None and seq > blocked:
                 break
-            if self.last_delivered is not None and seq > self.last_delivered + 1:
-                if self._waits(self.last_delivered + 1, seq - 1, now, events):
-                    break
-                self._skip_to(seq, events)
+            if not self._passes(seq, now, events):
+                break
             expected = self._vouched.pop(seq)
             candidates = self._pending.pop(seq)
             self._held(-len(candidates))
@@ -191,13 +211,17 @@ class Sequencer:
                                                "(insider forgery or alteration)", seq))
                     continue
                 self.last_delivered = seq
-                self._hole = self._asked = None
                 events.append(Delivered(self.stream, self.stream_id, cand.epoch, seq, cand.payload, publisher_dn))
-        # Vouched sequences we never received and can no longer deliver are dropped from memory.
         if events and self.last_delivered is not None:
-            for seq in [s for s in self._vouched if s <= self.last_delivered]:
-                del self._vouched[seq]
+            self._forget_vouched()
+        if self._hole is not None and not self._pending and not self._vouched:
+            self._hole = self._asked = None  # nothing beyond what was delivered: no hole any more
         return events
+
+    def _forget_vouched(self) -> None:
+        """Vouched sequences we never received and can no longer deliver are dropped from memory."""
+        for seq in [s for s in self._vouched if s <= self.last_delivered]:
+            del self._vouched[seq]
 
     def expire(self, now: float) -> list[Event]:
         """Refuse what waited too long for a key or for a checkpoint."""
