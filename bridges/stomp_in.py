@@ -6,6 +6,12 @@ certificate with the trust layer (chain, CRLs, DN allow-list), write it
 durably -- to an SSM-schema incoming dirq queue and/or into a zmqsec stream --
 and only then ACK.  A refused message goes to the reject queue with its reason
 and is acknowledged too, so the broker does not redeliver it forever.
+
+A message is stored once: a sender that crashed between the broker's receipt
+and its own bookkeeping (``stomp-out`` after a kill -9) sends it again under
+the same ``empa-id``, and the copy is acknowledged without being stored again.
+The ids remembered are the last ``RECENT_IDS`` accepted (at start, those still
+in the incoming spool).
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 
 from zmqsec.keys.dn import DnAllowList, slash_dn
@@ -32,6 +38,9 @@ if TYPE_CHECKING:
     from zmqsec import IncomingSpool
 
 log = logging.getLogger("zmqsec.bridge.in")
+
+RECENT_IDS = 100_000  # (signer, empa-id) pairs remembered to store a re-sent message once
+NO_ID = "noid"  # what SSM sends without an empa-id: never taken for a duplicate
 
 
 @dataclass(frozen=True)
@@ -54,6 +63,9 @@ class StompInBridge:
         self.link, self.credential, self.trust, self.settings = link, credential, trust, settings
         self.incoming, self.publisher = incoming, publisher
         self.counters: Counter = Counter()
+        self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        for pair in incoming.recent_signed_ids(RECENT_IDS) if incoming is not None else ():
+            self._recent[pair] = None
         link.subscribe(settings.destination, ack="client-individual")
 
     def verdict(self, body: bytes) -> tuple[bytes, str]:
@@ -67,7 +79,7 @@ class StompInBridge:
 
     def handle(self, frame: Frame) -> bool:
         """Store (or reject) one message durably, then acknowledge it.  True if accepted."""
-        empaid = frame.headers.get("empa-id", "noid")
+        empaid = frame.headers.get("empa-id", NO_ID)
         try:
             content, signer = self.verdict(frame.body)
         except (cms.CmsError, CertificateRejected) as exc:
@@ -84,12 +96,21 @@ class StompInBridge:
                 self.incoming.reject(frame.body[:self.settings.max_bytes], f"{reason}: {detail}", None, empaid)
             self.link.ack(frame)
             return False
+        if empaid != NO_ID and (signer, empaid) in self._recent:
+            self.link.ack(frame)
+            self.counters["duplicates"] += 1
+            log.info("message %s from %s: a copy of one stored already; acknowledged, not stored again", empaid, signer)
+            return False
         # Storing may fail (disk full, no reader for the stream): then no ACK, and the broker redelivers.
         if self.incoming is not None and self.incoming.accept(content, signer, empaid) is None:
             self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
         if self.publisher is not None:
             self.publisher.publish(content)
         self.link.ack(frame)
+        if empaid != NO_ID:
+            self._recent[(signer, empaid)] = None
+            if len(self._recent) > RECENT_IDS:
+                self._recent.popitem(last=False)
         self.counters["accepted"] += 1
         log.info("message %s from %s accepted", empaid, signer)
         return True

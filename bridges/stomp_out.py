@@ -28,6 +28,8 @@ from .stomplink import BrokerUnavailable, StompLink
 
 log = logging.getLogger("zmqsec.bridge.out")
 
+TAKE_FOR = 0.2  # seconds of taking from the stream before the sender and status get a turn (catch-up)
+
 
 @dataclass(frozen=True)
 class OutSettings:
@@ -111,12 +113,14 @@ class StompOutBridge:
         try:
             while not stop.requested:
                 message = subscriber.receive(timeout=0.05)
-                taken = 0
+                taken, until = 0, time.monotonic() + TAKE_FOR
                 while message is not None and not stop.requested:
                     self.take(message)  # in the outbox, fsync'ed, before anything else
                     subscriber.stored(message)
                     taken += 1
-                    message = subscriber.receive(timeout=0.001) if subscriber.events.ready else None
+                    # A catch-up refills the queue as fast as it drains: send and report between batches.
+                    more = subscriber.events.ready and time.monotonic() < until
+                    message = subscriber.receive(timeout=0.001) if more else None
                 if taken and position_file is not None:
                     position_file.save(subscriber.positions)  # before sending: a crash resumes after these
                 self.send_pending(time.monotonic())
