@@ -1,12 +1,14 @@
 """``zmqsec demo``: the whole system on local defaults, with no configuration.
 
 It makes a throw-away CA and certificates, starts the real daemons as separate
-processes -- a publisher, three readers (one behind a relay), the STOMP bridge
-into ActiveMQ and, as the central APEL repository, the inbound bridge that
-verifies what arrives -- streams APEL-style job records through them, removes
-one reader from the registry mid-stream, and prints plain progress lines
-(per-reader counts, the epoch switch, the removed reader going dark, messages
-arriving through the broker).  It ends by checking what each party received
+processes -- a publisher with its journal, three readers (one behind an archive
+relay), the STOMP bridge into ActiveMQ and, as the central APEL repository, the
+inbound bridge that verifies what arrives -- streams APEL-style job records
+through them, removes one reader from the registry mid-stream, kills a reader and
+the bridge with kill -9 and restarts them (they replay what they missed), and
+prints plain progress lines (per-reader counts, the epoch switch, the removed
+reader going dark, the restarted ones catching up, messages arriving through the
+broker).  It ends by checking what each party received
 and printing a summary; everything it made stays in one directory it names.
 
 The demo is an operator at a terminal: it only drives the ``zmqsec`` commands
@@ -18,186 +20,38 @@ otherwise a private ActiveMQ is started on free ports inside the directory.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import random
-import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
+from zmqsec.drivers.spool import IncomingSpool, OutgoingSpool
 from zmqsec.keys.ca import CertificateAuthority, Role
 from zmqsec.keys.dn import parse_slash_dn, slash_dn
-from zmqsec.errors import ZmqsecError
 from zmqsec.keys.errors import CertificateRejected
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import TrustStore, Usage
 
-from zmqsec.drivers.spool import IncomingSpool, OutgoingSpool
+from .deployment import DemoError, Deployment, free_port, parse_broker, why_no_stomp, zmqsec_command
+from .records import job_ids, job_record
 
 STREAM = "apel.jobs"
 READERS = ("portal", "dashboard", "repository")
 REVOKED = "dashboard"
 BEHIND_RELAY = "repository"
+KILLED_READER = "portal"
+KILLED = (KILLED_READER, "bridge")  # killed with kill -9 at three quarters of the stream, then restarted
 STATUS_INTERVAL = "0.2"
 PROGRESS_EVERY = 0.5  # seconds between progress lines
-JOB_ID = re.compile(r"^LocalJobId: (\S+)$", re.M)
 REFUSALS = {"not-a-recipient": "a new key announcement that is not wrapped for it",
             "no-key": "data frames it has no key for"}
 
 
-class DemoError(ZmqsecError):
-    """The demo could not set up or a daemon failed; the message names the log to read."""
-
-
 def _say(step: str, text: str) -> None:
     print(f"[{dt.datetime.now():%H:%M:%S}] {step:<8} {text}", flush=True)
-
-
-# -- accounting records ---------------------------------------------------------------
-
-SITES = ("RAL-LCG2", "UKI-NORTHGRID-MAN-HEP", "CERN-PROD", "INFN-T1", "FZK-LCG2")
-VOS = ("atlas", "cms", "lhcb", "alice", "dteam")
-
-
-def job_record(index: int, rng: random.Random, now: int) -> bytes:
-    """One APEL individual job message (v0.3) holding one job, as an APEL client would spool it."""
-    site, vo = rng.choice(SITES), rng.choice(VOS)
-    host = f"ce{rng.randint(1, 4):02d}.{site.lower()}.example.org"
-    wall, processors = rng.randint(300, 86_400), rng.choice((1, 1, 1, 8))
-    end = now - rng.randint(0, 3600)
-    return (
-        "APEL-individual-job-message: v0.3\n"
-        f"Site: {site}\nSubmitHost: {host}:8443/cream-pbs-{vo}\nMachineName: {host}\nQueue: {vo}\n"
-        f"LocalJobId: {index:07d}.{host.split('.')[0]}\nLocalUserId: {vo}{rng.randint(1, 40):03d}\n"
-        f"GlobalUserName: /C=UK/O=eScience/OU=Demo/L=Lab/CN=user {rng.randint(1, 500)}\n"
-        f"FQAN: /{vo}/Role=production/Capability=NULL\nVO: {vo}\nVOGroup: /{vo}\nVORole: Role=production\n"
-        f"WallDuration: {wall}\nCpuDuration: {int(wall * processors * rng.uniform(0.4, 0.98))}\n"
-        f"Processors: {processors}\nNodeCount: 1\nStartTime: {end - wall}\nEndTime: {end}\n"
-        "InfrastructureDescription: APEL-CREAM-PBS\nInfrastructureType: grid\n"
-        f"MemoryReal: {rng.randint(500_000, 4_000_000)}\nMemoryVirtual: {rng.randint(1_000_000, 8_000_000)}\n"
-        f"ServiceLevelType: HEPSPEC\nServiceLevel: {rng.choice(('8.9', '10.0', '12.4'))}\n%%\n"
-    ).encode()
-
-
-def job_ids(bodies) -> set[str]:
-    """The ``LocalJobId`` of every job in the given message bodies (text)."""
-    return {m.group(1) for body in bodies for m in JOB_ID.finditer(body)}
-
-
-# -- the broker -----------------------------------------------------------------------
-
-
-def parse_broker(text: str) -> tuple[str, int]:
-    """``--broker HOST:PORT`` as (host, port); raises :class:`DemoError` for anything else."""
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise DemoError(f"--broker {text!r}: expected HOST:PORT, e.g. localhost:61613")
-    return host, int(port)
-
-
-def why_no_stomp(host: str, port: int, timeout: float = 3.0) -> str | None:
-    """Why host:port cannot serve as the demo's broker, or None if it accepts an anonymous STOMP CONNECT."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.sendall(b"CONNECT\naccept-version:1.2\nhost:%s\n\n\x00" % host.encode())
-            reply = sock.recv(256)
-            sock.sendall(b"DISCONNECT\n\n\x00")
-    except OSError as exc:
-        return exc.strerror or exc.__class__.__name__
-    return None if reply.startswith(b"CONNECTED") else "it does not accept a STOMP CONNECT"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-# -- processes --------------------------------------------------------------------------
-
-
-def _zmqsec(*args) -> list[str]:
-    return [sys.executable, "-m", "zmqsec.cli", *map(str, args)]
-
-
-@dataclass
-class Daemon:
-    """One process the demo started: its name, the process, and the log it writes."""
-
-    name: str
-    proc: subprocess.Popen
-    log: Path
-
-
-class Deployment:
-    """The running daemons of the demo, their status files, and a clean stop."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.workdir = workdir
-        self.logs = workdir / "logs"
-        self.status_dir = workdir / "status"
-        self.logs.mkdir()
-        self.status_dir.mkdir()
-        self.daemons: list[Daemon] = []
-        self.private_broker: Path | None = None
-
-    def start(self, name: str, *args) -> None:
-        """Start ``zmqsec ARGS`` as the daemon ``name``, its output appended to ``logs/NAME.log``."""
-        log = self.logs / f"{name}.log"
-        with open(log, "ab") as out:
-            proc = subprocess.Popen(_zmqsec("--log-level", "INFO", *args), stdout=out, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL)
-        self.daemons.append(Daemon(name, proc, log))
-
-    def status_file(self, name: str) -> Path:
-        """Where the daemon ``name`` writes its JSON status."""
-        return self.status_dir / f"{name}.json"
-
-    def status(self, name: str) -> dict:
-        """The daemon's latest status, or ``{}`` until it has written a readable one."""
-        try:
-            return json.loads(self.status_file(name).read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def check_alive(self) -> None:
-        """Raise :class:`DemoError`, with the last line of its log, if any daemon has exited."""
-        for d in self.daemons:
-            if d.proc.poll() is not None:
-                tail = d.log.read_text(errors="replace").strip().splitlines()[-1:] if d.log.exists() else []
-                raise DemoError(f"{d.name} exited with code {d.proc.returncode} ({' '.join(tail) or 'no output'}); "
-                                f"see {d.log}")
-
-    def start_broker(self) -> tuple[str, int]:
-        """Start a private ActiveMQ on free loopback ports in ``broker/``; returns its STOMP (host, port)."""
-        base = self.workdir / "broker"
-        stomp_port, openwire_port = _free_port(), _free_port()
-        self.private_broker = base  # set first: an interrupted start still gets stopped
-        result = subprocess.run(_zmqsec("broker", "start", "--dir", base, "--stomp-port", stomp_port,
-                                        "--openwire-port", openwire_port), capture_output=True, text=True)
-        if result.returncode != 0:
-            reason = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
-            raise DemoError(f"could not start ActiveMQ in {base}: {reason[0]}")
-        return "127.0.0.1", stomp_port
-
-    def stop(self) -> None:
-        """SIGTERM every daemon (each finishes cleanly and writes its last status), then the private broker."""
-        for d in reversed(self.daemons):
-            if d.proc.poll() is None:
-                d.proc.send_signal(signal.SIGTERM)
-        for d in reversed(self.daemons):
-            try:
-                d.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                d.proc.kill()
-                d.proc.wait()
-        if self.private_broker is not None:
-            subprocess.run(_zmqsec("broker", "stop", "--dir", self.private_broker), capture_output=True)
 
 
 # -- progress -----------------------------------------------------------------------------
@@ -215,6 +69,7 @@ class Progress:
         self.revoked = False
         self.epochs: dict[str, int] = {}
         self.refusals: set[tuple[str, str]] = set()
+        self.down: set[str] = set()  # daemons killed and not yet restarted
         self.next_line = 0.0
 
     def _events(self, statuses: dict[str, dict]) -> None:
@@ -236,11 +91,12 @@ class Progress:
     def line(self) -> str:
         """The status line: records fed and published, the epoch, each reader's count, and both broker legs."""
         pub = self.d.status("publisher")
-        readers = "  ".join(f"{n} {self.d.status(n).get('received', 0)}" + (" (removed)" if n == REVOKED and self.revoked else "")
-                            for n in READERS)
+        readers = "  ".join(f"{n} {self.d.stored(n)}" + (" (removed)" if n == REVOKED and self.revoked else "")
+                            + (" (killed)" if n in self.down else "") for n in READERS)
         bridge, central = self.d.status("bridge"), self.d.status("central")
+        sent = "killed" if "bridge" in self.down else bridge.get("sent", 0)
         return (f"{self.clock() - self.started:5.1f}s  fed {self.fed}/{self.total}  published {pub.get('sent', 0)} "
-                f"epoch {pub.get('epoch', '-')} | {readers} | bridge->broker {bridge.get('sent', 0)}  "
+                f"epoch {pub.get('epoch', '-')} | {readers} | bridge->broker {sent}  "
                 f"broker->central {central.get('accepted', 0)}")
 
     def update(self, force: bool = False) -> None:
@@ -249,7 +105,7 @@ class Progress:
         Raises :class:`DemoError` if a daemon has exited.
         """
         self.d.check_alive()
-        self._events({n: self.d.status(n) for n in ("publisher", *READERS, "bridge")})
+        self._events({n: self.d.status(n) for n in ("publisher", *READERS, "bridge") if n not in self.down})
         now = self.clock()
         if force or now >= self.next_line:
             self.next_line = now + PROGRESS_EVERY
@@ -304,24 +160,29 @@ def make_pki(workdir: Path) -> tuple[CertificateAuthority, dict]:
 
 
 def start_daemons(d: Deployment, ca: CertificateAuthority, issued: dict, broker: str, queue: str) -> None:
-    """Publisher, relay, three readers, the outbound bridge and the central repository's inbound bridge."""
+    """Publisher (journaled, serving replay), archive relay, three readers, the outbound bridge and the central
+    repository's inbound bridge.  Readers and the bridge keep positions and fetch what they miss by replay."""
     workdir = d.workdir
     dn = {name: slash_dn(item.certificate.subject) for name, item in issued.items()}
     pem = {name: ("--certificate", item.cert_path, "--key", item.key_path) for name, item in issued.items()}
     common = ("--capath", ca.trust_dir, "--status-interval", STATUS_INTERVAL)
-    stream_ep, relay_ep = f"tcp://127.0.0.1:{_free_port()}", f"tcp://127.0.0.1:{_free_port()}"
+    stream_ep, relay_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    replay_ep, archive_ep = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
     d.start("publisher", "publish", "--stream", STREAM, "--endpoint", stream_ep, *pem["publisher"], *common,
             "--registry", workdir / "readers.d", "--outgoing", workdir / "outgoing", "--poll-interval", "0.05",
-            "--status-file", d.status_file("publisher"))
-    d.start("relay", "relay", "--in", stream_ep, "--out", relay_ep)
-    _say("start", f"publisher on {stream_ep}, relay {stream_ep} -> {relay_ep}")
+            "--journal", workdir / "journal", "--replay-endpoint", replay_ep, "--status-file", d.status_file("publisher"))
+    d.start("relay", "relay", "--in", stream_ep, "--out", relay_ep, "--journal", workdir / "relay-journal",
+            "--replay-endpoint", archive_ep)
+    _say("start", f"publisher on {stream_ep}, its journal in {workdir / 'journal'} served for replay on {replay_ep}")
+    _say("start", f"archive relay {stream_ep} -> {relay_ep}, keeping the ciphertext for replay on {archive_ep}")
     for name in READERS:
         endpoint = relay_ep if name == BEHIND_RELAY else stream_ep
-        d.start(name, "subscribe", "--stream", STREAM, "--endpoint", endpoint, "--publisher-dn", dn["publisher"],
+        replay = ("--replay", archive_ep, "--replay", replay_ep) if name == BEHIND_RELAY else ("--replay", replay_ep)
+        d.start(name, "subscribe", "--stream", STREAM, "--endpoint", endpoint, *replay, "--publisher-dn", dn["publisher"],
                 *pem[name], *common, "--incoming", workdir / "incoming" / name, "--status-file", d.status_file(name))
         _say("start", f"reader {name} <- {endpoint}{' (through the relay)' if name == BEHIND_RELAY else ''}")
-    d.start("bridge", "bridge", "stomp-out", "--stream", STREAM, "--endpoint", stream_ep, "--publisher-dn", dn["publisher"],
-            *pem["bridge"], *common, "--hosts", broker, "--destination", queue,
+    d.start("bridge", "bridge", "stomp-out", "--stream", STREAM, "--endpoint", stream_ep, "--replay", replay_ep,
+            "--publisher-dn", dn["publisher"], *pem["bridge"], *common, "--hosts", broker, "--destination", queue,
             "--server-cert", issued["central"].cert_path, "--outbox", workdir / "outbox", "--status-file", d.status_file("bridge"))
     _say("start", f"bridge stomp-out -> {queue} on {broker} (S/MIME signed by bridge.demo, encrypted to central.demo)")
     dn_list = workdir / "central" / "valid_dns"
@@ -379,7 +240,7 @@ def run(workdir: Path, *, records: int, rate: float, broker: str, rng: random.Ra
         progress.wait(lambda: progress.fed == revoke_at and all(d.status(n).get("received") == revoke_at for n in READERS),
                       f"the first {revoke_at} records to reach every reader", 60, feeder(revoke_at))
         revoked_dn = slash_dn(issued[REVOKED].certificate.subject)
-        removed = subprocess.run(_zmqsec("keys", "readers", "--registry", workdir / "readers.d", "remove", revoked_dn),
+        removed = subprocess.run(zmqsec_command("keys", "readers", "--registry", workdir / "readers.d", "remove", revoked_dn),
                                  capture_output=True, text=True)
         if removed.returncode != 0:
             raise DemoError(f"zmqsec keys readers remove failed: {removed.stderr.strip()}")
@@ -387,17 +248,35 @@ def run(workdir: Path, *, records: int, rate: float, broker: str, rng: random.Ra
         _say("revoke", f"zmqsec keys readers remove '{revoked_dn}': {removed.stdout.strip()}")
         progress.wait(lambda: all(d.status(n).get("epoch") == 2 for n in ("publisher", *READERS, "bridge") if n != REVOKED),
                       "the rekey to epoch 2", 30)
-        progress.wait(lambda: progress.fed == records and all(d.status(n).get("received") == records for n in READERS if n != REVOKED)
+        kill_at, back_at = records * 3 // 4, records * 7 // 8
+        progress.wait(lambda: progress.fed == kill_at and d.stored(KILLED_READER) == kill_at
+                      and d.status("central").get("accepted", 0) >= kill_at,
+                      f"the first {kill_at} records to reach {' and '.join(KILLED)}", 60, feeder(kill_at))
+        restart = {name: d.args(name) for name in KILLED}
+        for name in KILLED:
+            d.kill(name)
+            progress.down.add(name)
+        _say("kill", f"kill -9 {' and '.join(KILLED)} after record {kill_at}; the stream goes on without them")
+        progress.wait(lambda: progress.fed == back_at and d.stored(BEHIND_RELAY) == back_at,
+                      f"records up to {back_at} to reach the other readers", 60, feeder(back_at))
+        progress.update(force=True)  # the killed ones frozen, the others on
+        for name, args in restart.items():
+            d.restart(name, args)
+            progress.down.discard(name)
+        _say("restart", f"{' and '.join(KILLED)} restarted: they resume from their saved positions and replay "
+             f"records {kill_at + 1}..{back_at} from the publisher's journal")
+        progress.wait(lambda: progress.fed == records and all(d.stored(n) == records for n in READERS if n != REVOKED)
                       and d.status("central").get("accepted", 0) >= records,
                       "every record to reach the readers and the central repository", 120, feeder(records))
         time.sleep(0.5)  # anything the removed reader could still decrypt would show up now
         progress.update(force=True)
     finally:
         d.stop()
-    return summarize(d, issued, fed, revoke_at, queue, clock() - began)
+    return summarize(d, issued, fed, revoke_at, (kill_at, back_at), queue, clock() - began)
 
 
-def summarize(d: Deployment, issued: dict, fed: list[str], revoke_at: int, queue: str, seconds: float) -> int:
+def summarize(d: Deployment, issued: dict, fed: list[str], revoke_at: int, outage: tuple[int, int], queue: str,
+              seconds: float) -> int:
     """Check what each party received, from the spools themselves; print (and keep) the summary."""
     records, everything, before = len(fed), set(fed), set(fed[:revoke_at])
     pub, bridge, central = d.status("publisher"), d.status("bridge"), d.status("central")
@@ -423,19 +302,25 @@ def summarize(d: Deployment, issued: dict, fed: list[str], revoke_at: int, queue
                   f"{len(got - before)} of the {records - revoke_at} after the rekey, stayed at epoch {s.get('epoch')} "
                   f"(frames it could not read: {refused})")
         else:
-            via = " (via the relay)" if name == BEHIND_RELAY else ""
-            check(got == everything and len(messages) == records and s.get("gaps") == 0,
-                  f"{name}{via}: {len(got & everything)}/{records} received, {s.get('gaps')} lost, epoch {s.get('epoch')}")
+            via = " (via the archive relay)" if name == BEHIND_RELAY else ""
+            killed = (f", killed with kill -9 after record {outage[0]} and restarted ({s.get('repaired', 0)} frames "
+                      "replayed)") if name in KILLED else ""
+            check(got == everything and len(messages) == records and s.get("gaps") == 0 and s.get("unrecoverable") == 0,
+                  f"{name}{via}: {len(got & everything)}/{records} stored, each once, {s.get('gaps')} lost{killed}; "
+                  f"epoch {s.get('epoch')}")
     stored = IncomingSpool(d.workdir / "central" / "incoming").messages()
     refused = sum(central.get("rejected", {}).values())
     check(job_ids(m["body"] for m in stored) == everything and len(stored) == records and refused == 0
           and {m["signer"] for m in stored} == {slash_dn(issued["bridge"].certificate.subject)},
-          f"broker: bridge sent {bridge.get('sent')} to {queue} with receipts; the central repository "
-          f"verified and stored {len(stored)} (decrypted; signature, chain, CRL and DN checked), refused {refused}")
+          f"broker: the bridge (killed with kill -9 after record {outage[0]} and restarted, {bridge.get('repaired', 0)} "
+          f"frames replayed) sent to {queue} with receipts; the central repository verified and stored "
+          f"{len(stored)}, each once (decrypted; signature, chain, CRL and DN checked; "
+          f"{central.get('duplicates', 0)} re-sent copies not stored again), refused {refused}")
     summary = [f"summary ({seconds:.0f} s): " + (f"{len(failures)} check(s) FAILED" if failures else "every check passed"),
                *lines,
                f"everything is in {d.workdir}",
-               "  ca/ certs/ readers.d/  outgoing/ incoming/<reader>/ central/incoming/ (dirq, SSM schema)  status/ logs/"
+               "  ca/ certs/ readers.d/  outgoing/ journal/ relay-journal/ incoming/<reader>/ central/incoming/ "
+               "(dirq, SSM schema)  status/ logs/"
                + ("  broker/ (the private ActiveMQ, stopped)" if d.private_broker else ""),
                f"try: zmqsec status {d.status_file('publisher')}",
                f"     zmqsec keys readers --registry {d.workdir / 'readers.d'} list --trust {d.workdir / 'ca' / 'certificates'}"]
