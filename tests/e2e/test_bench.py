@@ -17,6 +17,7 @@ STREAM = ("payload_bytes", "plain_msgs_per_s", "zmqsec_msgs_per_s", "plain_mb_pe
 REKEY = ("readers", "rekey_s", "switch_s", "bytes_total", "bytes_per_reader")
 BRIDGE = ("body_bytes", "zmqsec_msgs_per_s", "openssl_cli_msgs_per_s", "ratio")
 MEMORY = ("publisher_10k_readers_rss_mb", "reader_rss_mb")
+REPLAY = ("records", "outage_s", "catch_up_records_per_s", "live_records_per_s", "time_to_live_s")
 
 
 def _broker_args() -> list[str]:
@@ -45,13 +46,29 @@ def results(tmp_path_factory) -> tuple[dict, Path]:
 
 
 @pytest.mark.timeout(660)
-def test_stream_has_both_payloads_with_positive_figures(results):
+def test_stream_has_both_payloads_journal_off_and_on_with_positive_figures(results):
     data, _ = results
     assert data["profile"] == "quick"
-    rows = {r["payload_bytes"]: r for r in data["stream"]}
-    assert set(rows) == {1024, 65536}
+    rows = {(r["payload_bytes"], r["journal"]): r for r in data["stream"]}
+    assert set(rows) == {(1024, False), (1024, True), (65536, False), (65536, True)}
     for row in rows.values():
         assert not _positive(row, STREAM), row
+    for size in (1024, 65536):
+        on = rows[size, True]
+        assert on["journal_off_msgs_per_s"] == rows[size, False]["zmqsec_msgs_per_s"]
+        assert on["journal_bytes_per_message"] > size  # the journal really held every frame
+        assert {t["target"] for t in data["targets"]} >= {f"journal on >= 0.9x the journal-off messages/s ({size} B)"}
+
+
+@pytest.mark.timeout(660)
+def test_replay_catches_up_a_stopped_reader_exactly_once(results):
+    data, _ = results
+    replay = data["replay"]
+    assert not _positive(replay, REPLAY), replay
+    assert replay["exactly_once"] is True, replay
+    assert replay["stored"] == replay["published"] and replay["gaps"] == 0 and replay["unrecoverable"] == 0
+    assert replay["records"] >= replay["live_records_per_s"] * 3  # the quick profile's 5 s outage, at least 3 s of it
+    assert replay["backlog_stored_s"] <= replay["time_to_live_s"]
 
 
 @pytest.mark.timeout(660)
@@ -79,6 +96,6 @@ def test_memory_and_plots(results):
     data, directory = results
     assert not _positive(data["memory"], MEMORY), data["memory"]
     assert data["memory"]["publisher_readers"] > 0
-    for name in ("stream.png", "rekey.png", "bridge.png", "memory.png"):
+    for name in ("stream.png", "replay.png", "rekey.png", "bridge.png", "memory.png"):
         assert (directory / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert all(t["met"] in (True, False, None) for t in data["targets"])

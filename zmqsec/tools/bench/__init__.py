@@ -1,11 +1,14 @@
 """``zmqsec bench``: zmqsec measured beside the baselines a user would compare it with, in one run.
 
-Four measurements on the same machine, each figure a median over repetitions and each
+Five measurements on the same machine, each figure a median over repetitions and each
 comparison a ratio of figures taken in the same run (docs/performance.md explains them):
 
-* **stream** -- plain pyzmq PUB/SUB against a zmqsec ``Publisher``/``Subscriber``, publisher and
-  reader in separate processes over tcp loopback: messages/s, MB/s, and the latency from
-  ``publish()`` to the delivery of a verified message at a fixed rate;
+* **stream** -- plain pyzmq PUB/SUB against a zmqsec ``Publisher``/``Subscriber``, with the
+  publisher's journal off and on, publisher and reader in separate processes over tcp loopback:
+  messages/s, MB/s, and the latency from ``publish()`` to the delivery of a verified message at a
+  fixed rate;
+* **replay** -- a reader (``zmqsec subscribe``) stopped while the stream goes on, then restarted:
+  how fast it stores what it missed, replayed from the journal, and when it is live again;
 * **rekey** -- revoking one of N readers: the publisher's rekey, the time until sampled readers
   hold the new key, and the bytes each reader must receive, single-envelope and grouped;
 * **bridge** -- EMI S/MIME messages into ActiveMQ with receipts: the bridge's in-process path
@@ -15,8 +18,8 @@ comparison a ratio of figures taken in the same run (docs/performance.md explain
 Results go to a JSON file with PNG plots beside it (matplotlib: ``pip install 'zmqsec[tools]'``).
 
 Modules: ``config`` (profiles, names), ``pki``, ``grouping``, ``systems`` and ``workers`` (the two
-systems in processes of their own), one module per section (``stream``, ``rekey``, ``bridge`` with
-``broker``, ``memory``), ``report`` (results.json), ``plots``, and ``runner``, which runs them in turn.
+systems in processes of their own), one module per section (``stream``, ``replay``, ``rekey``,
+``bridge`` with ``broker``, ``memory``), ``report`` (results.json), ``plots``, and ``runner``, which runs them in turn.
 """
 
 from __future__ import annotations

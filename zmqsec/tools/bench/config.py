@@ -9,9 +9,9 @@ from pathlib import Path
 from zmqsec.errors import ZmqsecError
 
 STREAM = "bench"
-PLAIN, ZMQSEC = "plain", "zmqsec"
+PLAIN, ZMQSEC, JOURNALED = "plain", "zmqsec", "zmqsec+journal"
 SINGLE, GROUPED = "single-envelope", "grouped"
-SECTIONS = ("stream", "rekey", "bridge", "memory")
+SECTIONS = ("stream", "replay", "rekey", "bridge", "memory")
 
 
 class BenchError(ZmqsecError):
@@ -40,18 +40,22 @@ class Profile:
     memory_readers: int
     memory_messages: int
     memory_rate: int
+    replay_rate: int  # records/s of the live stream while the replay section's reader is stopped
+    replay_outage_s: float
 
 
 QUICK = Profile(
     name="quick", stream_payloads=(1024, 65536), stream_seconds=0.6, stream_reps=3, latency_rate=1000,
     latency_messages=600, rekey_readers=(10, 100, 1000), rekey_reps=3, rekey_sample=5,
     single_caps=((1000, 1, 2),), registry_reps=1, bridge_bodies=(1024, 65536), bridge_messages=60,
-    bridge_openssl_messages=10, bridge_reps=3, memory_readers=1000, memory_messages=300, memory_rate=200)
+    bridge_openssl_messages=10, bridge_reps=3, memory_readers=1000, memory_messages=300, memory_rate=200,
+    replay_rate=100, replay_outage_s=5.0)
 FULL = Profile(
     name="full", stream_payloads=(1024, 65536), stream_seconds=3.0, stream_reps=5, latency_rate=1000,
     latency_messages=5000, rekey_readers=(10, 100, 1000, 10_000), rekey_reps=3, rekey_sample=5,
     single_caps=((10_000, 3, 3),), registry_reps=3, bridge_bodies=(1024, 65536), bridge_messages=300,
-    bridge_openssl_messages=60, bridge_reps=5, memory_readers=10_000, memory_messages=2000, memory_rate=500)
+    bridge_openssl_messages=60, bridge_reps=5, memory_readers=10_000, memory_messages=2000, memory_rate=500,
+    replay_rate=100, replay_outage_s=60.0)
 
 
 @dataclass(frozen=True)

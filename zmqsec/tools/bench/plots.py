@@ -45,7 +45,8 @@ def write_plots(results: dict, directory: Path) -> list[Path]:
     plt = _pyplot()
     label = f"({results['profile']} profile, {results['machine']['cpus']} CPUs)"
     written = []
-    for section, name, draw in (("stream", "stream.png", _stream), ("rekey", "rekey.png", _rekey),
+    for section, name, draw in (("stream", "stream.png", _stream), ("replay", "replay.png", _replay),
+                                ("rekey", "rekey.png", _rekey),
                                 ("bridge", "bridge.png", _bridge), ("memory", "memory.png", _memory)):
         if results.get(section):
             fig = draw(plt, results[section], label)
@@ -58,28 +59,55 @@ def write_plots(results: dict, directory: Path) -> list[Path]:
 
 
 def _stream(plt, rows: list[dict], label: str):
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    names = [f"{r['payload_bytes'] // 1024} KiB" for r in rows]
-    x = range(len(rows))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    off = [r for r in rows if not r.get("journal")]
+    on = {r["payload_bytes"]: r for r in rows if r.get("journal")}
+    names = [f"{r['payload_bytes'] // 1024} KiB" for r in off]
+    x = range(len(off))
     for ax, key, unit in ((axes[0], "msgs_per_s", "messages/s"), (axes[1], "mb_per_s", "MB/s")):
-        ax.bar([i - 0.2 for i in x], [r[f"plain_{key}"] for r in rows], 0.4, label="plain pyzmq")
-        ax.bar([i + 0.2 for i in x], [r[f"zmqsec_{key}"] for r in rows], 0.4, label="zmqsec")
-        for i, r in zip(x, rows):
-            ax.annotate(f"{r['msgs_ratio']:.0%}", (i + 0.2, r[f"zmqsec_{key}"]), ha="center", va="bottom")
+        ax.bar([i - 0.27 for i in x], [r[f"plain_{key}"] for r in off], 0.27, label="plain pyzmq")
+        ax.bar(list(x), [r[f"zmqsec_{key}"] for r in off], 0.27, label="zmqsec")
+        ax.bar([i + 0.27 for i in x], [on[r["payload_bytes"]][f"zmqsec_{key}"] if r["payload_bytes"] in on else 0
+                                       for r in off], 0.27, label="zmqsec, journal on")
+        for i, r in zip(x, off):
+            ax.annotate(f"{r['msgs_ratio']:.0%}", (i, r[f"zmqsec_{key}"]), ha="center", va="bottom")
+            if r["payload_bytes"] in on:
+                j = on[r["payload_bytes"]]
+                ax.annotate(f"{j['msgs_ratio']:.0%}", (i + 0.27, j[f"zmqsec_{key}"]), ha="center", va="bottom")
         ax.set_xticks(list(x), names)
         ax.set_ylabel(unit)
-        ax.set_title(f"throughput, {unit}")
-        ax.legend()
+        ax.set_title(f"throughput, {unit} (% of plain)")
+        ax.legend(fontsize=8)
     ax = axes[2]
-    ax.bar([i - 0.3 for i in x], [r["plain_p50_ms"] for r in rows], 0.2, label="plain p50")
-    ax.bar([i - 0.1 for i in x], [r["plain_p99_ms"] for r in rows], 0.2, label="plain p99")
-    ax.bar([i + 0.1 for i in x], [r["p50_ms"] for r in rows], 0.2, label="zmqsec p50")
-    ax.bar([i + 0.3 for i in x], [r["p99_ms"] for r in rows], 0.2, label="zmqsec p99")
+    bars = [("plain p50", "plain_p50_ms", off), ("plain p99", "plain_p99_ms", off), ("zmqsec p50", "p50_ms", off),
+            ("zmqsec p99", "p99_ms", off)]
+    if on:
+        bars += [("journal on p50", "p50_ms", None), ("journal on p99", "p99_ms", None)]
+    width = 0.8 / len(bars)
+    for k, (name, key, source) in enumerate(bars):
+        values = [(r if source is not None else on.get(r["payload_bytes"], {})).get(key, 0) for r in off]
+        ax.bar([i - 0.4 + width * (k + 0.5) for i in x], values, width, label=name)
     ax.set_xticks(list(x), names)
     ax.set_ylabel("ms, publish to verified delivery")
-    ax.set_title(f"latency at {rows[0]['latency_rate_per_s']} msg/s")
-    ax.legend(fontsize=8)
+    ax.set_title(f"latency at {off[0]['latency_rate_per_s']} msg/s")
+    ax.legend(fontsize=7)
     fig.suptitle(f"stream over tcp loopback {label}")
+    return fig
+
+
+def _replay(plt, replay: dict, label: str):
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    t = [p[0] for p in replay["progress"]]
+    ax.plot(t, [p[2] for p in replay["progress"]], label="records published (live stream)", color="tab:gray")
+    ax.plot(t, [p[1] for p in replay["progress"]], label="records stored by the restarted reader", color="tab:blue")
+    ax.axvline(replay["time_to_live_s"], linestyle=":", color="tab:green",
+               label=f"live again after {replay['time_to_live_s']:.1f} s")
+    ax.set_xlabel("seconds after the restart")
+    ax.set_ylabel("sequence number")
+    ax.set_title(f"{replay['records']} records missed in a {replay['outage_s']:.0f} s outage: replayed at "
+                 f"{replay['catch_up_records_per_s']:.0f}/s ({replay['catch_up_ratio']:.1f}x live)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.suptitle(f"reader catch-up from the publisher's journal {label}")
     return fig
 
 

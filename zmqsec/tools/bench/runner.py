@@ -18,6 +18,7 @@ from .memory import run_memory
 from .pki import SHARED_READER_KEYS, make_pki
 from .plots import write_plots
 from .rekey import run_rekey
+from .replay import run_replay
 from .report import evaluate_targets, load, machine, round_figures, write_results
 from .stream import run_stream
 
@@ -51,8 +52,11 @@ def run(config: BenchConfig) -> dict:
         log.info("set-up: CA and %d reader certificates (sharing %d key pairs) in %.1f s", needed, SHARED_READER_KEYS,
                  results["setup_s"])
         if "stream" in config.sections:
-            results["stream"] = run_stream(profile, pki)
+            results["stream"] = run_stream(profile, pki, workdir)
             results["load_average"]["after_stream"] = load()
+        if "replay" in config.sections:
+            results["replay"] = run_replay(profile, pki, workdir)
+            results["load_average"]["after_replay"] = load()
         if "rekey" in config.sections:
             results["rekey"], notes = run_rekey(profile, pki, config.group_size)
             results["notes"] += notes

@@ -1,4 +1,4 @@
-"""The bench's small statistics: medians, nearest-rank percentiles, and a process's resident set."""
+"""The bench's small statistics: medians, nearest-rank percentiles, a process's resident set, a directory's size."""
 
 from __future__ import annotations
 
@@ -33,3 +33,8 @@ def rss() -> dict:
     except OSError:
         pass
     return out
+
+
+def disk_bytes(directory: Path) -> int:
+    """Bytes of the files under ``directory`` (0 when it does not exist)."""
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0

@@ -1,5 +1,6 @@
 """The stream section: plain pyzmq PUB/SUB against a zmqsec ``Publisher``/``Subscriber`` over tcp
-loopback (messages/s, MB/s, paced latency), and where a zmqsec message's CPU time goes."""
+loopback, with the publisher's journal off and on (messages/s, MB/s, paced latency), and where a zmqsec
+message's CPU time goes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import shutil
 import time
+from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -20,9 +23,9 @@ from zmqsec.keys.trust import TrustStore
 from zmqsec.machines.receiver import Delivered, StreamReceiver
 from zmqsec.machines.sender import RotationPolicy, StreamSender, wire
 
-from .config import PLAIN, STREAM, ZMQSEC, BenchError, Profile
+from .config import JOURNALED, PLAIN, STREAM, ZMQSEC, BenchError, Profile
 from .pki import Pki
-from .stats import median, percentile
+from .stats import disk_bytes, median, percentile
 from .systems import HWM, StreamSpec
 from .workers import StreamPair
 
@@ -83,8 +86,9 @@ def primitive_cpu(payload: bytes, count: int = 500, reps: int = 3) -> dict:
     return {name: median(values) for name, values in timings.items()}
 
 
-def run_stream(profile: Profile, pki: Pki) -> list[dict]:
-    """Plain pyzmq and zmqsec side by side, repetitions interleaved so drift hits both alike."""
+def run_stream(profile: Profile, pki: Pki, workdir: Path) -> list[dict]:
+    """Plain pyzmq, zmqsec, and zmqsec with its journal on, side by side, repetitions interleaved so drift
+    hits all three alike.  Two rows per payload size: ``"journal": false`` and ``"journal": true``."""
     ctx = multiprocessing.get_context("spawn")
     registry = pki.registry(1, "stream")
     reader_cert, reader_key = pki.reader(0)
@@ -92,15 +96,18 @@ def run_stream(profile: Profile, pki: Pki) -> list[dict]:
                       registry=registry, reader_cert=reader_cert, reader_key=reader_key)
     results = []
     for size in profile.stream_payloads:
-        pairs = {}
+        journal_dir = workdir / f"journal-{size}"
+        systems = {PLAIN: base, ZMQSEC: dataclasses.replace(base, system=ZMQSEC),
+                   JOURNALED: dataclasses.replace(base, system=JOURNALED, journal=journal_dir)}
+        pairs, warm_up = {}, 2000 if size <= 4096 else 300
         try:
-            for system in (PLAIN, ZMQSEC):
-                pairs[system] = StreamPair(ctx, dataclasses.replace(base, system=system))
+            for system, spec in systems.items():
+                pairs[system] = StreamPair(ctx, spec)
             counts = {}
             for system, pair in pairs.items():
                 # Warm-up (connections, caches, allocator) that also sizes the bursts: each system
-                # sends what fills stream_seconds at its own pace, so both are timed over similar spans.
-                got, seconds, _, _ = pair.run("burst", 2000 if size <= 4096 else 300, size)
+                # sends what fills stream_seconds at its own pace, so all are timed over similar spans.
+                got, seconds, _, _ = pair.run("burst", warm_up, size)
                 counts[system] = _burst_size(got / seconds, profile.stream_seconds, size)
             log.info("stream: %d-byte payloads, %d repetitions of %s", size, profile.stream_reps,
                      " and ".join(f"{c} messages ({s})" for s, c in counts.items()))
@@ -119,23 +126,38 @@ def run_stream(profile: Profile, pki: Pki) -> list[dict]:
                                                     latency=True)
         finally:
             rss = {s: p.stop() for s, p in pairs.items()}
-        plain, secure = median(samples[PLAIN]), median(samples[ZMQSEC])
-        results.append({
-            "payload_bytes": size,
-            "plain_msgs_per_s": plain, "zmqsec_msgs_per_s": secure,
-            "plain_mb_per_s": plain * size / 1e6, "zmqsec_mb_per_s": secure * size / 1e6,
-            "msgs_ratio": secure / plain, "mb_ratio": (secure * size) / (plain * size),
-            "p50_ms": percentile(latency[ZMQSEC], 50), "p99_ms": percentile(latency[ZMQSEC], 99),
-            "plain_p50_ms": percentile(latency[PLAIN], 50), "plain_p99_ms": percentile(latency[PLAIN], 99),
-            "latency_rate_per_s": profile.latency_rate, "latency_messages": profile.latency_messages,
-            "latency_delivered": {s: len(v) for s, v in latency.items()},
-            "messages": counts, "repetitions": profile.stream_reps,
-            "dropped": {s: counts[s] * len(v) - sum(v) for s, v in delivered.items()},
-            "zmqsec_reader_problems": problems[ZMQSEC],
-            "plain_msgs_per_s_samples": samples[PLAIN], "zmqsec_msgs_per_s_samples": samples[ZMQSEC],
-            "reader_peak_rss_mb": {s: r["reader"].get("peak_rss_mb") for s, r in rss.items()},
-            **per_message_cpu(pki, size),
-        })
-        log.info("stream %d B: plain %.0f msg/s, zmqsec %.0f msg/s (ratio %.2f), zmqsec latency p50 %.1f ms p99 %.1f ms",
-                 size, plain, secure, secure / plain, results[-1]["p50_ms"], results[-1]["p99_ms"])
+        journal_bytes = disk_bytes(journal_dir)
+        shutil.rmtree(journal_dir, ignore_errors=True)
+        plain = median(samples[PLAIN])
+        cpu = per_message_cpu(pki, size)
+        for system in (ZMQSEC, JOURNALED):
+            secure = median(samples[system])
+            row = {
+                "payload_bytes": size, "journal": system == JOURNALED,
+                "plain_msgs_per_s": plain, "zmqsec_msgs_per_s": secure,
+                "plain_mb_per_s": plain * size / 1e6, "zmqsec_mb_per_s": secure * size / 1e6,
+                "msgs_ratio": secure / plain, "mb_ratio": (secure * size) / (plain * size),
+                "p50_ms": percentile(latency[system], 50), "p99_ms": percentile(latency[system], 99),
+                "plain_p50_ms": percentile(latency[PLAIN], 50), "plain_p99_ms": percentile(latency[PLAIN], 99),
+                "latency_rate_per_s": profile.latency_rate, "latency_messages": profile.latency_messages,
+                "latency_delivered": {PLAIN: len(latency[PLAIN]), "zmqsec": len(latency[system])},
+                "messages": {PLAIN: counts[PLAIN], "zmqsec": counts[system]}, "repetitions": profile.stream_reps,
+                "dropped": {s: counts[s] * len(delivered[s]) - sum(delivered[s]) for s in (PLAIN, system)},
+                "zmqsec_reader_problems": problems[system],
+                "plain_msgs_per_s_samples": samples[PLAIN], "zmqsec_msgs_per_s_samples": samples[system],
+                "reader_peak_rss_mb": {s: rss[s]["reader"].get("peak_rss_mb") for s in (PLAIN, system)},
+                **cpu,
+            }
+            if system == JOURNALED:
+                off = median(samples[ZMQSEC])
+                journaled = warm_up + counts[JOURNALED] * profile.stream_reps + profile.latency_messages
+                row.update({"journal_off_msgs_per_s": off, "journal_ratio": secure / off,
+                            "journal_bytes": journal_bytes, "journal_bytes_per_message": journal_bytes / journaled})
+            results.append(row)
+        log.info("stream %d B: plain %.0f msg/s, zmqsec %.0f msg/s (ratio %.2f), with journal %.0f msg/s "
+                 "(%.2f of journal off); zmqsec latency p50 %.1f ms p99 %.1f ms (journal on: %.1f / %.1f ms)",
+                 size, plain, results[-2]["zmqsec_msgs_per_s"], results[-2]["msgs_ratio"],
+                 results[-1]["zmqsec_msgs_per_s"], results[-1]["journal_ratio"], results[-2]["p50_ms"],
+                 results[-2]["p99_ms"], results[-1]["p50_ms"], results[-1]["p99_ms"])
     return results
+

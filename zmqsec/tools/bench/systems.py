@@ -13,10 +13,11 @@ from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderRegistry
 
+from zmqsec.drivers.journal import Journal
 from zmqsec.drivers.publisher import Publisher
 from zmqsec.drivers.subscriber import Subscriber
 
-from .config import STREAM, ZMQSEC
+from .config import PLAIN, STREAM
 from .grouping import policy
 
 HWM = 100_000  # both systems: the zmqsec Publisher's default SNDHWM and the Subscriber's RCVHWM
@@ -36,16 +37,17 @@ class StreamSpec:
     reader_key: Path | None = None
     endpoint: str = "tcp://127.0.0.1:*"
     group_size: int = 0
+    journal: Path | None = None  # zmqsec publisher: journal every frame here (docs/PROTOCOL.md §10.3)
 
 
 def publisher_side(spec: StreamSpec):
     """The publisher of ``spec.system``, bound to ``spec.endpoint``."""
-    return (_ZmqsecPublisher if spec.system == ZMQSEC else _PlainPublisher)(spec)
+    return (_PlainPublisher if spec.system == PLAIN else _ZmqsecPublisher)(spec)
 
 
 def reader_side(spec: StreamSpec):
     """The reader of ``spec.system``, connected to ``spec.endpoint``."""
-    return (_ZmqsecReader if spec.system == ZMQSEC else _PlainReader)(spec)
+    return (_PlainReader if spec.system == PLAIN else _ZmqsecReader)(spec)
 
 
 class _PlainPublisher:
@@ -83,12 +85,13 @@ class _PlainPublisher:
 
 
 class _ZmqsecPublisher:
-    """A zmqsec :class:`Publisher` with a registry of readers."""
+    """A zmqsec :class:`Publisher` with a registry of readers (and a journal when the spec names one)."""
 
     def __init__(self, spec: StreamSpec) -> None:
+        self.journal = Journal(spec.journal) if spec.journal else None
         self.publisher = Publisher(STREAM, [spec.endpoint], Credential.load(spec.publisher_cert, spec.publisher_key),
                                    ReaderRegistry(spec.registry), trust_dir=spec.trust_dir, policy=policy(spec.group_size),
-                                   sndhwm=HWM)
+                                   sndhwm=HWM, journal=self.journal)
         self.endpoint = self.publisher.endpoints[0]
 
     @property
@@ -119,8 +122,10 @@ class _ZmqsecPublisher:
         self.publisher.flush()
 
     def close(self) -> None:
-        """Close the publisher."""
+        """Close the publisher (and its journal)."""
         self.publisher.close()
+        if self.journal is not None:
+            self.journal.close()
 
 
 class _PlainReader:
