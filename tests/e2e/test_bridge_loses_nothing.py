@@ -374,3 +374,32 @@ def test_stomp_out_joining_late_with_a_saved_position_fetches_what_it_missed(sit
     runs = {h["empa-id"].rpartition("-")[0] for h, _ in deliveries}
     assert len(runs) == (2 if publisher_restarted else 1)
     assert bridge_status["sent"] == 150 and bridge_status["repaired"] >= 150 and bridge_status["unrecoverable"] == 0
+
+
+def test_stomp_in_stores_a_re_sent_empa_id_once_also_across_its_restart(site, destination, port):
+    """A sender re-sends a message under the empa-id it used before (as stomp-out does after a kill -9): stomp-in
+    acknowledges the copy and stores nothing new, while running and after a restart (it remembers the ids still in
+    its incoming queue); the same empa-id from another signer is another message."""
+    d = site.dir
+    site.issue("other", Role.BRIDGE)
+    (d / "valid_dns").write_text(f"{site.dn('bridge')}\n{site.dn('other')}\n")
+    one, two = smime.sign(b"job 1", site["bridge"]), smime.sign(b"job 2", site["bridge"])
+    logs = daemons.logs(site, "bridge-in")
+    options = dict(certificate="server", hosts=f"{HOST}:{port}", destination=destination, dn_list=d / "valid_dns")
+    stream_in = daemons.bridge_in(site, "bridge-in", **options)
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("broker"), what="stomp-in connected", logs=logs)
+        stomp_client.send(port, destination, [("run-1", one), ("run-1", one), ("run-2", two)])
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("duplicates") == 1, what="the copy", logs=logs)
+        daemons.stop(stream_in)
+        (d / "bridge-in.json").unlink()  # the predecessor's figures
+        stream_in = daemons.bridge_in(site, "bridge-in", **options)
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("broker"), what="stomp-in again", logs=logs)
+        stomp_client.send(port, destination, [("run-2", two), ("run-1", smime.sign(b"job 1", site["other"]))])
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("duplicates") == 1
+                     and daemons.status(site, "bridge-in").get("accepted") == 1, what="after the restart", logs=logs)
+    finally:
+        daemons.stop(stream_in)
+    stored = sorted((m["signer"], m["empaid"], m["body"]) for m in daemons.incoming(site, "bridge-in"))
+    assert stored == sorted([(site.dn("bridge"), "run-1", "job 1"), (site.dn("bridge"), "run-2", "job 2"),
+                             (site.dn("other"), "run-1", "job 1")])
