@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from kit.wire import WireSender
 from zmqsec.crypto import enveloped
-from zmqsec.drivers.journal import Journal, Recorder
+from zmqsec.drivers.journal import Journal
+from zmqsec.drivers.recorder import Recorder
 from zmqsec.drivers.replay import MAX_CLIENTS, MAX_FRAMES_PER_REQUEST, ReplayServer
 from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.receiver import Delivered, Rejected, StreamReceiver

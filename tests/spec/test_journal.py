@@ -11,13 +11,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from kit import mounts
 from kit.wire import WireSender
-from zmqsec.drivers.journal import DATABASE, Journal, JournalFull, JournalReader, Recorder, RunInfo, frame_digest
+from zmqsec.drivers.journal import DATABASE, Journal, JournalFull, JournalReader, RunInfo, frame_digest
+from zmqsec.drivers.recorder import Recorder
 from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.sender import RotationPolicy, Send
 from zmqsec.protocol import frames
@@ -488,7 +490,8 @@ def test_over_max_bytes_the_oldest_frames_go_and_the_file_shrinks(pki, tmp_path)
 _FULL = r'''
 """A journal on a small tmpfs, driven line by line over a Unix socket (argv[1]) by test_journal.py."""
 import json, socket, sys
-from zmqsec.drivers.journal import Journal, JournalReader, Recorder
+from zmqsec.drivers.journal import Journal, JournalReader
+from zmqsec.drivers.recorder import Recorder
 from zmqsec.protocol import frames
 
 control, directory, plan_path = "\0" + sys.argv[1], *sys.argv[2:4]  # an abstract socket name
@@ -690,3 +693,30 @@ def test_checkpoints_due_within_a_group_commit_interval_share_one_commit(pki, tm
     recorder.tick()
     assert sent.count(frames.CHECKPOINT) == 3 and journal.pending == 0 and recorder.deadline is None
     assert sent[-2:] == [frames.CHECKPOINT, frames.CHECKPOINT]  # each after every data frame it vouches for
+
+
+def test_a_background_commit_sends_each_checkpoint_only_after_its_batch_is_durable(pki, tmp_path):
+    sent: list[bytes] = []
+    sender = _sender(pki, checkpoint_max=5)
+    journal = Journal(tmp_path)
+    journal.open_run(STREAM, sender.stream_id, None)
+    recorder = Recorder(lambda parts: sent.append(bytes(parts[0][-1:])), journal, background=True)
+    try:
+        _record(recorder, _stream(sender, 20), sender.stream_id)  # ends with commit(): it waits
+        assert sent.count(frames.CHECKPOINT) == 4 and journal.pending == 0
+        assert _served_seqs(tmp_path, sender.stream_id) == list(range(1, 21))
+        # Without a forced commit the checkpoints go out once the committer thread is done, at a tick.
+        _stream_only = _stream(sender, 10)
+        for a in _stream_only:
+            (recorder.checkpoint(a.parts) if a.kind == frames.CHECKPOINT else
+             recorder.data(a.parts, sender.stream_id, a.seq, a.epoch) if a.kind == frames.DATA else
+             recorder.control(a.parts))
+        deadline = time.monotonic() + 10
+        while sent.count(frames.CHECKPOINT) < 6 and time.monotonic() < deadline:
+            time.sleep(Recorder.COMMIT_EVERY / 5)
+            recorder.tick()
+        assert sent.count(frames.CHECKPOINT) == 6
+        assert _served_seqs(tmp_path, sender.stream_id) == list(range(1, 31))
+    finally:
+        recorder.close()
+        journal.close()

@@ -619,6 +619,22 @@ def test_a_silent_server_hands_the_range_to_the_next():
     assert out == [Abandon(STREAM, RUN, 4, 9)] and now >= GIVE_UP
 
 
+def test_an_open_ended_ask_nobody_answers_is_dropped_not_reported_lost():
+    """What may follow a position (``last`` 0) is not known to exist: servers silent or refusing until GIVE_UP
+    end the ask without an unrecoverable gap."""
+    repairer = Repairer(2)
+    repairer.missing(STREAM, RUN, 4, 0, 0.0)
+    now, out = 0.0, []
+    while now < GIVE_UP + 2 * SILENCE:
+        now += SILENCE
+        out += repairer.tick(now)
+    assert not [a for a in out if isinstance(a, Abandon)] and repairer.active == 0
+    (ask,) = repairer.missing(STREAM, RUN, 4, 0, now)
+    (_, again) = repairer.error(0, ask.request.id, UNKNOWN_RUN, now)  # cancel that one, ask the next server
+    out = repairer.error(1, again.request.id, UNKNOWN_RUN, now)
+    assert not [a for a in out if isinstance(a, Abandon)] and repairer.active == 0
+
+
 def test_frames_keep_a_slow_server_from_counting_as_silent():
     repairer = Repairer(2)
     repairer.missing(STREAM, RUN, 4, 9, 0.0)

@@ -16,7 +16,6 @@ spool items they carry (group commit).  Readers open their own
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import sqlite3
@@ -26,7 +25,7 @@ from pathlib import Path
 
 from zmqsec.crypto import cms, enveloped
 from zmqsec.errors import ZmqsecError
-from zmqsec.protocol import frames
+from zmqsec.protocol import frames, primitives
 
 log = logging.getLogger("zmqsec.journal")
 
@@ -74,16 +73,18 @@ class Entry:
     keks: bytes  # K: the KEK ids the envelope wraps for, NUL-separated
     topic: bytes
     body: bytes
+    known_digest: bytes = b""  # the frame's digest when the caller has it already (a data frame's checkpoint entry)
 
     @property
     def digest(self) -> bytes:
-        """SHA-256 of the frame's two parts (length-prefixed topic, then body)."""
-        return frame_digest(self.topic, self.body)
+        """The frame's digest (:func:`frame_digest`)."""
+        return self.known_digest or frame_digest(self.topic, self.body)
 
 
 def frame_digest(topic: bytes, body: bytes) -> bytes:
-    """What a journal row's bytes must hash to."""
-    return hashlib.sha256(len(topic).to_bytes(2, "big") + topic + body).digest()
+    """What a journal row's bytes must hash to: the digest checkpoints list for a data frame (§5), taken of
+    every kind of frame, so a data frame's is computed once, by the sender."""
+    return primitives.frame_digest(topic, body)
 
 
 def describe(parts: list[bytes]) -> Entry:
@@ -148,6 +149,7 @@ class Journal:
         self._batch: list[Entry] = []
         self._spooled: list[tuple[str, bytes, bytes, int]] = []
         self._known_runs: set[bytes] = set()
+        self._writer_db: sqlite3.Connection | None = None  # a background committer's connection
 
     # -- runs ---------------------------------------------------------------------------------
 
@@ -194,12 +196,32 @@ class Journal:
     def commit(self) -> None:
         """Write the batch and its spool items in one transaction, synced; raises :class:`JournalFull` when
         the disk is full (the batch is kept, so a later commit writes it)."""
-        if not self._batch and not self._spooled:
+        batch = self.take()
+        try:
+            self.write(batch)
+        except JournalError:
+            self.restore(batch)
+            raise
+
+    def take(self) -> tuple[list[Entry], list]:
+        """The batch and its spool items, handed over (for :meth:`write`, maybe in another thread)."""
+        batch, self._batch, self._spooled = (self._batch, self._spooled), [], []
+        return batch
+
+    def restore(self, batch: tuple[list[Entry], list]) -> None:
+        """A batch :meth:`write` could not write goes back ahead of what was added since."""
+        self._batch, self._spooled = batch[0] + self._batch, batch[1] + self._spooled
+
+    def write(self, batch: tuple[list[Entry], list], *, own_connection: bool = False) -> None:
+        """Write a batch taken with :meth:`take` in one synced transaction; with ``own_connection``, on the
+        connection of the one thread that writes batches beside the owner's (a background committer)."""
+        entries, spooled = batch
+        if not entries and not spooled:
             return
-        batch, spooled, now = self._batch, self._spooled, self._clock()
+        now = self._clock()
 
         def write(db: sqlite3.Connection) -> None:
-            for entry in batch:
+            for entry in entries:
                 if entry.stream_id not in self._known_runs:  # a relay meets runs in the frames it passes
                     db.execute("INSERT OR IGNORE INTO runs (stream_id, stream, started) VALUES (?, ?, ?)",
                                (entry.stream_id, frames.stream_name(entry.topic), now))
@@ -208,9 +230,9 @@ class Journal:
                 "INSERT OR IGNORE INTO frames (stream_id, kind, seq, seq_end, epoch, kek, keks, written, topic, body, "
                 "digest) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(e.stream_id, e.kind, e.seq, e.seq_end, e.epoch, e.kek, e.keks, now, e.topic, e.body, e.digest)
-                 for e in batch])
+                 for e in entries])
             last: dict[bytes, int] = {}
-            for e in batch:
+            for e in entries:
                 if e.kind == "D":
                     last[e.stream_id] = max(last.get(e.stream_id, 0), e.seq)
             db.executemany("UPDATE runs SET last_seq = MAX(last_seq, ?) WHERE stream_id = ?",
@@ -218,18 +240,23 @@ class Journal:
             db.executemany("INSERT OR IGNORE INTO spooled (name, digest, stream_id, seq, written) VALUES (?, ?, ?, ?, ?)",
                            [(*item, now) for item in spooled])
 
-        self._write(write)
-        self._batch, self._spooled = [], []
+        self._write(write, self._writer() if own_connection else self._db)
 
-    def _write(self, work) -> None:
+    def _writer(self) -> sqlite3.Connection:
+        if self._writer_db is None:
+            self._writer_db = _connect(self.path)
+        return self._writer_db
+
+    def _write(self, work, db: sqlite3.Connection | None = None) -> None:
+        db = db or self._db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            db.execute("BEGIN IMMEDIATE")
             try:
-                work(self._db)
-                self._db.execute("COMMIT")
+                work(db)
+                db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite rolls back by itself on SQLITE_FULL
+                    db.execute("ROLLBACK")
                 raise
         except sqlite3.OperationalError as exc:
             if "full" in str(exc) or getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
@@ -294,6 +321,8 @@ class Journal:
 
     def close(self) -> None:
         """Close the database (a pending batch is not written)."""
+        if self._writer_db is not None:
+            self._writer_db.close()
         self._db.close()
 
 
@@ -362,84 +391,3 @@ class JournalReader:
     def close(self) -> None:
         """Close the connection."""
         self._db.close()
-
-
-class Recorder:
-    """A publisher's output in the order of docs/PROTOCOL.md §10.3: every frame goes on the socket at once and
-    into the journal's batch; a checkpoint goes out only once the batch holding it (and the spool items it
-    carries) is committed and synced.  Commits are grouped: at most one every ``COMMIT_EVERY`` seconds, unless
-    the caller forces one (:meth:`commit`, at the end of a spool batch).  With the disk full, checkpoints wait
-    (``blocked``) and the commit is retried; nothing is published meanwhile."""
-
-    RETRY = 2.0  # seconds between commits of a batch the disk had no room for
-    COMMIT_EVERY = 0.05  # seconds between group commits: checkpoints due meanwhile wait for the next one
-
-    def __init__(self, send, journal: Journal | None, clock=time.monotonic) -> None:
-        self._send, self.journal, self._clock = send, journal, clock
-        self._held: list[list[bytes]] = []  # checkpoints waiting for their commit
-        self._retry_at = 0.0  # while a commit fails (disk full): when to try again
-        self._next_commit = 0.0
-
-    @property
-    def blocked(self) -> bool:
-        """Is a commit failing (disk full)?  Then publish nothing more."""
-        return self._retry_at != 0.0
-
-    @property
-    def deadline(self) -> float | None:
-        """When :meth:`tick` must run to commit the held checkpoints (None: nothing held)."""
-        if not self._held:
-            return None
-        return self._retry_at or self._next_commit
-
-    def data(self, parts: list[bytes], stream_id: bytes, seq: int, epoch: int) -> None:
-        """A data frame: out now, into the batch."""
-        self._send(parts)
-        if self.journal is not None:
-            self.journal.add(Entry(stream_id, "D", seq, seq, epoch, b"", b"", parts[0], parts[1]))
-
-    def control(self, parts: list[bytes]) -> None:
-        """An announcement, group announcement or run frame: out now, into the batch."""
-        self._send(parts)
-        if self.journal is not None:
-            self.journal.add_parts(parts)
-
-    def again(self, parts: list[bytes]) -> None:
-        """A copy of a frame sent and journaled before: out now, unless checkpoints are held (disk full)."""
-        if not self._held:
-            self._send(parts)
-
-    def checkpoint(self, parts: list[bytes]) -> None:
-        """A checkpoint: into the batch, committed, then out (held while the commit fails)."""
-        if self.journal is None:
-            self._send(parts)
-            return
-        self.journal.add_parts(parts)
-        self._held.append(parts)
-        if not self._retry_at and self._clock() >= self._next_commit:
-            self.commit()
-
-    def commit(self) -> bool:
-        """Commit the batch and release the checkpoints it holds; False (logged once) while the disk is full."""
-        if self.journal is None:
-            return True
-        try:
-            self.journal.commit()
-        except JournalFull as exc:
-            if self._retry_at == 0.0:
-                log.error("%s; publishing stops until space returns (the outgoing spool keeps the records)", exc)
-            self._retry_at = self._clock() + self.RETRY
-            return False
-        if self._retry_at:
-            log.info("journal %s: writing again; publishing resumes", self.journal.path)
-            self._retry_at = 0.0
-        self._next_commit = self._clock() + self.COMMIT_EVERY
-        held, self._held = self._held, []
-        for parts in held:
-            self._send(parts)
-        return True
-
-    def tick(self) -> None:
-        """Commit the held checkpoints when the group commit is due (or retry one the disk had no room for)."""
-        if self._held and self._clock() >= (self._retry_at or self._next_commit):
-            self.commit()

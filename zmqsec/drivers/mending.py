@@ -12,6 +12,7 @@ import collections
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import zmq
@@ -28,6 +29,8 @@ from .curve import CurveClient
 from .replay import ReplayLink
 
 log = logging.getLogger("zmqsec.reader")
+
+QUIET = 5.0  # seconds without a live frame (re-announcements come every second) before asking replay
 
 
 class PositionFile:
@@ -63,6 +66,7 @@ class Mender:
         self.repairer = Repairer(len(endpoints), tags)
         self.counters: collections.Counter = collections.Counter()
         self._requests: set[tuple[int, int]] = set()  # (server, request id) in flight
+        self._last_live = self._next_probe = time.monotonic()
         for name, run, seq in self.positions.resume():
             receiver.resume(name, run, seq)
 
@@ -123,9 +127,19 @@ class Mender:
                 self._act(self.repairer.error(server, request_id, fields[0], now))
         return events
 
+    def live(self, now: float) -> None:
+        """A frame arrived on the live stream (the link is alive)."""
+        self._last_live = now
+
     def tick(self, now: float) -> None:
-        """Retries, and hand-overs from silent servers."""
+        """Retries, and hand-overs from silent servers; after ``QUIET`` seconds without a live frame (a dead
+        link or multicast session sends not even re-announcements), ask the servers what follows the
+        position, every ``QUIET`` seconds."""
         self._act(self.repairer.tick(now))
+        if self.link is not None and now - self._last_live >= QUIET and now >= self._next_probe:
+            self._next_probe = now + QUIET
+            for name, run, first, last in self.positions.repairs():
+                self._act(self.repairer.missing(name, run, first, last, now))
 
     def _act(self, actions) -> None:
         for action in actions:

@@ -24,7 +24,8 @@ from zmqsec.protocol.frames import CHECKPOINT, DATA, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
 from .curve import CurveServer, apply_server
-from .journal import Journal, JournalError, Recorder
+from .journal import Journal, JournalError
+from .recorder import Recorder
 from .replay import ReplayServer
 from .transports import DEFAULT_MULTICAST_RATE, bind
 from .watch import RegistryWatch
@@ -86,7 +87,8 @@ class Publisher:
         for endpoint in endpoints:
             bind(self.socket, endpoint)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
-        self.recorder = Recorder(lambda parts: self.socket.send_multipart(parts, copy=False), journal)
+        self.recorder = Recorder(lambda parts: self.socket.send_multipart(parts, copy=False), journal,
+                                 background=True)
         self.replay = None
         if replay_endpoints:
             if journal is None:
@@ -110,7 +112,7 @@ class Publisher:
                 if action.again:
                     self.recorder.again(action.parts)
                 elif action.kind == DATA:
-                    self.recorder.data(action.parts, self.sender.stream_id, action.seq, action.epoch)
+                    self.recorder.data(action.parts, self.sender.stream_id, action.seq, action.epoch, action.digest)
                 elif action.kind == CHECKPOINT:
                     self.recorder.checkpoint(action.parts)
                 else:
@@ -208,6 +210,7 @@ class Publisher:
     def close(self) -> None:
         """Sign the last checkpoint and close the socket (and the replay server)."""
         self.flush()
+        self.recorder.close()
         if self.replay is not None:
             self.replay.stop()
         self.socket.close()

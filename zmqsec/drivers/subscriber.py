@@ -182,6 +182,7 @@ class _Base:
 
     def _process(self, parts: list[bytes]) -> None:
         now = time.monotonic()
+        self.mender.live(now)
         self._handle(self.receiver.frame_received(parts, now), now)
 
     def _drain(self) -> None:

@@ -109,7 +109,9 @@ class Repairer:
         self._wants.pop(want.request_id, None)
         want.refusals += refused
         if want.refusals >= self.servers or now - want.created >= GIVE_UP:
-            return out + self._abandon(Abandon(want.stream, want.run, want.first, want.last or want.first))
+            if not want.last:  # open-ended (whatever follows a position): nothing is known to be missing
+                return out
+            return out + self._abandon(Abandon(want.stream, want.run, want.first, want.last))
         want.server, want.idle = (want.server + 1) % self.servers, 0
         out += self._ask(want, now)
         if want.server == 0 and not refused:  # round the list again: not at once

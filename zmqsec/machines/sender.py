@@ -56,6 +56,7 @@ class Send(NamedTuple):
     seq: int = 0
     epoch: int = 0
     again: bool = False  # a copy of a frame sent before (journaled already)
+    digest: bytes = b""  # a data frame's digest (docs/PROTOCOL.md §5), for the journal
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,14 +226,15 @@ class StreamSender:
         topic = self._data_topic
         parts = encode_data(topic, self.stream_id, epoch.number, seq, epoch.key.seal(topic, self.stream_id, epoch.number,
                                                                                     seq, payload))
-        out.append(Send(DATA, parts, seq, epoch.number))
+        digest = frame_digest(topic, parts[1])
+        out.append(Send(DATA, parts, seq, epoch.number, digest=digest))
         size = len(payload)
         epoch.messages += 1  # the epoch's rotation counters (inline: every message passes here)
         epoch.bytes += size
         stats = self.stats
         stats.sent += 1
         stats.bytes += size
-        if self._checkpoints.add(seq, frame_digest(topic, parts[1]), now):
+        if self._checkpoints.add(seq, digest, now):
             out += self.flush(now)
         return out
 

@@ -1,0 +1,143 @@
+"""A publisher's output and its journal in the order of docs/PROTOCOL.md §10.3.
+
+Every frame goes on the socket at once and into the journal's batch; a
+checkpoint goes out only once the batch holding it (and the spool items it
+carries) is committed and synced.  Commits are grouped: at most one every
+``COMMIT_EVERY`` seconds, unless the caller forces one (:meth:`Recorder.commit`,
+at the end of a spool batch).  With ``background`` the commit (its fsync above
+all) runs in a thread of its own while the publisher goes on encrypting and
+sending; the checkpoints it releases still go out from the caller's thread,
+the one that owns the socket.  With the disk full, checkpoints wait
+(``blocked``) and the commit is retried; nothing is published meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from .journal import Entry, Journal, JournalError, JournalFull
+
+log = logging.getLogger("zmqsec.journal")
+
+POLL = 0.005  # seconds between looks at a background commit in flight, when idle
+
+
+class Recorder:
+    """Frames out and into the journal; checkpoints out once committed."""
+
+    RETRY = 2.0  # seconds between commits of a batch the disk had no room for
+    COMMIT_EVERY = 0.05  # seconds between group commits: checkpoints due meanwhile wait for the next one
+
+    def __init__(self, send, journal: Journal | None, clock=time.monotonic, *, background: bool = False) -> None:
+        self._send, self.journal, self._clock = send, journal, clock
+        self._held: list[list[bytes]] = []  # checkpoints waiting for their commit, in order
+        self._retry_at = 0.0  # while a commit fails (disk full): when to try again
+        self._next_commit = 0.0
+        self._pool = ThreadPoolExecutor(1, "zmqsec-journal") if background and journal is not None else None
+        self._inflight: tuple[Future, tuple, int] | None = None  # (commit, its batch, checkpoints it covers)
+
+    @property
+    def blocked(self) -> bool:
+        """Is a commit failing (disk full)?  Then publish nothing more."""
+        return self._retry_at != 0.0
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`tick` must run next: a commit due, or one in flight to collect (None: nothing held)."""
+        if self._inflight is not None:
+            return self._clock() + POLL
+        if not self._held:
+            return None
+        return self._retry_at or self._next_commit
+
+    def data(self, parts: list[bytes], stream_id: bytes, seq: int, epoch: int, digest: bytes = b"") -> None:
+        """A data frame (and its digest, if the sender has it): out now, into the batch."""
+        self._send(parts)
+        if self.journal is not None:
+            self.journal.add(Entry(stream_id, "D", seq, seq, epoch, b"", b"", parts[0], parts[1], digest))
+
+    def control(self, parts: list[bytes]) -> None:
+        """An announcement, group announcement or run frame: out now, into the batch."""
+        self._send(parts)
+        if self.journal is not None:
+            self.journal.add_parts(parts)
+
+    def again(self, parts: list[bytes]) -> None:
+        """A copy of a frame sent and journaled before: out now, unless checkpoints are held (it might be one)."""
+        if not self._held:
+            self._send(parts)
+
+    def checkpoint(self, parts: list[bytes]) -> None:
+        """A checkpoint: into the batch, committed (now or with the next group), then out."""
+        if self.journal is None:
+            self._send(parts)
+            return
+        self.journal.add_parts(parts)
+        self._held.append(parts)
+        self.tick()
+
+    def tick(self) -> None:
+        """Release what a finished background commit covers; start the group commit when it is due (or retry
+        one the disk had no room for)."""
+        if self._inflight is not None and self._inflight[0].done():
+            self._collect()
+        if self._held and self._inflight is None and self._clock() >= (self._retry_at or self._next_commit):
+            self._start()
+
+    def commit(self) -> bool:
+        """Commit everything held now and wait for it; False (logged once) while the disk is full."""
+        if self.journal is None:
+            return True
+        if self._inflight is not None:
+            self._collect()  # waits for it
+        if self._retry_at == 0.0 or self._clock() >= self._retry_at:
+            self._start()
+            if self._inflight is not None:
+                self._collect()
+        return not self.blocked
+
+    def close(self) -> None:
+        """Wait for a commit in flight and stop the committer thread."""
+        if self._inflight is not None:
+            self._collect()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    def _start(self) -> None:
+        batch, covered = self.journal.take(), len(self._held)
+        if self._pool is None:
+            future: Future = Future()
+            try:
+                self.journal.write(batch)
+                future.set_result(None)
+            except JournalError as exc:
+                future.set_exception(exc)
+        else:
+            future = self._pool.submit(self.journal.write, batch, own_connection=True)
+        self._inflight = (future, batch, covered)
+        if self._pool is None:
+            self._collect()
+
+    def _collect(self) -> None:
+        future, batch, covered = self._inflight
+        self._inflight = None
+        try:
+            future.result()
+        except JournalFull as exc:
+            self.journal.restore(batch)
+            if self._retry_at == 0.0:
+                log.error("%s; publishing stops until space returns (the outgoing spool keeps the records)", exc)
+            self._retry_at = self._clock() + self.RETRY
+            return
+        except JournalError:
+            self.journal.restore(batch)
+            raise
+        if self._retry_at:
+            log.info("journal %s: writing again; publishing resumes", self.journal.path)
+            self._retry_at = 0.0
+        self._next_commit = self._clock() + self.COMMIT_EVERY
+        released, self._held = self._held[:covered], self._held[covered:]
+        for parts in released:
+            self._send(parts)
