@@ -28,16 +28,6 @@ STREAM = daemons.STREAM.encode()
 NFT = shutil.which("nft") is not None
 
 
-def _bodies(site, name) -> list[str]:
-    """The bodies in a reader's incoming queue, oldest first, read straight from dirq's files (cheap enough to poll)."""
-    root = site.dir / f"in-{name}"
-    if not root.exists():
-        return []
-    elements = sorted(e for d in root.iterdir() if d.is_dir() and len(d.name) == 8
-                      for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
-    return [(e / "body").read_text() for e in elements if (e / "body").exists()]
-
-
 def _position(site, name) -> int:
     """The last sequence number a reader stored (its position), from its status file."""
     return (daemons.status(site, name).get("position") or {}).get("seq", 0)
@@ -225,4 +215,4 @@ def test_a_reader_that_loses_the_first_checkpoint_of_a_run_stores_the_run_from_i
     finally:
         daemons.stop(*procs)
     status = daemons.status(site, "central")
-    assert _bodies(site, "central") == [f"job {i}" for i in range(200)], status
+    assert daemons.bodies(site, "central") == [f"job {i}" for i in range(200)], status

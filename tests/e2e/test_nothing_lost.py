@@ -4,22 +4,13 @@ record exactly once, from the publisher's journal, in order; real processes, exa
 from __future__ import annotations
 
 import signal
+import threading
+import time
 
 import pytest
 
 from kit import daemons, ports
 from zmqsec.drivers.spool import IncomingSpool
-
-
-def _bodies(site, name) -> list[str]:
-    """The bodies in a reader's incoming queue, oldest first, read straight from dirq's files (the queue
-    holds thousands: locking each element, as a consumer must, would take seconds per look)."""
-    root = site.dir / f"in-{name}"
-    if not root.exists():
-        return []
-    elements = sorted(e for d in root.iterdir() if d.is_dir() and len(d.name) == 8
-                      for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
-    return [(e / "body").read_text() for e in elements if (e / "body").exists()]
 
 
 def _count(site, name) -> int:
@@ -47,16 +38,16 @@ def test_a_reader_stopped_mid_stream_catches_up_exactly_once_in_order(site):
     try:
         daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
         daemons.feed(site, 100)
-        daemons.wait(lambda: len(_bodies(site, "portal")) == 100, what="first 100", logs=logs)
+        daemons.wait(lambda: len(daemons.bodies(site, "portal")) == 100, what="first 100", logs=logs)
         daemons.stop(reader)
         daemons.feed(site, 300, start=100)  # published while the reader is away
         daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 400, what="all published", logs=logs)
         reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
         daemons.feed(site, 100, start=400)  # and live again
-        daemons.wait(lambda: len(_bodies(site, "portal")) == 500, timeout=60, what="catch-up", logs=logs)
+        daemons.wait(lambda: len(daemons.bodies(site, "portal")) == 500, timeout=60, what="catch-up", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert _bodies(site, "portal") == [f"job {i}" for i in range(500)]  # each once, in order
+    assert daemons.bodies(site, "portal") == [f"job {i}" for i in range(500)]  # each once, in order
     status = daemons.status(site, "portal")
     assert status["gaps"] == 0 and status["unrecoverable"] == 0 and status["repairs"] >= 1
 
@@ -71,21 +62,19 @@ def test_a_reader_killed_again_and_again_stores_every_record_once(site):
         daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
         for round_ in range(5):
             daemons.feed(site, 200, start=round_ * 200)
-            daemons.wait(lambda: len(_bodies(site, "portal")) > round_ * 200 + 20, what="some delivered", logs=logs)
+            daemons.wait(lambda: len(daemons.bodies(site, "portal")) > round_ * 200 + 20, what="some delivered", logs=logs)
             reader.send_signal(signal.SIGKILL)
             reader.wait()
             reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
-        daemons.wait(lambda: len(_bodies(site, "portal")) >= 1000, timeout=90, what="all 1000", logs=logs)
+        daemons.wait(lambda: len(daemons.bodies(site, "portal")) >= 1000, timeout=90, what="all 1000", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    bodies = _bodies(site, "portal")
+    bodies = daemons.bodies(site, "portal")
     assert sorted(bodies, key=lambda b: int(b.split()[1])) == [f"job {i}" for i in range(1000)], (len(bodies), len(set(bodies)))
 
 
 def _feeder(site, total: int, rate: float, start: int = 0):
     """A thread dropping ``total`` records into the outgoing spool at about ``rate`` per second."""
-    import threading
-    import time
 
     def run():
         began, done = time.monotonic(), 0
@@ -126,7 +115,7 @@ def test_ten_kill_9s_of_a_reader_during_a_20000_record_stream_store_each_record_
         daemons.wait(lambda: _stored(site, "portal") >= 20_000, timeout=180, what="all 20,000", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    numbers = _numbers(_bodies(site, "portal"))
+    numbers = _numbers(daemons.bodies(site, "portal"))
     assert len(numbers) == 20_000 and sorted(numbers) == list(range(20_000))  # every record, each once
 
 
@@ -142,14 +131,13 @@ def test_a_reader_stopped_for_60_s_catches_up_in_order(site):
         feeder = _feeder(site, 8000, 100.0)  # 80 s of records
         daemons.wait(lambda: _stored(site, "portal") >= 500, what="a start", logs=logs)
         daemons.stop(reader)
-        import time
         time.sleep(60)  # the outage under test: 6,000 records are published meanwhile
         reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
         feeder.join()
         daemons.wait(lambda: _stored(site, "portal") >= 8000, timeout=120, what="catch-up", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert _numbers(_bodies(site, "portal")) == list(range(8000))  # each once, in order
+    assert _numbers(daemons.bodies(site, "portal")) == list(range(8000))  # each once, in order
     status = daemons.status(site, "portal")
     assert status["unrecoverable"] == 0 and status["repairs"] >= 1
 
@@ -181,14 +169,14 @@ def test_a_publisher_killed_five_times_mid_batch_publishes_every_record_once(sit
             mid_batch += 0 < _waiting(d / "outgoing") < 1000 * (kill + 1)
             (d / "publisher.json").unlink(missing_ok=True)
             pub = _journaled_publisher(site, endpoint, replay)
-        daemons.wait(lambda: all(len(_bodies(site, n)) >= 5000 for n in ("portal", "central")),
+        daemons.wait(lambda: all(len(daemons.bodies(site, n)) >= 5000 for n in ("portal", "central")),
                      timeout=180, what="every record at both readers", logs=logs)
         daemons.wait(lambda: _waiting(d / "outgoing") == 0, what="the spool empty", logs=logs)
     finally:
         daemons.stop(pub, *readers)
     assert mid_batch >= 1  # at least one kill found part of the spool published and part not
     for name in ("portal", "central"):
-        numbers = _numbers(_bodies(site, name))
+        numbers = _numbers(daemons.bodies(site, name))
         assert len(numbers) == 5000 and sorted(numbers) == list(range(5000)), name  # none lost, none twice
 
 
@@ -205,7 +193,6 @@ def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_
         daemons.stop(reader)
         daemons.feed(site, 100, start=10)
         daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 110, what="published", logs=logs)
-        import time
         time.sleep(4.5)  # past retention (3 s; the journal expires every 0.75 s)
         reader = daemons.subscriber(site, "portal", endpoint, replay=replay)
         daemons.feed(site, 10, start=110)
@@ -214,6 +201,6 @@ def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_
                      logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert _numbers(_bodies(site, "portal")) == list(range(10)) + list(range(110, 120))
+    assert _numbers(daemons.bodies(site, "portal")) == list(range(10)) + list(range(110, 120))
     log = (d / "portal.log").read_text()
     assert "records 11..110 are in no replay server's journal" in log and "ERROR" in log

@@ -15,6 +15,7 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kit import daemons, ports
 from kit.wire import WireSender
 from zmqsec.crypto import enveloped
 from zmqsec.drivers.journal import Journal
@@ -512,3 +513,56 @@ def test_a_reader_fed_the_replay_delivers_exactly_the_records_it_asked_for(strea
     assert [(e.seq, e.payload) for e in delivered] == [(seq, _payload(seq)) for seq in range(first, last + 1)]
     assert {e.stream_id for e in delivered} == {stream.stream_id}
     assert [e for e in events if isinstance(e, Rejected)] == []
+
+
+def test_garbage_at_a_live_publisher_s_replay_endpoint_leaves_its_stream_unaffected(site):
+    """``zmqsec publish`` with a journal and a replay endpoint, and a reader storing its stream: while hypothesis
+    garbage and honest requests hit the replay endpoint, 300 records published at about 100/s all reach the
+    reader, each once, in order, each within 2 s of being fed; the replay endpoint still serves afterwards."""
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, endpoint, journal=d / "journal", replay_endpoint=replay)
+    reader = daemons.subscriber(site, "portal", endpoint)
+    context = zmq.Context()
+    fuzzer = Client(context, replay)
+    late: list[int] = []
+    try:
+        daemons.wait(lambda: daemons.status(site, "portal").get("epoch") == 1, what="key", logs=logs)
+        fed = 0
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(_garbage)
+        def garbage(parts):
+            nonlocal fed
+            fuzzer.sock.send_multipart(parts)
+            if fed < 300:
+                daemons.feed(site, 1, start=fed)
+                fed += 1
+                if fed % 50 == 0:  # every 50 records: the ones fed 2 s ago are stored
+                    deadline = time.monotonic() + 2.0
+                    while len(daemons.bodies(site, "portal")) < fed - 20 and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if len(daemons.bodies(site, "portal")) < fed - 20:
+                        late.append(fed)
+            time.sleep(0.01)
+
+        garbage()
+        if fed < 300:
+            daemons.feed(site, 300 - fed, start=fed)
+        daemons.wait(lambda: len(daemons.bodies(site, "portal")) == 300, what="all 300", logs=logs)
+        assert pub.poll() is None, "the publisher died"
+        run = bytes.fromhex(daemons.status(site, "portal")["position"]["run"])
+        honest = Client(context, replay)  # the fuzzer's socket still holds answers to garbage
+        try:
+            honest.send(Request(1, STREAM, run, 1, 300, b"", 1000))
+            got, final = honest.collect(1)
+        finally:
+            honest.close()
+        assert final[0] == "end" and final[1][0] == 300  # served to the last record
+    finally:
+        fuzzer.close()
+        context.term()
+        daemons.stop(pub, reader)
+    assert late == []
+    assert daemons.bodies(site, "portal") == [f"job {i}" for i in range(300)]

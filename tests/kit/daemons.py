@@ -103,6 +103,17 @@ def incoming(site, name: str) -> list[dict]:
     return IncomingSpool(path).messages() if path.exists() else []
 
 
+def bodies(site, name: str) -> list[str]:
+    """The bodies in ``name``'s incoming queue ``in-NAME``, oldest first, read straight from dirq's files (the
+    queue holds thousands: locking each element, as a consumer must, would take seconds per look)."""
+    root = site.dir / f"in-{name}"
+    if not root.exists():
+        return []
+    elements = sorted(e for d in root.iterdir() if d.is_dir() and len(d.name) == 8
+                      for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
+    return [(e / "body").read_text() for e in elements if (e / "body").exists()]
+
+
 def logs(site, *names: str) -> list[Path]:
     """The log files of the named daemons, for :func:`wait` to show when it times out."""
     return [site.dir / f"{name}.log" for name in names]

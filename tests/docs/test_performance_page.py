@@ -1,0 +1,53 @@
+"""docs/performance.md speaks of the bench run in bench/results.json: the run it names and the ratios its
+tables give are that file's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PAGE = (ROOT / "docs" / "performance.md").read_text()
+RESULTS = json.loads((ROOT / "bench" / "results.json").read_text())
+
+
+def _row(label: str) -> str:
+    """The first table row of the page that starts with ``label``."""
+    return next(line for line in PAGE.splitlines() if line.startswith(f"| {label} |"))
+
+
+def test_the_page_names_the_run_in_results_json():
+    assert f'"started": "{RESULTS["started"]}"' in PAGE
+    assert RESULTS["profile"] == "full"
+
+
+def test_the_stream_and_journal_ratios_are_the_run_s():
+    rows = {(r["payload_bytes"], bool(r.get("journal"))): r for r in RESULTS["stream"]}
+    stream = [line for line in PAGE.split("## Stream")[1].split("## Journal")[0].splitlines() if line.startswith("| 1")
+              or line.startswith("| 64")]
+    assert f"**{rows[(1024, False)]['msgs_ratio']:.2f}**" in stream[0]
+    assert f"**{rows[(65536, False)]['mb_ratio']:.2f}**" in stream[1]
+    journal = PAGE.split("## Journal")[1].split("## Replay")[0]
+    for payload, label in ((1024, "1 KiB"), (65536, "64 KiB")):
+        row = next(line for line in journal.splitlines() if line.startswith(f"| {label} |"))
+        assert f"**{rows[(payload, True)]['journal_ratio']:.2f}**" in row
+
+
+def test_the_replay_figures_are_the_run_s():
+    replay = RESULTS["replay"]
+    row = _row(f"{replay['records']:,}")
+    assert f"**{replay['catch_up_records_per_s']:,.0f} records/s**" in row
+    assert f"**{replay['catch_up_ratio']:.1f}×**" in row
+    assert f"**{replay['time_to_live_s']:.1f} s**" in row
+    assert f"{replay['spool_records_per_s']:,.0f} records/s" in row
+
+
+def test_every_target_the_page_calls_met_or_missed_is_so_in_the_run():
+    verdicts = {t["target"]: t["met"] for t in RESULTS["targets"]}
+    journal = [v for t, v in verdicts.items() if t.startswith("journal on")]
+    assert journal and not any(journal) and "≥ 0.9: **missed**" in PAGE
+    replay = {t: v for t, v in verdicts.items() if t.startswith("replay")}
+    assert re.search(r"5× the live rate: \*\*met\*\*", PAGE) if replay["replay catch-up >= 5x the live rate (1 KiB records)"] \
+        else "5× the live rate: **missed**" in PAGE
+    assert not replay["replay catch-up >= 20,000 records/s (1 KiB records)"] and "20,000 records/s:\n  **missed**" in PAGE
