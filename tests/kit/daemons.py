@@ -114,6 +114,22 @@ def bodies(site, name: str) -> list[str]:
     return [(e / "body").read_text() for e in elements if (e / "body").exists()]
 
 
+def in_stream_order(site, name: str, expected: list[str]) -> None:
+    """Assert that ``name``'s incoming queue holds every body of ``expected`` once, stored in the stream's order
+    (one run, sequence numbers 1, 2, 3, ...).  The bodies themselves may differ from the order they were fed in:
+    the publisher takes its outgoing spool in the order a directory listing shows, and a listing taken while
+    the feeder adds can show a later item before an earlier one."""
+    root = site.dir / f"in-{name}"
+    elements = sorted(e for d in root.iterdir() if d.is_dir() and len(d.name) == 8
+                      for e in d.iterdir() if e.is_dir() and not e.name.startswith("."))
+    ids = [(e / "empaid").read_text().rpartition("-") for e in elements]
+    assert len({run for run, _, _ in ids}) <= 1, "more than one run"
+    assert [int(seq) for _, _, seq in ids] == list(range(1, len(ids) + 1)), "not in the stream's order"
+    bodies = [(e / "body").read_text() for e in elements]
+    assert sorted(bodies) == sorted(expected) and len(bodies) == len(expected), \
+        (len(bodies), len(set(bodies)), len(expected))
+
+
 def logs(site, *names: str) -> list[Path]:
     """The log files of the named daemons, for :func:`wait` to show when it times out."""
     return [site.dir / f"{name}.log" for name in names]
