@@ -147,6 +147,9 @@ def _waiting(outgoing) -> int:
     return sum(1 for p in outgoing.rglob("*") if p.is_file() and p.name[0] != ".")
 
 
+ROUND = 3000  # records fed before each kill: three of the publisher's batches
+
+
 @pytest.mark.timeout(400)
 def test_a_publisher_killed_five_times_mid_batch_publishes_every_record_once(site):
     d = site.dir
@@ -160,16 +163,17 @@ def test_a_publisher_killed_five_times_mid_batch_publishes_every_record_once(sit
         mid_batch = 0
         for kill in range(5):
             before = _count(site, "portal")
-            daemons.feed(site, 1000, start=kill * 1000)
-            # Killed as soon as the round's first records arrive: the publisher is in the middle of its batch.
+            daemons.feed(site, ROUND, start=kill * ROUND)
+            # Killed as soon as the round's first records arrive: the publisher is in the middle of its batches
+            # (it takes the spool 1,000 items at a time, and removes them when the last one's commit is synced).
             daemons.wait(lambda: _count(site, "portal") > before, timeout=30,
                          what=f"publishing before kill {kill + 1}", logs=logs)
             pub.send_signal(signal.SIGKILL)
             pub.wait()
-            mid_batch += 0 < _waiting(d / "outgoing") < 1000 * (kill + 1)
+            mid_batch += 0 < _waiting(d / "outgoing") < ROUND * (kill + 1)
             (d / "publisher.json").unlink(missing_ok=True)
             pub = _journaled_publisher(site, endpoint, replay)
-        daemons.wait(lambda: all(len(daemons.bodies(site, n)) >= 5000 for n in ("portal", "central")),
+        daemons.wait(lambda: all(len(daemons.bodies(site, n)) >= 5 * ROUND for n in ("portal", "central")),
                      timeout=180, what="every record at both readers", logs=logs)
         daemons.wait(lambda: _waiting(d / "outgoing") == 0, what="the spool empty", logs=logs)
     finally:
@@ -177,7 +181,7 @@ def test_a_publisher_killed_five_times_mid_batch_publishes_every_record_once(sit
     assert mid_batch >= 1  # at least one kill found part of the spool published and part not
     for name in ("portal", "central"):
         numbers = _numbers(daemons.bodies(site, name))
-        assert len(numbers) == 5000 and sorted(numbers) == list(range(5000)), name  # none lost, none twice
+        assert len(numbers) == 5 * ROUND and sorted(numbers) == list(range(5 * ROUND)), name  # none lost, none twice
 
 
 def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_range(site):

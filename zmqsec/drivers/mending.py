@@ -20,7 +20,7 @@ import zmq
 from zmqsec.errors import ZmqsecError
 from zmqsec.files import atomic_write
 from zmqsec.machines.positions import Positions
-from zmqsec.machines.receiver import Missing, RunLinked, StreamReceiver
+from zmqsec.machines.receiver import Missing, Restarted, RunLinked, StreamReceiver
 from zmqsec.machines.repair import Abandon, Ask, Cancel, Grant, Repairer
 from zmqsec.protocol import replay
 from zmqsec.protocol.replay import ReplayMessageError
@@ -85,6 +85,13 @@ class Mender:
         for event in events:
             if isinstance(event, Missing):
                 self._act(self.repairer.missing(event.stream, event.stream_id, event.first, event.last, now))
+            elif isinstance(event, Restarted):
+                # The run this reader followed ended where only the journal knows (its successor's run frame may
+                # never reach us: a run killed within a second): ask for whatever follows the position of every
+                # run not stored to its end.
+                for name, run, first, last in self.positions.repairs():
+                    if run != event.new_stream_id:
+                        self._act(self.repairer.missing(name, run, first, last, now))
             elif isinstance(event, RunLinked):
                 for name, run, first, last in self.positions.linked(event.stream, event.stream_id,
                                                                     event.previous_stream_id, event.previous_last_seq):
