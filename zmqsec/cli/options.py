@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zmqsec.drivers.journal import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, Journal
 from zmqsec.errors import ConfigError
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
@@ -30,6 +31,29 @@ CURVE_CLIENT = [  # a daemon that connects (reader, stomp-out)
     Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
            "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
 ]
+
+
+def journal_options(what: str, path_help: str) -> list[Option]:
+    """``[journal] path/max_age/max_bytes`` and ``[replay] endpoint`` (``--journal``, ``--replay-endpoint``) of a
+    daemon that keeps ``what`` (the publisher's journal, a relay's archive)."""
+    return [
+        Option("journal", "path", "path", help=path_help, flag_name="journal"),
+        Option("journal", "max_age", "float", DEFAULT_MAX_AGE, f"seconds the {what} keeps a frame",
+               flag_name="journal_max_age"),
+        Option("journal", "max_bytes", "int", DEFAULT_MAX_BYTES, f"bytes the {what} may hold",
+               flag_name="journal_max_bytes"),
+        Option("replay", "endpoint", "list", help=f"endpoint to bind for replay of the {what} (repeatable)",
+               flag_name="replay_endpoint"),
+    ]
+
+
+def journal(settings, what: str) -> Journal | None:
+    """The journal the settings name (None without ``[journal] path``); a replay endpoint needs one."""
+    opened = (Journal(settings["journal.path"], max_age=settings["journal.max_age"],
+                      max_bytes=settings["journal.max_bytes"]) if settings["journal.path"] else None)
+    if settings["replay.endpoint"] and opened is None:
+        raise ConfigError(f"[replay] endpoint serves the {what}: set [journal] path (--journal DIR) too")
+    return opened
 
 
 def credential(settings) -> Credential:

@@ -6,7 +6,6 @@ import logging
 
 from zmqsec.crypto.enveloped import KeyTransport
 from zmqsec.drivers import curve
-from zmqsec.drivers.journal import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, Journal
 from zmqsec.drivers.publisher import Publisher
 from zmqsec.drivers.spool import OutgoingSpool
 from zmqsec.drivers.spooling import SpoolPublisher
@@ -19,6 +18,7 @@ from zmqsec.protocol.primitives import MAX_PAYLOAD
 
 from . import config
 from .config import Option
+from . import options
 from .options import COMMON, CURVE_SERVER, credential
 
 log = logging.getLogger("zmqsec")
@@ -44,12 +44,8 @@ PUBLISH = COMMON + CURVE_SERVER + [
     Option("messaging", "poll_interval", "float", 0.2, "seconds between outgoing spool scans"),
     Option("messaging", "reject_path", "path", help="where refused outgoing items (oversized, unreadable) are moved "
            "with a .reason file (default: the spool's path + .reject)", flag_name="outgoing_reject"),
-    Option("journal", "path", "path", help="directory of the journal: every frame sent, for replay; with it a "
-           "spool item leaves only once journaled, and a restart publishes nothing twice", flag_name="journal"),
-    Option("journal", "max_age", "float", DEFAULT_MAX_AGE, "seconds the journal keeps a frame", flag_name="journal_max_age"),
-    Option("journal", "max_bytes", "int", DEFAULT_MAX_BYTES, "bytes the journal may hold", flag_name="journal_max_bytes"),
-    Option("replay", "endpoint", "list", help="endpoint to bind for replay of the journal (repeatable)",
-           flag_name="replay_endpoint"),
+    *options.journal_options("journal", "directory of the journal: every frame sent, for replay; with it a "
+           "spool item leaves only once journaled, and a restart publishes nothing twice"),
     Option("messaging", "settle", "float", 1.0, "a file written in place into a plain-directory spool is taken once "
            "unchanged this many seconds"),
 ]
@@ -79,10 +75,7 @@ def cmd_publish(args) -> int:
                            max_bytes=MAX_PAYLOAD, settle=settings["messaging.settle"], exclusive=True)
              if settings["messaging.path"] else None)
     stop = Stop()
-    journal = (Journal(settings["journal.path"], max_age=settings["journal.max_age"],
-                       max_bytes=settings["journal.max_bytes"]) if settings["journal.path"] else None)
-    if settings["replay.endpoint"] and journal is None:
-        raise ConfigError("[replay] endpoint serves the journal: set [journal] path (--journal DIR) too")
+    journal = options.journal(settings, "journal")
     publisher = Publisher(settings["stream.name"], list(settings["publisher.endpoint"]), credential(settings), registry,
                           trust_dir=settings["certificates.capath"], crl=CrlPolicy(settings["certificates.crl"]),
                           policy=policy,

@@ -7,12 +7,10 @@ import time
 from pathlib import Path
 
 from zmqsec.drivers import curve
-from zmqsec.drivers.journal import DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES, Journal
 from zmqsec.drivers.relay import Relay
 from zmqsec.drivers.status import Stop
-from zmqsec.errors import ConfigError
 
-from . import config
+from . import config, options
 from .config import Option
 
 log = logging.getLogger("zmqsec")
@@ -22,12 +20,8 @@ RELAY = [
     Option("relay", "output", "list", required=True, help="downstream endpoint to bind (repeatable)", flag_name="out"),
     Option("relay", "stream", "list", help="stream to subscribe upstream (needed behind multicast; default all)"),
     Option("relay", "multicast_rate", "int", 10_000, "kbit/s a multicast output may send"),
-    Option("journal", "path", "path", help="archive: record every frame that passes into this journal directory, "
-           "for replay (docs/PROTOCOL.md §10.6)", flag_name="journal"),
-    Option("journal", "max_age", "float", DEFAULT_MAX_AGE, "seconds the archive keeps a frame", flag_name="journal_max_age"),
-    Option("journal", "max_bytes", "int", DEFAULT_MAX_BYTES, "bytes the archive may hold", flag_name="journal_max_bytes"),
-    Option("replay", "endpoint", "list", help="endpoint to bind for replay of the archive (repeatable)",
-           flag_name="replay_endpoint"),
+    *options.journal_options("archive", "archive: record every frame that passes into this journal directory, "
+           "for replay (docs/PROTOCOL.md §10.6)"),
     Option("curve", "in_server_key", "path", flag_name="curve_in_server_key", help="CurveZMQ upstream: the upstream server's public NAME.key"),
     Option("curve", "in_secret_key", "path", flag_name="curve_in_secret_key", help="CurveZMQ upstream: our NAME.key_secret (default: fresh per run)"),
     Option("curve", "out_secret_key", "path", flag_name="curve_out_secret_key", help="CurveZMQ downstream: our NAME.key_secret as a server"),
@@ -42,10 +36,7 @@ def cmd_relay(args) -> int:
     settings = config.load(RELAY, args)
     inputs, outputs = list(settings["relay.input"]), list(settings["relay.output"])
     stop = Stop()
-    journal = (Journal(settings["journal.path"], max_age=settings["journal.max_age"],
-                       max_bytes=settings["journal.max_bytes"]) if settings["journal.path"] else None)
-    if settings["replay.endpoint"] and journal is None:
-        raise ConfigError("[replay] endpoint serves the archive: set [journal] path (--journal DIR) too")
+    journal = options.journal(settings, "archive")
     relay = Relay(inputs, outputs, streams=list(settings["relay.stream"] or []),
                   curve_in=curve.configured_client(settings["curve.in_server_key"], settings["curve.in_secret_key"]),
                   curve_out=curve.configured_server(settings["curve.out_secret_key"], settings["curve.out_clients"]),

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from zmqsec.crypto import cms, enveloped
 from zmqsec.errors import ZmqsecError
-from zmqsec.protocol import frames, primitives
+from zmqsec.protocol import frames
+from zmqsec.protocol.primitives import frame_digest  # a row's digest: the §5 frame digest, of any kind of frame
 
 log = logging.getLogger("zmqsec.journal")
 
@@ -81,10 +82,6 @@ class Entry:
         return self.known_digest or frame_digest(self.topic, self.body)
 
 
-def frame_digest(topic: bytes, body: bytes) -> bytes:
-    """What a journal row's bytes must hash to: the digest checkpoints list for a data frame (§5), taken of
-    every kind of frame, so a data frame's is computed once, by the sender."""
-    return primitives.frame_digest(topic, body)
 
 
 def describe(parts: list[bytes]) -> Entry:
