@@ -1,12 +1,17 @@
-"""What a stranger with no certificate sends cannot crash, stall or bloat a daemon (docs/PROTOCOL.md §9)."""
+"""What a stranger with no certificate, or a malicious relay, sends cannot crash, stall or bloat a daemon
+(docs/PROTOCOL.md §9)."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 from kit import daemons
-from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE
+from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME, MAX_XPUB_MESSAGE
 
 # A stranger: connect to an XPUB, send one subscription message of SIZE bytes, and vanish without
 # closing (os._exit), so only the daemon's side tears the connection down.  Over the bound the daemon
@@ -68,3 +73,184 @@ def test_an_oversized_subscription_drops_that_connection_not_the_relay_or_the_pu
     assert relay.returncode == 0 and pub.returncode == 0
     for name in ("portal", "central"):
         assert sorted(m["body"] for m in daemons.incoming(site, name)) == sorted(f"after the attack {i}" for i in range(30))
+
+
+# -- the attackers of tests/kit/adversary.py, each a process of its own ------------------------------------------
+
+ADVERSARY = Path(__file__).resolve().parents[1] / "kit" / "adversary.py"
+
+
+def _adversary(site, *args, **options) -> tuple[subprocess.Popen, Path]:
+    """Start an attacker (tests/kit/adversary.py ARGS); returns it and its report file."""
+    report = site.dir / f"adversary-{args[0]}.json"
+    flags = [f"--{k}={v}" for k, v in options.items()]
+    proc = subprocess.Popen([sys.executable, str(ADVERSARY), *map(str, args), "--report", str(report), *flags],
+                            stdout=open(site.dir / "adversary.log", "ab"), stderr=subprocess.STDOUT)
+    return proc, report
+
+
+def _report(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _cpu_seconds(proc: subprocess.Popen) -> float:
+    """User and system CPU time the process has used so far."""
+    fields = Path(f"/proc/{proc.pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _stored_at(site, name: str) -> dict[str, float]:
+    """When each body reached ``name``'s incoming queue (the element's time of creation, as the file's mtime)."""
+    root = site.dir / f"in-{name}"
+    return {(e / "body").read_text(): (e / "body").stat().st_mtime
+            for d in root.iterdir() if d.is_dir() and len(d.name) == 8
+            for e in d.iterdir() if e.is_dir() and (e / "body").exists()}
+
+
+def _feed_slowly(site, count: int, template: bytes, every: float) -> dict[str, float]:
+    """Feed ``count`` records one by one, ``every`` seconds apart; returns when each was fed."""
+    fed = {}
+    for i in range(count):
+        daemons.feed(site, 1, template, start=i)
+        fed[(template % i).decode()] = time.time()
+        time.sleep(every)
+    return fed
+
+
+def _started(site, *names: str, logs) -> None:
+    daemons.wait(lambda: all(daemons.status(site, n).get("epoch") == 1 for n in names),
+                 what="readers to get the key", logs=logs)
+
+
+def test_checkpoints_a_relay_swaps_still_vouch_for_their_frames(site):
+    """Finding 8: a relay sends every checkpoint after the next one.  Every record is delivered, in order, none
+    expires unverified and no gap is reported."""
+    source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source)
+    evil, report = _adversary(site, "relay", source, relayed, "swap-checkpoints")
+    sub = daemons.subscriber(site, "portal", relayed)
+    try:
+        _started(site, "portal", logs=logs)
+        _feed_slowly(site, 20, b"record %d", every=0.1)  # one checkpoint each
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        s = daemons.status(site, "portal")
+    finally:
+        daemons.stop(pub, sub, evil)
+    assert _report(report).get("swapped", 0) >= 5, _report(report)
+    daemons.in_stream_order(site, "portal", [f"record {i}" for i in range(20)])
+    assert s["gaps"] == 0 and s["rejected"] == {}, s
+
+
+def test_ten_thousand_re_headed_announcements_cost_a_reader_no_cryptography(site):
+    """Finding 5: a recorded genuine announcement re-sent under 10,000 other epochs and runs costs the reader
+    under 1 s of CPU in all (one RSA operation alone is about 2 ms), and changes nothing it delivers."""
+    source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source, reannounce_interval=3600)
+    evil, report = _adversary(site, "relay", source, relayed, "rehead", count=10_000)
+    sub = daemons.subscriber(site, "portal", relayed)
+    try:
+        # The copies follow the genuine announcement 2 s later: the reader's own start-up is not counted.
+        _started(site, "portal", logs=logs)
+        before = _cpu_seconds(sub)
+        assert not _report(report).get("done"), "the copies came before the reader was ready: nothing measured"
+        daemons.wait(lambda: _report(report).get("done"), what="the re-headed copies", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("rejected", {}).get("header-mismatch", 0) >= 10_000,
+                     what="10,000 refusals", logs=logs)
+        spent = _cpu_seconds(sub) - before
+        daemons.feed(site, 20, b"after %d")
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        s = daemons.status(site, "portal")
+    finally:
+        daemons.stop(pub, sub, evil)
+    assert s["rejected"] == {"header-mismatch": 10_000} and s["epoch"] == 1, s
+    daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
+    assert spent < 1.0, f"{spent:.2f} s of CPU for 10,000 re-headed announcements"
+
+
+def test_a_junk_flood_on_one_path_does_not_stop_delivery_on_the_other(site):
+    """Finding 6: a relay floods a reader with undecodable frames while the reader also has a direct path.
+    Every record fed during the flood is stored within 1 s, the status file keeps refreshing, and the log
+    says so in a few lines, not one per frame."""
+    source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source)
+    evil, report = _adversary(site, "relay", source, relayed, "junk", seconds=120)  # until stopped
+    sub = daemons.subscriber(site, "portal", source, relayed)
+    try:
+        _started(site, "portal", logs=logs)
+        daemons.wait(lambda: _report(report).get("junk", 0) > 0, what="the flood", logs=logs)
+        log_before = (site.dir / "portal.log").stat().st_size
+        updated = set()
+        fed = {}
+        for i in range(20):
+            fed.update(_feed_slowly(site, 1, b"during %d" % i + b"%d", every=0.25))
+            updated.add(daemons.status(site, "portal").get("updated"))
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        during = _report(report)
+        log_growth = (site.dir / "portal.log").stat().st_size - log_before
+        s = daemons.status(site, "portal")
+    finally:
+        daemons.stop(pub, sub, evil)
+    assert not during.get("done"), "the records were stored only after the flood ended"
+    stored = _stored_at(site, "portal")
+    delays = sorted(stored[body] - fed[body] for body in fed)
+    assert delays[-1] < 1.0, f"delivery took up to {delays[-1]:.2f} s during the flood"
+    assert len(updated) >= 3, "the status file stopped refreshing"
+    refused = sum(s["rejected"].values())
+    assert refused >= 10_000, s["rejected"]  # the flood did reach the reader
+    assert log_growth < 20_000, f"{log_growth} log bytes for {refused} refusals"
+
+
+def test_a_frame_over_the_readers_bound_costs_a_reconnection_not_the_path(site):
+    """Finding 7: one message over the reader's MAXMSGSIZE makes libzmq drop the connection for good.  The
+    reader notices, connects again, and its status file shows the endpoint's state and last frame."""
+    source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source)
+    evil, report = _adversary(site, "relay", source, relayed, "oversized", count=MAX_ANNOUNCEMENT_FRAME + 8192)
+    sub = daemons.subscriber(site, "portal", relayed)
+    try:
+        daemons.wait(lambda: _report(report).get("done"), what="the oversized message", logs=logs)
+        daemons.wait(lambda: daemons.status(site, "portal").get("endpoints", {}).get(relayed, {}).get("reconnects"),
+                     what="the reader to reconnect", logs=logs)
+        daemons.feed(site, 20, b"after %d")
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        link = daemons.status(site, "portal")["endpoints"][relayed]
+    finally:
+        daemons.stop(pub, sub, evil)
+    daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
+    assert link["state"] == "connected" and link["connects"] >= 2 and link["last_frame"], link
+
+
+def test_a_subscription_flood_does_not_hold_records_back(site):
+    """Finding 3: a stranger re-sends one subscription as fast as it can.  Records fed meanwhile reach the
+    reader within 1 s, and the publisher's status file keeps refreshing."""
+    source = daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source)
+    sub = daemons.subscriber(site, "portal", source)
+    stranger = None
+    try:
+        _started(site, "portal", logs=logs)
+        stranger, report = _adversary(site, "subscriptions", source, "same", seconds=10)
+        daemons.wait(lambda: _report(report).get("sent", 0) > 0, what="the flood", logs=logs)
+        updated = set()
+        fed = {}
+        for i in range(20):
+            fed.update(_feed_slowly(site, 1, b"during %d" % i + b"%d", every=0.25))
+            updated.add(daemons.status(site, "publisher").get("updated"))
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        during = _report(report)
+        alive = pub.poll() is None
+    finally:
+        daemons.stop(pub, sub, *[p for p in (stranger,) if p])
+    assert alive and not during.get("done"), during
+    stored = _stored_at(site, "portal")
+    delays = sorted(stored[body] - fed[body] for body in fed)
+    assert delays[-1] < 1.0, f"delivery took up to {delays[-1]:.2f} s during the flood"
+    assert len(updated) >= 3, "the publisher's status file stopped refreshing"

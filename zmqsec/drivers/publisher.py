@@ -32,6 +32,7 @@ from .watch import RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
 
+DRAIN = 1000  # subscription messages handled per tick at most
 EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes (a quarter of max_age when that is shorter)
 
 
@@ -155,14 +156,17 @@ class Publisher:
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
         now = time.monotonic() if now is None else now
-        subscribed = []
-        while self.socket.poll(0, zmq.POLLIN):
-            message = self.socket.recv()
+        subscribed = set()  # a flood of one subscription costs one lookup (docs/PROTOCOL.md §9)
+        for _ in range(DRAIN):  # bounded: publishing and timers go on under any subscription flood
+            try:
+                message = self.socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
             if message[:1] == b"\x01":
-                subscribed.append(message[1:])
+                subscribed.add(message[1:])
                 self.subscriptions += self._data_topic.startswith(message[1:])
         if subscribed:
-            self._act(self.sender.subscription_seen(now, subscribed))
+            self._act(self.sender.subscription_seen(now, list(subscribed)))
         if now >= self._next_watch:
             self._next_watch = now + self.watch_interval
             if self._watch.changed():

@@ -159,7 +159,8 @@ class SpoolReader:
                 "position": {"run": current.hex(), "seq": runs[current].seq} if current in runs else None,
                 "lag": len(self._unstored) + self.subscriber.receiver.held,
                 "repairs": mender.counters.get("repairs", 0), "repaired": mender.counters.get("replayed-frames", 0),
-                "unrecoverable": mender.counters.get("unrecoverable", 0), "spool_full": self._full_until > 0}
+                "unrecoverable": mender.counters.get("unrecoverable", 0), "spool_full": self._full_until > 0,
+                "endpoints": self.subscriber.links.status()}
 
     def _store_batch(self) -> int:
         """Store what is waiting, sync once, advance the position; a full spool keeps the rest for later."""

@@ -1,4 +1,4 @@
-"""The reader drivers: a ZeroMQ SUB socket around a StreamReceiver, blocking or asyncio.
+"""The reader drivers: a SUB socket per endpoint (:mod:`.links`) around a StreamReceiver, blocking or asyncio.
 
 Both runners share the receiver (all decisions) and :class:`_Events` (logging,
 counters, callbacks); they differ only in how they wait for the socket.
@@ -6,7 +6,6 @@ counters, callbacks); they differ only in how they wait for the socket.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import dataclasses
 import logging
@@ -26,7 +25,9 @@ from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.machines.positions import Positions
 
 from .curve import CurveClient, apply_client
+from .links import Links
 from .mending import Mender
+from .refusals import RefusalLog
 from zmqsec.protocol.groups import reader_bits, reader_topics
 from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME
 from zmqsec.machines.receiver import (
@@ -39,7 +40,6 @@ from zmqsec.machines.receiver import (
     Restarted,
     StreamReceiver,
 )
-from .transports import connect
 from .watch import signature
 
 log = logging.getLogger("zmqsec.reader")
@@ -58,6 +58,7 @@ class _Events:
         self.ready: collections.deque[Delivered] = collections.deque()
         self.epoch = 0
         self.repairing = False  # replay servers are configured
+        self.refusals = RefusalLog(log, f"stream {stream}")  # one line per reason and interval, whatever floods in
 
     def handle(self, events) -> None:
         """Queue deliveries; log, count and pass on everything else."""
@@ -65,7 +66,7 @@ class _Events:
             if isinstance(event, Delivered):
                 self.ready.append(event)
             elif isinstance(event, Rejected):
-                log.warning("stream %s seq %s: rejected [%s] %s", self.stream, event.seq, event.name, event.detail)
+                self.refusals.refused(event.name, f"seq {event.seq}: {event.detail}")
                 if self.on_reject:
                     self.on_reject(event)
             elif isinstance(event, Gap):
@@ -104,7 +105,7 @@ class _Base:
         curve: CurveClient | None = None,
         replay: list[str] = (),
         positions: Positions | None = None,
-        socket: zmq.Socket,
+        context: zmq.Context,
     ) -> None:
         self.stream = stream
         self.trust_dir = Path(trust_dir)
@@ -117,19 +118,21 @@ class _Base:
         self.events = _Events(stream, on_gap, on_restart, on_reject)
         self.events.repairing = bool(replay)
         # Replay connections are plain sockets, polled without blocking under asyncio too.
-        sync_context = None if isinstance(socket.context, zmq.asyncio.Context) else socket.context
+        sync_context = None if isinstance(context, zmq.asyncio.Context) else context
         self.mender = Mender(self.receiver, list(replay), tags=reader_bits(credential.certificate), positions=positions,
                              context=sync_context, curve=curve)
-        self.socket = socket
-        self.socket.setsockopt(zmq.RCVHWM, 100_000)
-        self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
-        self.socket.setsockopt(zmq.LINGER, 0)
-        if curve:
-            apply_client(self.socket, curve)
-        for topic in reader_topics(stream, credential.certificate):  # not the other reader groups' keys
-            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
-        for endpoint in endpoints:
-            connect(self.socket, endpoint)
+        topics = reader_topics(stream, credential.certificate)  # not the other reader groups' keys
+
+        def configure(socket: zmq.Socket) -> None:
+            socket.setsockopt(zmq.RCVHWM, 100_000)
+            socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
+            socket.setsockopt(zmq.LINGER, 0)
+            if curve:
+                apply_client(socket, curve)
+            for topic in topics:
+                socket.setsockopt(zmq.SUBSCRIBE, topic)
+
+        self.links = Links(context, list(endpoints), configure)
         self._next_tick = 0.0
         self.mender.start(time.monotonic())
 
@@ -158,6 +161,8 @@ class _Base:
         self._next_tick = now + TICK
         self._handle(self.receiver.tick(now), now)
         self.mender.tick(now)
+        self.links.watch(now)
+        self.events.refusals.flush()
         current = signature(self.trust_dir)
         if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
             try:
@@ -186,14 +191,19 @@ class _Base:
         self._handle(self.receiver.frame_received(parts, now), now)
 
     def _drain(self) -> None:
-        """What is waiting on the stream and from the replay servers, bounded per turn so that a flood on
-        one cannot starve the other, nor the housekeeping."""
-        for _ in range(DRAIN):
-            try:
-                parts = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            self._process(parts)
+        """What is waiting on each link, at most DRAIN messages from each per turn: a flood on one path
+        starves neither the others nor the replay servers, the housekeeping or the status file."""
+        for link in self.links.links:
+            taken = 0
+            while taken < DRAIN:
+                try:
+                    parts = link.socket.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                taken += 1
+                self._process(parts)
+            if taken:
+                link.took(taken)
 
 
 class Subscriber(_Base):
@@ -201,10 +211,9 @@ class Subscriber(_Base):
 
     def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
                  context: zmq.Context | None = None, **options) -> None:
-        ctx = context or zmq.Context.instance()
-        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+        super().__init__(stream, endpoints, credential, trust_dir, context=context or zmq.Context.instance(), **options)
         self._poller = zmq.Poller()
-        for sock in (self.socket, *self.mender.sockets):
+        for sock in (*self.links.sockets, *self.mender.sockets):
             self._poller.register(sock, zmq.POLLIN)
 
     def receive(self, timeout: float | None = None) -> Delivered | None:
@@ -225,7 +234,7 @@ class Subscriber(_Base):
     def close(self) -> None:
         """Close the sockets; messages not yet received are dropped."""
         self.mender.close()
-        self.socket.close()
+        self.links.close()
 
     def __enter__(self) -> "Subscriber":
         return self
@@ -239,8 +248,11 @@ class AsyncSubscriber(_Base):
 
     def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
                  context: zmq.asyncio.Context | None = None, **options) -> None:
-        ctx = context or zmq.asyncio.Context.instance()
-        super().__init__(stream, endpoints, credential, trust_dir, socket=ctx.socket(zmq.SUB), **options)
+        super().__init__(stream, endpoints, credential, trust_dir, context=context or zmq.asyncio.Context.instance(),
+                         **options)
+        self._poller = zmq.asyncio.Poller()
+        for sock in self.links.sockets:
+            self._poller.register(sock, zmq.POLLIN)
 
     async def receive(self, timeout: float | None = None) -> Delivered | None:
         """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
@@ -249,11 +261,8 @@ class AsyncSubscriber(_Base):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while (wait := self._next_wait(deadline)) is not None:
-            try:
-                parts = await asyncio.wait_for(self.socket.recv_multipart(), wait)
-            except asyncio.TimeoutError:
-                continue
-            self._process(parts)
+            if await self._poller.poll(max(1, int(wait * 1000))):
+                self._drain()
         return self._ready()
 
     def __aiter__(self):
@@ -265,4 +274,4 @@ class AsyncSubscriber(_Base):
     def close(self) -> None:
         """Close the sockets; messages not yet received are dropped."""
         self.mender.close()
-        self.socket.close()
+        self.links.close()

@@ -9,6 +9,7 @@ operation, and its key confirmed before it is kept.
 from __future__ import annotations
 
 import datetime as dt
+from collections import OrderedDict
 from collections.abc import Callable
 
 from zmqsec.errors import RejectReason
@@ -19,6 +20,7 @@ from zmqsec.protocol.announce import (
     Publisher,
     open_announcement,
     open_group_announcement,
+    signed_header,
     verify_announcement,
 )
 from zmqsec.protocol.frames import Announcement, GroupAnnouncement
@@ -29,6 +31,9 @@ from .keyring import announcement_id
 from .runs import Run, Runs
 
 
+SIGNED_KEPT = 4096  # headers of opened announcements remembered, by their signature
+
+
 class KeyIntake:
     """Judges announcements for every run of a reader."""
 
@@ -36,6 +41,28 @@ class KeyIntake:
                  crl: CrlPolicy, wall_clock: Callable[[], dt.datetime]) -> None:
         self.credential, self.trust, self.runs = credential, trust, runs
         self.allowed_publishers, self.crl, self.wall_clock = allowed_publishers, crl, wall_clock
+        # The header each opened announcement's key record holds, by its signature (which binds the envelope):
+        # a recorded genuine announcement re-sent under another header is refused with no cryptography at all,
+        # one dictionary lookup (docs/PROTOCOL.md §9).  A genuine signature beside another envelope under the
+        # genuine header goes on to verification, and fails there.
+        self._signed: OrderedDict[bytes, tuple] = OrderedDict()
+
+    def _reheaded(self, frame: Announcement | GroupAnnouncement) -> Rejected | None:
+        """Is this a genuine announcement we opened, re-sent under another header (a replay)?"""
+        signed = self._signed.get(frame.signature)
+        if signed is None or signed == signed_header(frame):
+            return None
+        return Rejected(RejectReason.HEADER_MISMATCH, "a signed announcement re-sent under another header (replay)",
+                        frame.stream_id)
+
+    def _learn(self, frame: Announcement | GroupAnnouncement, signed: tuple | None) -> None:
+        """Remember the header the announcement's key record holds (once it was opened)."""
+        if signed is None:
+            return
+        self._signed[frame.signature] = signed
+        self._signed.move_to_end(frame.signature)
+        while len(self._signed) > SIGNED_KEPT:
+            self._signed.popitem(last=False)
 
     def _verify(self, frame: Announcement | GroupAnnouncement) -> Publisher | Rejected:
         """The announcement's publisher, once its signature and certificate are checked (before any private-key
@@ -48,6 +75,8 @@ class KeyIntake:
 
     def epoch(self, frame: Announcement, now: float, replayed: bool = False) -> tuple[list[Event], Run | None]:
         """An epoch announcement: the events, and the run when a new key may unlock held frames."""
+        if (replay := self._reheaded(frame)) is not None:
+            return [replay], None
         fingerprint = announcement_id(frame)
         known = self.runs.get(frame.stream_id)
         if known is not None:
@@ -78,8 +107,10 @@ class KeyIntake:
                 run.keyring.wait_for_group_key(frame, fingerprint, now)
                 return [], None
             run.keyring.remember(fingerprint, False)
+            self._learn(frame, exc.signed_header)
             return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], None
         run.keyring.remember(fingerprint, True)
+        self._learn(frame, signed_header(frame))
         events: list[Event] = []
         restarted = self.runs.bind(run, publisher, replayed)
         if restarted is not None:
@@ -101,6 +132,8 @@ class KeyIntake:
     def group(self, frame: GroupAnnouncement, now: float,
               replayed: bool = False) -> tuple[list[Event], list[tuple[Announcement, float]]]:
         """A group key announcement of our group: the events, and the epoch announcements to retry now."""
+        if (replay := self._reheaded(frame)) is not None:
+            return [replay], []
         fingerprint = announcement_id(frame)
         known = self.runs.get(frame.stream_id)
         if known is not None:
@@ -120,7 +153,9 @@ class KeyIntake:
             group = open_group_announcement(frame, self.credential)
         except AnnouncementRejected as exc:
             run.keyring.remember(fingerprint, False)
+            self._learn(frame, exc.signed_header)
             return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], []
         run.keyring.remember(fingerprint, True)
+        self._learn(frame, signed_header(frame))
         run.keyring.add_group_key(group, publisher.certificate)
         return [GroupKeyAccepted(run.stream_id, group.tag, group.generation)], run.keyring.take_waiting()

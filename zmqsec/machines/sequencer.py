@@ -194,11 +194,17 @@ class Sequencer:
             # Joined without a position: the run starts at the first frame received, not the first vouched for
             # (the frames before it, whose checkpoint was lost, are a hole that repair fills).
             self.last_delivered = min(self._pending) - 1
-        # Never overtake a genuine frame still waiting for its key (the checkpoint vouches for its bytes);
-        # junk claiming a sequence number blocks nothing.
-        blocked = min((e.frame.seq for e in self._locked if self._vouched.get(e.frame.seq) == e.digest), default=None)
+        # Never overtake a genuine frame still waiting for its key (the checkpoint vouches for its bytes; junk
+        # blocks nothing), nor a decrypted one whose checkpoint may come after a later one (two paths, a
+        # reordering relay): it waits at most hold_timeout, and only a key holder can make one.
+        undecided = min((s for s in self._pending if s not in self._vouched and s > self.last_delivered), default=None)
+        blocked = min((e.frame.seq for e in self._locked if self._vouched.get(e.frame.seq) == e.digest),
+                      default=undecided)
+        blocked = blocked if undecided is None else min(blocked, undecided)
         for seq in ready:
             if blocked is not None and seq > blocked:
+                if blocked == undecided:  # a checkpoint lost or late: a repair brings it (and the frames)
+                    self._waits(self.last_delivered + 1, seq - 1, now, events)
                 break
             if not self._passes(seq, now, events):
                 break

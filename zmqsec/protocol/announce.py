@@ -37,10 +37,12 @@ class AnnouncementRejected(ZmqsecError):
     """A key announcement was refused: ``reason`` says why and ``scope`` (if any) what part of it
     the reason is about, for counters and logs (``publisher-revoked``)."""
 
-    def __init__(self, reason: RejectReason, message: str, scope: Scope | None = None) -> None:
+    def __init__(self, reason: RejectReason, message: str, scope: Scope | None = None,
+                 signed_header: tuple | None = None) -> None:
         super().__init__(message)
         self.reason = reason
         self.scope = scope
+        self.signed_header = signed_header  # HEADER_MISMATCH: the header the key record says (see signed_header())
 
     @property
     def name(self) -> str:
@@ -144,6 +146,14 @@ def verify_announcement(
     return Publisher(verified.signer, verified.signing_time)
 
 
+def signed_header(announcement: Announcement | GroupAnnouncement) -> tuple:
+    """The announcement's header as its key record must repeat it: (stream name, stream id, epoch) or
+    (stream name, stream id, tag, generation)."""
+    if isinstance(announcement, GroupAnnouncement):
+        return (stream_name(announcement.topic), announcement.stream_id, announcement.tag, announcement.generation)
+    return stream_name(announcement.topic), announcement.stream_id, announcement.epoch
+
+
 def open_announcement(announcement: Announcement, publisher: Publisher, credential: Credential,
                       groups: Mapping[bytes, bytes] | None = None) -> EpochKey:
     """Decrypt a verified announcement with our key (or a group key we hold: key id -> key) and confirm
@@ -163,8 +173,9 @@ def open_announcement(announcement: Announcement, publisher: Publisher, credenti
         topic, stream_id, epoch, key = decode_key_record(record)
     except KeyRecordError as exc:
         raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"epoch {announcement.epoch}: {exc}") from None
-    if (topic, stream_id, epoch) != (stream_name(announcement.topic), announcement.stream_id, announcement.epoch):
-        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "announcement header does not match the signed key record")
+    if (topic, stream_id, epoch) != signed_header(announcement):
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "announcement header does not match the signed key "
+                                   "record", signed_header=(topic, stream_id, epoch))
     return EpochKey(stream_id, epoch, key, publisher)
 
 
@@ -182,7 +193,7 @@ def open_group_announcement(announcement: GroupAnnouncement, credential: Credent
         name, stream_id, tag, generation, key = decode_group_record(record)
     except KeyRecordError as exc:
         raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"{what}: {exc}") from None
-    if (name, stream_id, tag, generation) != (stream_name(announcement.topic), announcement.stream_id,
-                                               announcement.tag, announcement.generation):
-        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "group announcement header does not match the signed key record")
+    if (name, stream_id, tag, generation) != signed_header(announcement):
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "group announcement header does not match the signed "
+                                   "key record", signed_header=(name, stream_id, tag, generation))
     return GroupKey(tag, generation, key)
