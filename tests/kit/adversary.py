@@ -11,7 +11,8 @@ that forwards the stream and attacks its readers:
   and runs;
 - ``junk``: undecodable frames as fast as it can, on the stream's data topic, for ``--seconds``;
 - ``oversized``: once a reader subscribed, one message of ``--count`` bytes, then honest forwarding;
-- ``bloat``: data frames of 16 MB under epochs nobody holds a key for, for ``--seconds``.
+- ``bloat``: data frames of 16 MB under an epoch nobody announced (of the live run, once a record showed
+  its id) or a made-up run, as fast as it can, for ``--seconds``.
 
 ``subscriptions`` is a stranger with no certificate at a publisher's or relay's XPUB:
 
@@ -85,7 +86,8 @@ def relay(upstream: str, downstream: str, mode: str, report: Report, count: int,
     xpub.bind(downstream)
     xsub.connect(upstream)
     held: list[tuple[list[bytes], float]] = []  # swap-checkpoints: the checkpoint waiting for the next one
-    subscribed = attack_until = recorded = None
+    subscribed = attack_until = recorded = live = None
+    filler = bytes(16_000_000)
     poller = zmq.Poller()
     poller.register(xsub, zmq.POLLIN)
     poller.register(xpub, zmq.POLLIN)
@@ -109,6 +111,8 @@ def relay(upstream: str, downstream: str, mode: str, report: Report, count: int,
                 continue
             xpub.send_multipart(parts)
             report.add("forwarded")
+            if parts[0] == DATA:
+                live = msgpack.unpackb(parts[1])[1]
             if mode == "rehead" and parts[0] == ANNOUNCEMENT and recorded is None:
                 recorded = (parts, time.monotonic() + 2.0)
         if recorded is not None and not report.counts["done"] and time.monotonic() >= recorded[1]:
@@ -131,8 +135,10 @@ def relay(upstream: str, downstream: str, mode: str, report: Report, count: int,
                     xpub.send_multipart([DATA, b"junk"])
                 report.add("junk", 1000)
             elif mode == "bloat":
-                body = msgpack.packb([1, os.urandom(16), 7_000_000, report.counts.get("bloat", 0) + 1, bytes(16_000_000)])
-                xpub.send_multipart([DATA, body])
+                # Under the live run's id (learned from its frames) and an epoch nobody announced, or a made-up run.
+                seq = report.counts.get("bloat", 0) + 1
+                stream_id, epoch = (live, 7_000_000) if live and seq % 2 else (b"\x07" * 16, 1)
+                xpub.send_multipart([DATA, msgpack.packb([1, stream_id, epoch, seq, filler])], copy=False)
                 report.add("bloat")
         elif attack_until is not None and time.monotonic() >= attack_until and mode in ("junk", "bloat"):
             report.counts["done"] = True

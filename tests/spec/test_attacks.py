@@ -22,6 +22,8 @@ from zmqsec.keys.ca import KeyType, Role
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import Reader, ReaderRegistry, ReaderSet
+from zmqsec.machines import intake
+from zmqsec.machines.events import ReceiverPolicy
 from zmqsec.machines.receiver import Delivered, Rejected, StreamReceiver
 from zmqsec.machines.sender import NoReaders, RotationPolicy
 from zmqsec.protocol import frames
@@ -113,6 +115,68 @@ def test_junk_with_an_unknown_epoch_does_not_stall_delivery(pki):
     junk = frames.encode(frames.DataFrame(frames.topic_for("apel.jobs", frames.DATA), sender.stream_id, 999, 2, b"\0" * 32))
     events = _feed(receiver, [junk] + sender.publish(b"two", 0.1), 0.1)
     assert _delivered(events) == [b"two"]
+
+
+def _portal_stream(pki, **policy) -> WireSender:
+    return WireSender("apel.jobs", pki["publisher"], ReaderSet((Reader(pki["portal"].certificate),)),
+                      RotationPolicy(**policy))
+
+
+def _data(stream_id: bytes, epoch: int, seq: int, size: int) -> list[bytes]:
+    return frames.encode(frames.DataFrame(frames.topic_for("apel.jobs", frames.DATA), stream_id, epoch, seq,
+                                          b"\0" * size))
+
+
+def test_frames_under_an_epoch_far_above_every_key_are_refused_without_being_held(pki):
+    sender = _portal_stream(pki, checkpoint_max=1)
+    receiver = _receiver(pki)
+    _feed(receiver, sender.start(0.0))
+    events = _feed(receiver, [_data(sender.stream_id, 1 + 17, seq, 1000) for seq in range(1, 101)])
+    assert _reasons(events) == ["no-key"] * 100 and receiver.held == 0
+    events = _feed(receiver, [_data(sender.stream_id, 1 + 16, 101, 1000)])  # near enough: held for its key
+    assert events == [] and receiver.held == 1
+
+
+def test_frames_nobody_can_open_fill_half_the_byte_budget_and_keyed_frames_still_find_room(pki):
+    sender = _portal_stream(pki, checkpoint_max=1)
+    receiver = StreamReceiver(pki["portal"], pki.trust, policy=ReceiverPolicy(max_held_bytes=1_000_000))
+    _feed(receiver, sender.start(0.0))
+    bloat = [_data(b"\7" * 16, 1, seq, 100_000) for seq in range(1, 11)]  # a made-up run: 1 MB
+    events = _feed(receiver, bloat)
+    assert _reasons(events) == ["overloaded"] * 6 and receiver.held_bytes <= 500_000
+    assert _delivered(_feed(receiver, sender.publish(b"x" * 100_000, 0.1), 0.1)) == [b"x" * 100_000]
+
+
+def test_checkpoints_in_any_order_vouch_for_every_frame_still_held(pki):
+    sender = _portal_stream(pki, checkpoint_max=2)
+    wire = sender.start(0.0)
+    for i in range(8):
+        wire += sender.publish(b"m%d" % i, 0.0)
+    wire += sender.flush(0.0)
+    checkpoints = [m for m in wire if m[0].endswith(frames.CHECKPOINT)]
+    others = [m for m in wire if not m[0].endswith(frames.CHECKPOINT)]
+    receiver = _receiver(pki)
+    events = _feed(receiver, others + checkpoints[::-1])  # the last checkpoint first
+    assert _delivered(events) == [b"m%d" % i for i in range(8)] and _reasons(events) == []
+
+
+def test_a_genuine_announcement_re_sent_under_other_headers_is_refused_without_cryptography(pki, monkeypatch):
+    sender = _portal_stream(pki)
+    wire = sender.start(0.0)
+    receiver = _receiver(pki)
+    _feed(receiver, wire)
+    announcement = frames.decode(next(m for m in wire if m[0].endswith(frames.ANNOUNCEMENT)))
+    copies = [frames.encode(frames.Announcement(announcement.topic, stream_id, epoch, announcement.envelope,
+                                                announcement.signature))
+              for stream_id, epoch in [(announcement.stream_id, 2), (b"\1" * 16, 1), (b"\2" * 16, 9)]]
+
+    def no_crypto(*_, **__):
+        raise AssertionError("cryptography on a re-headed announcement")
+
+    monkeypatch.setattr(intake, "verify_announcement", no_crypto)
+    monkeypatch.setattr(intake, "open_announcement", no_crypto)
+    assert _reasons(_feed(receiver, copies)) == ["header-mismatch"] * 3
+    assert _delivered(_feed(receiver, sender.publish(b"still", 0.1) + sender.flush(0.1), 0.1)) == [b"still"]
 
 
 def test_a_certificate_with_a_duplicated_extension_is_refused_not_fatal(pki):

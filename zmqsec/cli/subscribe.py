@@ -11,6 +11,7 @@ from zmqsec.drivers.spooling import SpoolReader, recover
 from zmqsec.drivers.status import StatusFile, Stop
 from zmqsec.drivers.subscriber import Subscriber
 from zmqsec.keys.trust import CrlPolicy
+from zmqsec.machines.events import ReceiverPolicy
 
 from . import config
 from .config import Option
@@ -22,6 +23,8 @@ SUBSCRIBE = COMMON + CURVE_CLIENT + [
            "preference (repeatable): what the reader missed is fetched from there", flag_name="replay"),
     Option("subscriber", "state", "path", help="the reader's position file (default: the incoming spool's path "
            "+ .state.json); with it a restarted reader resumes where it stopped"),
+    Option("subscriber", "max_held_bytes", "int", ReceiverPolicy.max_held_bytes, "bytes of frames the reader holds "
+           "at most while they wait for their key or checkpoint; beyond, frames are refused [overloaded]"),
     Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
            "dn or dn_list is required", flag_name="publisher_dn"),
     Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
@@ -49,7 +52,8 @@ def cmd_subscribe(args) -> int:
     subscriber = Subscriber(settings["stream.name"], list(settings["subscriber.endpoint"]), credential(settings),
                             settings["certificates.capath"], allowed_publishers=allowed,
                             crl=CrlPolicy(settings["certificates.crl"]), curve=link_curve,
-                            replay=list(settings["subscriber.replay"] or ()), positions=positions)
+                            replay=list(settings["subscriber.replay"] or ()), positions=positions,
+                            policy=ReceiverPolicy(max_held_bytes=settings["subscriber.max_held_bytes"]))
     status = StatusFile(settings["status.status_file"], "subscriber", stream=settings["stream.name"],
                         interval=settings["status.status_interval"])
     SpoolReader(subscriber, spool, status, position_file).run(stop, args.count, args.exit_when_idle)

@@ -158,6 +158,7 @@ class SpoolReader:
                 "rejected": rejections(counters), "announcement_bytes": counters.get("announcement-bytes", 0),
                 "position": {"run": current.hex(), "seq": runs[current].seq} if current in runs else None,
                 "lag": len(self._unstored) + self.subscriber.receiver.held,
+                "held_bytes": self.subscriber.receiver.held_bytes,
                 "repairs": mender.counters.get("repairs", 0), "repaired": mender.counters.get("replayed-frames", 0),
                 "unrecoverable": mender.counters.get("unrecoverable", 0), "spool_full": self._full_until > 0,
                 "endpoints": self.subscriber.links.status()}

@@ -109,6 +109,8 @@ class ReceiverPolicy:
     hold_timeout: float = 5.0  # a decrypted frame waits this long for its checkpoint
     key_timeout: float = 5.0  # a frame waits this long for its epoch's key
     max_held: int = 100_000  # frames held in all (pending + awaiting key)
+    max_held_bytes: int = 64 * 1024 * 1024  # their bytes in all (ciphertext awaiting a key, payloads pending)
+    epochs_ahead: int = 16  # data under an epoch this far above every key held is refused at once
     keep_epochs: int = 4  # old epoch keys kept for stragglers
     max_streams: int = 8  # unknown stream identities buffered at once
     max_candidates: int = 4  # different frames claiming one sequence number

@@ -61,6 +61,11 @@ class Keyring:
             del self._epochs[min(self._epochs)]
         return True
 
+    def far_ahead(self, epoch: int, ahead: int) -> bool:
+        """Is ``epoch`` more than ``ahead`` above every key held (and some key is)?  No publisher gets there
+        without announcing the epochs between."""
+        return bool(self._epochs) and epoch > max(self._epochs) + ahead
+
     def older_than_every_key(self, epoch: int) -> bool:
         """A full ring and an epoch below all of it: a replay, refused without cryptography."""
         return len(self._epochs) >= self.policy.keep_epochs and epoch < min(self._epochs)

@@ -139,6 +139,11 @@ class StreamReceiver:
         """Frames held in all, waiting for a key or a checkpoint."""
         return self.runs.held
 
+    @property
+    def held_bytes(self) -> int:
+        """Their bytes (``max_held_bytes`` bounds them)."""
+        return self.runs.held_bytes
+
     def _counted(self, events: list[Event]) -> list[Event]:
         counters = self.counters
         for event in events:  # by name: delivered, rejected:<reason>, gap (sequence numbers), restart
@@ -165,14 +170,22 @@ class StreamReceiver:
                 return []  # a repair and the live stream overlapping (either first): expected, not a refusal
             return [Rejected(RejectReason.REPLAYED_SEQUENCE, f"sequence {frame.seq} already delivered",
                              run.stream_id, frame.seq)]
-        if self.runs.held >= self.policy.max_held:
-            return [Rejected(RejectReason.OVERLOADED, "too many frames held waiting for keys or checkpoints",
+        hold, policy = self.runs.hold, self.policy
+        if hold.frames >= policy.max_held or hold.bytes + len(body) > policy.max_held_bytes:
+            return [Rejected(RejectReason.OVERLOADED, "too many frames or bytes held waiting for keys or checkpoints",
                              run.stream_id, frame.seq)]
-        digest = frame_digest(frame.topic, body)
         if not run.keyring.has_key(frame.epoch):
-            sequencer.lock(frame, body, digest, now)
+            # Anyone can send frames under an epoch nobody announced: they get half the byte budget at most,
+            # so that frames we can open always find room (docs/PROTOCOL.md §9).
+            if run.keyring.far_ahead(frame.epoch, policy.epochs_ahead):
+                return [Rejected(RejectReason.NO_KEY, f"epoch {frame.epoch} is far above every key held (not held)",
+                                 run.stream_id, frame.seq)]
+            if hold.locked_bytes + len(body) > policy.max_held_bytes // 2:
+                return [Rejected(RejectReason.OVERLOADED, "too many bytes held waiting for keys", run.stream_id,
+                                 frame.seq)]
+            sequencer.lock(frame, frame_digest(frame.topic, body), now)
             return []
-        return self._open(run, frame, digest, now, replayed)
+        return self._open(run, frame, frame_digest(frame.topic, body), now, replayed)
 
     def _open(self, run: Run, frame: DataFrame, digest: bytes, now: float, replayed: bool = False) -> list[Event]:
         try:

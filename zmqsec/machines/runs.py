@@ -156,3 +156,8 @@ class Runs:
     def held(self) -> int:
         """Frames held across every run."""
         return self.hold.frames
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held across every run."""
+        return self.hold.bytes

@@ -33,18 +33,33 @@ class _Locked:
     """A frame whose epoch key has not arrived yet."""
 
     frame: DataFrame
-    body: bytes
     arrived: float
     digest: bytes
 
 
 class HoldCount:
-    """How many frames every run of a reader holds together (a bound of the reader's policy)."""
+    """How many frames, and how many bytes, are held: by one run, or by every run of a reader together (the
+    bounds of the reader's policy apply to that total)."""
 
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "bytes", "locked_bytes")
 
     def __init__(self) -> None:
         self.frames = 0
+        self.bytes = 0
+        self.locked_bytes = 0  # of those, the ciphertext of frames awaiting their key (anyone can send those)
+
+    def add(self, frames: int, size: int, locked: bool = False) -> None:
+        """Count frames and bytes in (or out, negative)."""
+        self.frames += frames
+        self.bytes += size
+        if locked:
+            self.locked_bytes += size
+
+    def remove(self, other: "HoldCount") -> None:
+        """What ``other`` counted is no longer held."""
+        self.frames -= other.frames
+        self.bytes -= other.bytes
+        self.locked_bytes -= other.locked_bytes
 
 
 class Sequencer:
@@ -61,16 +76,17 @@ class Sequencer:
         self._pending: dict[int, list[_Candidate]] = {}
         self._vouched: dict[int, bytes] = {}  # seq -> digest from a verified checkpoint
         self._early: list[tuple[Checkpoint, float]] = []  # checkpoints before the publisher is known
-        self.held = 0  # frames locked or pending (changed only through _held)
+        self.hold = HoldCount()  # frames locked or pending, and their ciphertext or payload bytes
         self._total = total or HoldCount()
 
-    def _held(self, change: int) -> None:
-        self.held += change
-        self._total.frames += change
+    def _held(self, change: int, size: int, locked: bool = False) -> None:
+        self.hold.add(change, size, locked)
+        self._total.add(change, size, locked)
 
     def forget(self) -> None:
         """This run's state is dropped: what it held no longer counts."""
-        self._held(-self.held)
+        self._total.remove(self.hold)
+        self.hold = HoldCount()
 
     def _reject(self, reason: RejectReason, detail: str, seq: int | None = None) -> Rejected:
         return Rejected(reason, detail, self.stream_id, seq)
@@ -79,17 +95,17 @@ class Sequencer:
         """Is ``seq`` at or below the last delivered sequence number (a replay or a straggler)?"""
         return self.last_delivered is not None and seq <= self.last_delivered
 
-    def lock(self, frame: DataFrame, body: bytes, digest: bytes, now: float) -> None:
+    def lock(self, frame: DataFrame, digest: bytes, now: float) -> None:
         """Hold a frame until its epoch key arrives."""
-        self._locked.append(_Locked(frame, body, now, digest))
-        self._held(1)
+        self._locked.append(_Locked(frame, now, digest))
+        self._held(1, len(frame.ciphertext), locked=True)
 
     def unlock(self, has_key) -> list[_Locked]:
         """Take the held frames whose epoch ``has_key(epoch)`` now; the others stay."""
         ready = [entry for entry in self._locked if has_key(entry.frame.epoch)]
         if ready:
             self._locked = [entry for entry in self._locked if not has_key(entry.frame.epoch)]
-            self._held(-len(ready))
+            self._held(-len(ready), -sum(len(e.frame.ciphertext) for e in ready), locked=True)
         return ready
 
     def opened(self, seq: int, digest: bytes, payload: bytes, epoch: int, now: float) -> Rejected | None:
@@ -100,8 +116,7 @@ class Sequencer:
         if len(candidates) >= self.policy.max_candidates:
             return self._reject(RejectReason.OVERLOADED, f"too many frames claim sequence {seq}", seq)
         candidates.append(_Candidate(digest, payload, epoch, now))
-        self.held += 1  # (as _held(1), inline: every frame passes here)
-        self._total.frames += 1
+        self._held(1, len(payload))
         return None
 
     def vouched_for(self, seq: int) -> bool:
@@ -210,7 +225,7 @@ class Sequencer:
                 break
             expected = self._vouched.pop(seq)
             candidates = self._pending.pop(seq)
-            self._held(-len(candidates))
+            self._held(-len(candidates), -sum(len(c.payload) for c in candidates))
             for cand in candidates:
                 if cand.digest != expected:
                     events.append(self._reject(RejectReason.FORGED, "frame differs from what the publisher signed "
@@ -235,14 +250,14 @@ class Sequencer:
         stale = [e for e in self._locked if now - e.arrived >= p.key_timeout]
         if stale:
             self._locked = [e for e in self._locked if now - e.arrived < p.key_timeout]
-            self._held(-len(stale))
+            self._held(-len(stale), -sum(len(e.frame.ciphertext) for e in stale), locked=True)
             events += [self._reject(RejectReason.NO_KEY, f"epoch {e.frame.epoch}: no key arrived (not authorized, "
                                     "or revoked)", e.frame.seq) for e in stale]
         # A frame a checkpoint vouched for waits for the hole before it; only unvouched ones expire.
         for seq in [s for s, cands in self._pending.items()
                     if s not in self._vouched and all(now - c.arrived >= p.hold_timeout for c in cands)]:
             candidates = self._pending.pop(seq)
-            self._held(-len(candidates))
+            self._held(-len(candidates), -sum(len(c.payload) for c in candidates))
             events += [self._reject(RejectReason.UNVERIFIED, "no checkpoint from the publisher vouched for this frame",
                                     seq) for _ in candidates]
         self._early = [(c, t) for c, t in self._early if now - t < p.key_timeout]
