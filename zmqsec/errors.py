@@ -25,6 +25,7 @@ class RejectReason(enum.StrEnum):
     BAD_MSGPACK = "bad-msgpack"
     UNKNOWN_VERSION = "unknown-version"
     BAD_FIELD = "bad-field"
+    BAD_SUBSCRIPTION = "bad-subscription"
     # key announcements (§4)
     KEY_CONFIRMATION = "key-confirmation"
     HEADER_MISMATCH = "header-mismatch"

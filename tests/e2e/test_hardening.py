@@ -291,3 +291,32 @@ def test_a_relay_pushing_16_mb_frames_under_unknown_epochs_costs_a_reader_bounde
     assert max(held) <= 32 * 1024 * 1024, held
     assert s["rejected"].get("no-key", 0) + s["rejected"].get("overloaded", 0) >= 50, s["rejected"]
     assert peak < 400, f"the reader's memory peaked at {peak:.0f} MB"
+
+
+def test_distinct_subscriptions_from_a_stranger_are_counted_and_do_not_hold_records_back(site):
+    """Finding 2, as far as libzmq allows (docs/PROTOCOL.md §9.1: their memory is not bounded): a stranger sends
+    distinct short subscriptions as fast as it can.  The publisher counts them, logs them in a few lines, and
+    records fed meanwhile arrive."""
+    source = daemons.endpoint("tcp", site.dir)
+    logs = daemons.logs(site, "publisher", "portal")
+    pub = daemons.publisher(site, source)
+    sub = daemons.subscriber(site, "portal", source)
+    stranger = None
+    try:
+        _started(site, "portal", logs=logs)
+        log_before = (site.dir / "publisher.log").stat().st_size
+        stranger, report = _adversary(site, "subscriptions", source, "distinct", seconds=8)
+        daemons.wait(lambda: _report(report).get("sent", 0) > 0, what="the flood", logs=logs)
+        daemons.feed(site, 20, b"during %d")
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        during = _report(report)
+        daemons.wait(lambda: _report(report).get("done"), timeout=30, what="the end of the flood", logs=logs)
+        sent = _report(report)["sent"]
+        daemons.wait(lambda: daemons.status(site, "publisher").get("rejected", {}).get("bad-subscription", 0) >= sent,
+                     what="every subscription counted", logs=logs)
+        log_lines = (site.dir / "publisher.log").read_bytes()[log_before:].count(b"bad-subscription")
+    finally:
+        daemons.stop(pub, sub, *[p for p in (stranger,) if p])
+    assert not during.get("done") and sent >= 100_000, during
+    assert log_lines <= 4, f"{log_lines} log lines for {sent} subscriptions"
+    daemons.in_stream_order(site, "portal", [f"during {i}" for i in range(20)])

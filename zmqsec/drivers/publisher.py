@@ -15,24 +15,25 @@ from pathlib import Path
 
 import zmq
 
-from zmqsec.errors import ZmqsecError
+from zmqsec.errors import RejectReason, ZmqsecError
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
 from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
-from zmqsec.protocol.frames import CHECKPOINT, DATA, topic_for
+from zmqsec.protocol.frames import CHECKPOINT, DATA, subscription_ok, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
 from .curve import CurveServer, apply_server
 from .journal import Journal, JournalError
 from .recorder import Recorder
+from .refusals import RefusalLog
 from .replay import ReplayServer
 from .transports import DEFAULT_MULTICAST_RATE, bind
 from .watch import RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
 
-DRAIN = 1000  # subscription messages handled per tick at most
+DRAIN = 10_000  # subscription messages handled per tick at most (about a µs each)
 EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes (a quarter of max_age when that is shorter)
 
 
@@ -100,6 +101,9 @@ class Publisher:
         self._next_expiry = 0.0
         self.subscriptions = 0  # subscriptions that receive data (XPUB_VERBOSE: one per subscriber and topic)
         self._data_topic = topic_for(stream, DATA)
+        self._name = stream.encode()
+        self.foreign_subscriptions = 0  # not zmqsec's (they match none of our topics)
+        self._refusals = RefusalLog(log, f"stream {stream}")
         self._act(self.sender.start(time.monotonic()))
 
     @property
@@ -156,23 +160,34 @@ class Publisher:
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
         now = time.monotonic() if now is None else now
-        subscribed = set()  # a flood of one subscription costs one lookup (docs/PROTOCOL.md §9)
+        subscribed, foreign, data, recv = set(), [], 0, self.socket.recv
         for _ in range(DRAIN):  # bounded: publishing and timers go on under any subscription flood
             try:
-                message = self.socket.recv(zmq.NOBLOCK)
+                message = recv(zmq.NOBLOCK)
             except zmq.Again:
                 break
-            if message[:1] == b"\x01":
-                subscribed.add(message[1:])
-                self.subscriptions += self._data_topic.startswith(message[1:])
+            if message in subscribed:  # a flood of one subscription costs one lookup (docs/PROTOCOL.md §9.1)
+                data += self._data_topic.startswith(message[1:])
+            elif message[:1] == b"\x01":
+                if subscription_ok(message[1:], self._name):
+                    subscribed.add(message)
+                    data += self._data_topic.startswith(message[1:])
+                else:
+                    foreign.append(message)
+        self.subscriptions += data
+        if foreign:  # libzmq applied them (they match none of our topics): counted, logged once in a while
+            self.foreign_subscriptions += len(foreign)
+            self._refusals.refused(RejectReason.BAD_SUBSCRIPTION, f"{len(foreign[-1]) - 1}-byte subscription "
+                                   f"{foreign[-1][1:41]!r}", len(foreign))
         if subscribed:
-            self._act(self.sender.subscription_seen(now, list(subscribed)))
+            self._act(self.sender.subscription_seen(now, [m[1:] for m in subscribed]))
         if now >= self._next_watch:
             self._next_watch = now + self.watch_interval
             if self._watch.changed():
                 self.reload_readers(now)
         self._act(self.sender.tick(now))
         self.recorder.tick()
+        self._refusals.flush()
         if self.journal is not None and now >= self._next_expiry:
             self._next_expiry = now + min(EXPIRY_INTERVAL, self.journal.max_age / 4)
             try:

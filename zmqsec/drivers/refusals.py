@@ -30,16 +30,18 @@ class RefusalLog:
         self.log, self.what, self.interval, self.level, self._clock = logger, what, interval, level, clock
         self._tallies: dict[str, _Tally] = {}
 
-    def refused(self, reason: str, detail: str) -> None:
-        """One refusal: logged now if its reason was quiet for an interval, else counted for the next line."""
+    def refused(self, reason: str, detail: str, count: int = 1) -> None:
+        """``count`` refusals (``detail`` about the last): logged now if the reason was quiet for an interval,
+        else counted for the next line."""
         now = self._clock()
         tally = self._tallies.get(reason)
         if tally is None or now >= tally.until:
             self._summary(reason, tally)
-            self._tallies[reason] = _Tally(now + self.interval)
-            self.log.log(self.level, "%s: rejected [%s] %s", self.what, reason, detail)
+            self._tallies[reason] = tally = _Tally(now + self.interval)
+            self.log.log(self.level, "%s: rejected [%s] %s", self.what, reason,
+                         detail if count == 1 else f"{detail} (and {count - 1} more)")
         else:
-            tally.count += 1
+            tally.count += count
             tally.detail = detail
 
     def flush(self) -> None:

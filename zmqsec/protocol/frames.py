@@ -135,6 +135,21 @@ def group_topic(stream: str | bytes, tag: bytes) -> bytes:
     return topic_for(stream, GROUP) + tag + _TAG_END
 
 
+def subscription_ok(prefix: bytes, stream: bytes) -> bool:
+    """Is ``prefix`` what a zmqsec peer of ``stream`` subscribes to (docs/PROTOCOL.md §9.1): everything, the
+    whole stream, one frame kind, or one reader group's topic?  Publishers apply nothing else."""
+    head = stream + b"\x00"
+    if prefix in (b"", head):
+        return True
+    if not prefix.startswith(head):
+        return False
+    rest = prefix[len(head):]
+    if rest in (DATA, ANNOUNCEMENT, CHECKPOINT, RUN):
+        return True
+    return (rest[:1] == GROUP and rest[-1:] == _TAG_END and len(rest) - 2 <= MAX_GROUP_BITS
+            and not rest[1:-1].strip(b"01"))
+
+
 def stream_name(topic: bytes) -> bytes:
     """The stream name part of a topic (before the NUL); raises :class:`ValueError` if there is no NUL."""
     return topic[:topic.index(b"\x00")]

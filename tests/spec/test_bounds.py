@@ -1,0 +1,55 @@
+"""The small rules behind docs/PROTOCOL.md §9.1: which subscriptions a publisher applies, and how refusals
+are logged (one line per reason and interval, with the count)."""
+
+from __future__ import annotations
+
+import logging
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zmqsec.drivers.refusals import RefusalLog
+from zmqsec.protocol.frames import subscription_ok
+from zmqsec.protocol.groups import reader_topics
+from zmqsec.protocol.primitives import MAX_SUBSCRIPTION
+
+STREAM = b"apel.jobs"
+
+
+def test_every_subscription_of_a_reader_a_relay_or_a_recorder_is_applied(stream_pki):
+    for topic in reader_topics(STREAM, stream_pki["portal"].certificate):
+        assert subscription_ok(topic, STREAM) and len(topic) + 1 <= MAX_SUBSCRIPTION
+    assert subscription_ok(b"", STREAM) and subscription_ok(STREAM + b"\0", STREAM)  # relays, recorders
+
+
+@given(st.binary(max_size=300))
+def test_anything_else_is_not(prefix):
+    canonical = {b"", STREAM + b"\0"} | {STREAM + b"\0" + k for k in (b"D", b"K", b"S", b"R")}
+    group = prefix.startswith(STREAM + b"\0G") and prefix.endswith(b".")
+    tag = prefix[len(STREAM) + 2:-1]
+    expected = prefix in canonical or (group and len(tag) <= 16 and not tag.strip(b"01"))
+    assert subscription_ok(prefix, STREAM) == expected
+
+
+def test_other_streams_and_partial_topics_are_not_applied():
+    for prefix in (b"apel", b"apel.jobs", STREAM + b"\0G", STREAM + b"\0G0", STREAM + b"\0G" + b"0" * 17 + b".",
+                   STREAM + b"\0X", STREAM + b"\0DD", b"other\0D"):
+        assert not subscription_ok(prefix, STREAM), prefix
+
+
+def test_refusals_are_logged_once_per_reason_and_interval_with_their_count(caplog):
+    now = [0.0]
+    refusals = RefusalLog(logging.getLogger("test.refusals"), "stream s", interval=10.0, clock=lambda: now[0])
+    with caplog.at_level(logging.WARNING, "test.refusals"):
+        for i in range(100_000):
+            refusals.refused("bad-msgpack", f"frame {i}")
+        refusals.refused("bad-topic", "one")
+        now[0] = 9.9
+        refusals.flush()
+        assert [r.getMessage() for r in caplog.records] == ["stream s: rejected [bad-msgpack] frame 0",
+                                                            "stream s: rejected [bad-topic] one"]
+        now[0] = 10.0
+        refusals.flush()
+        refusals.flush()
+    assert [r.getMessage() for r in caplog.records][2:] == [
+        "stream s: rejected [bad-msgpack] 99999 more time(s) since the last line (the last: frame 99999)"]
