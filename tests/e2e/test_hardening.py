@@ -10,8 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+import msgpack
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from kit import daemons
-from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME, MAX_XPUB_MESSAGE
+from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME, MAX_DATA_FRAME, MAX_XPUB_MESSAGE
 
 # A stranger: connect to an XPUB, send one subscription message of SIZE bytes, and vanish without
 # closing (os._exit), so only the daemon's side tears the connection down.  Over the bound the daemon
@@ -224,7 +229,7 @@ def test_a_frame_over_the_readers_bound_costs_a_reconnection_not_the_path(site):
     finally:
         daemons.stop(pub, sub, evil)
     daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
-    assert link["state"] == "connected" and link["connects"] >= 2 and link["last_frame"], link
+    assert link["state"] == "connected" and link["connects"] >= 2 and link["frames"] > 0 and link["last_frame"], link
 
 
 def test_a_subscription_flood_does_not_hold_records_back(site):
@@ -320,3 +325,62 @@ def test_distinct_subscriptions_from_a_stranger_are_counted_and_do_not_hold_reco
     assert not during.get("done") and sent >= 100_000, during
     assert log_lines <= 4, f"{log_lines} log lines for {sent} subscriptions"
     daemons.in_stream_order(site, "portal", [f"during {i}" for i in range(20)])
+
+
+_FRAME_TOPICS = [daemons.STREAM.encode() + b"\0" + k for k in (b"D", b"K", b"S", b"R", b"G.", b"G0.", b"G1.")]
+
+
+@st.composite
+def _messages(draw):
+    """A message a hostile peer sends a reader: one to four parts, the first often one of the stream's topics."""
+    topic = draw(st.sampled_from(_FRAME_TOPICS) | st.binary(max_size=64))
+    body = draw(st.binary(max_size=2048) | st.builds(msgpack.packb, st.lists(
+        st.integers(0, 2**64 - 1) | st.binary(max_size=64), max_size=6)))
+    return [topic, body, *draw(st.lists(st.binary(max_size=64), max_size=2))]
+
+
+def test_daemons_survive_generated_subscriptions_and_frames_of_every_size(site):
+    """The relay and the publisher take hypothesis-generated subscription messages, and a reader generated
+    frames, of every size up to the limits and beyond: all stay up, and the stream goes on."""
+    source, relayed, hostile = (daemons.endpoint("tcp", site.dir) for _ in range(3))
+    logs = daemons.logs(site, "publisher", "relay", "portal")
+    pub = daemons.publisher(site, source)
+    relay = daemons.relay(site, "relay", source, relayed)
+    ctx = zmq.Context()
+    evil = ctx.socket(zmq.XPUB)  # the reader's second path: us
+    evil.setsockopt(zmq.SNDHWM, 0)
+    evil.bind(hostile)
+    sub = daemons.subscriber(site, "portal", relayed, hostile)
+    strangers = [ctx.socket(zmq.XSUB) for _ in (source, relayed)]
+    for sock, endpoint in zip(strangers, (source, relayed)):
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.connect(endpoint)
+    try:
+        _started(site, "portal", logs=logs)
+        evil.recv()  # the reader subscribed through us
+
+        @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+        @given(subscription=st.binary(max_size=MAX_XPUB_MESSAGE + 64), frame=_messages())
+        def attack(subscription, frame):
+            for sock in strangers:
+                sock.send(subscription)
+            evil.send_multipart(frame)
+
+        attack()
+        for size in (MAX_XPUB_MESSAGE - 1, MAX_XPUB_MESSAGE + 1):  # the subscription bound, both sides
+            for sock in strangers:
+                sock.send(b"\x01" + b"S" * (size - 1))
+        for size in (MAX_DATA_FRAME + 1, MAX_ANNOUNCEMENT_FRAME + 4096 + 1):  # frames at and over the bounds
+            evil.send_multipart([_FRAME_TOPICS[0], b"\x95" + bytes(size)])
+        daemons.feed(site, 20, b"after %d")
+        daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 20, what="20 records", logs=logs)
+        alive = [p.poll() is None for p in (pub, relay, sub)]
+        rejected = daemons.status(site, "portal")["rejected"]
+    finally:
+        daemons.stop(pub, relay, sub)
+        for sock in (evil, *strangers):
+            sock.close(linger=0)
+        ctx.term()
+    assert alive == [True, True, True]
+    assert sum(rejected.values()) >= 100, rejected
+    daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
