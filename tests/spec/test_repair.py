@@ -798,3 +798,24 @@ def test_the_live_copy_of_a_frame_a_repair_brought_first_and_still_held_is_dropp
     _feed(receiver, replayed, now=1.0, replayed=True)
     assert _feed(receiver, [run.data(8)], now=1.5) == []  # live, behind the repair: held already, no refusal
     assert _seqs(_feed(receiver, run.of_kind(frames.CHECKPOINT)[-1:], now=2.0)) == [7, 8, 9]
+
+
+def test_a_second_hole_long_after_a_repaired_one_is_waited_for_in_its_own_right(pki):
+    """A repaired hole is closed once it is filled, even while later frames are still held: a hole that opens
+    more than ``repair_timeout`` later is repaired, not reported as a gap at once."""
+    run = RecordedRun.publish(pki, 18, checkpoint_max=3)
+    c = run.of_kind(frames.CHECKPOINT)  # c[i] vouches for 3i+1 .. 3i+3
+    receiver = _receiver(pki)
+    head = run.wire[:run.wire.index(run.data(1))]
+    events = _feed(receiver, head + [run.data(s) for s in (1, 2, 3)] + [c[0]] + [run.data(s) for s in (7, 8, 9)]
+                   + [c[2], run.data(10)], now=0.0)  # 4..6 lost; 10 held: the stream never runs dry
+    assert _of(events, Missing) == [Missing(STREAM, run.id, 4, 6)]
+    receiver.expect(run.id, 4)
+    assert _seqs(_feed(receiver, run.replay(4, 6), now=1.0, replayed=True)) == [4, 5, 6, 7, 8, 9]
+    # 13..15 lost; 16 arrives before the checkpoint of 10..12, so frames are held throughout.
+    later = 1.0 + REPAIR_TIMEOUT + 10
+    events = _feed(receiver, [run.data(11), run.data(12), run.data(16), c[3], run.data(17), run.data(18), c[5]],
+                   now=later)
+    assert _seqs(events) == [10, 11, 12]
+    assert _of(events, Gap) == [] and _of(events, Missing) == [Missing(STREAM, run.id, 13, 15)]
+    assert _seqs(_feed(receiver, run.replay(13, 15), now=later + 1, replayed=True)) == list(range(13, 19))

@@ -147,8 +147,7 @@ class Sequencer:
 
     def _waits(self, first: int, last: int, now: float, events: list[Event]) -> bool:
         """A hole ``first..last`` before what could be delivered: wait for its repair while ``repair_timeout``
-        allows (counted from when the hole opened, however its front fills), reporting :class:`Missing` when
-        it opens or grows; False once delivery must go on without it."""
+        allows (from when it opened until it is filled), reporting :class:`Missing`; False once it is over."""
         if self.policy.repair_timeout <= 0:
             return False
         if self._hole is None:
@@ -235,8 +234,9 @@ class Sequencer:
                 events.append(Delivered(self.stream, self.stream_id, cand.epoch, seq, cand.payload, publisher_dn))
         if events and self.last_delivered is not None:
             self._forget_vouched()
-        if self._hole is not None and not self._pending and not self._vouched:
-            self._hole = self._asked = None  # nothing beyond what was delivered: no hole any more
+        if self._hole is not None and ((not self._pending and not self._vouched)
+                                       or (self._asked is not None and self.last_delivered >= self._asked[1])):
+            self._hole = self._asked = None  # filled, or nothing beyond what was delivered: no hole any more
         return events
 
     def _forget_vouched(self) -> None:
