@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 import ssl
+import subprocess
+import sys
 import uuid
 
 import pytest
@@ -71,3 +73,10 @@ def test_stomp_ssl_refuses_a_client_certificate_from_another_ca(broker, tmp_path
     # TLS 1.3 reports the refused client certificate on the first read, not in the handshake.
     with pytest.raises(ssl.SSLError, match="CERTIFICATE_UNKNOWN"):
         _tls_connect_frame(broker, intruder.cert_path, intruder.key_path)
+
+
+def test_a_stomp_ssl_port_without_a_tls_ca_is_refused_with_its_reason(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "zmqsec.cli", "broker", "start", "--dir", str(tmp_path / "amq"),
+                           "--stomp-ssl-port", "61699"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "--stomp-ssl-port needs --tls-ca" in proc.stderr
+    assert not (tmp_path / "amq").exists()  # nothing was started

@@ -13,6 +13,7 @@ message from a relay costs a reconnection, not the path.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -20,12 +21,14 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
-from .transports import connect
+from .transports import MULTICAST, check_endpoint, connect
+
+log = logging.getLogger("zmqsec.reader")
 
 # How long a dropped connection may go without libzmq retrying it before the reader reconnects itself.
 RECONNECT_AFTER = 1.0
 _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED
-_WATCHED = _RETRYING | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_CLOSED
+_WATCHED = _RETRYING | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 _EVENTS_PER_TURN = 100
 
 
@@ -34,7 +37,8 @@ class Link:
 
     def __init__(self, socket: zmq.Socket, endpoint: str) -> None:
         self.socket, self.endpoint = socket, endpoint
-        self.state = "connecting"  # connecting, connected, disconnected
+        # connecting, connected, disconnected; multicast links have no connection to watch
+        self.state = "multicast" if check_endpoint(endpoint) in MULTICAST else "connecting"
         self.dropped_at: float | None = None  # disconnected, and libzmq has not retried since
         self.last_frame: float | None = None  # wall-clock time of the last message taken from this link
         self.frames = 0
@@ -56,13 +60,15 @@ class Link:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.state, self.dropped_at = "connected", None
                 self.connects += 1
-            elif event == zmq.EVENT_DISCONNECTED:
+            elif event == zmq.EVENT_DISCONNECTED and self.state != "multicast":
                 self.state, self.dropped_at = "disconnected", now
             elif event & _RETRYING:
                 self.dropped_at = None
         if self.dropped_at is not None and now - self.dropped_at >= RECONNECT_AFTER:
             self.dropped_at = None
             self.reconnects += 1
+            log.warning("endpoint %s: connection dropped and not retried (a protocol error: a message over the "
+                        "size bound, or a malformed one); connecting again", self.endpoint)
             try:
                 self.socket.disconnect(self.endpoint)
             except zmq.ZMQError:

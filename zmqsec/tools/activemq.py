@@ -19,6 +19,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -283,13 +284,17 @@ def make_tls_stores(base: Path, ca_dir: Path, password: str) -> tuple[Path, Path
 
 def cmd_start(args) -> int:
     """``zmqsec broker start``: start a broker in ``--dir``, with TLS stores from ``--tls-ca`` when given."""
+    if args.stomp_ssl_port and not args.tls_ca:
+        print("zmqsec broker start: --stomp-ssl-port needs --tls-ca (the CA that issues the broker's TLS "
+              "certificate and the clients')", file=sys.stderr)
+        return 2
     base = args.dir.resolve()
     base.mkdir(parents=True, exist_ok=True)
     keystore = truststore = None
     if args.tls_ca:
         keystore, truststore = make_tls_stores(base, args.tls_ca.resolve(), "zmqsec-broker")
     config = BrokerConfig(base=base, openwire_port=args.openwire_port, stomp_ports=tuple(args.stomp_port or [61613]),
-                          stomp_ssl_port=args.stomp_ssl_port if args.tls_ca else None,
+                          stomp_ssl_port=(args.stomp_ssl_port or 61614) if args.tls_ca else None,
                           keystore=keystore, truststore=truststore)
     pid = LocalBroker(config).start(timeout=args.timeout)
     ports = ", ".join(str(p) for p in config.stomp_ports)
@@ -321,7 +326,7 @@ def register(subparsers) -> None:
     p.add_argument("--dir", required=True, type=Path)
     p.add_argument("--openwire-port", type=int, default=61616)
     p.add_argument("--stomp-port", type=int, action="append", help="STOMP port (repeat for several connectors)")
-    p.add_argument("--stomp-ssl-port", type=int, default=61614)
+    p.add_argument("--stomp-ssl-port", type=int, help="STOMP+SSL port (with --tls-ca; default 61614)")
     p.add_argument("--tls-ca", type=Path, help="CA directory: issue the broker a TLS certificate and require client certificates from it")
     p.add_argument("--timeout", type=float, default=90.0)
     p.set_defaults(func=cmd_start)
