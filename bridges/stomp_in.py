@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import dataclasses
 import logging
 import time
 from collections import Counter, OrderedDict
@@ -57,11 +58,14 @@ class StompInBridge:
     """EMI S/MIME messages from the broker: verified, stored durably, then acknowledged."""
 
     def __init__(self, link: StompLink, credential: Credential, trust: TrustStore, settings: InSettings,
-                 incoming: "IncomingSpool | None" = None, publisher=None) -> None:
+                 incoming: "IncomingSpool | None" = None, publisher=None, signers=None) -> None:
         if incoming is None and publisher is None:
             raise ValueError("stomp-in needs an incoming spool, a stream publisher, or both")
         self.link, self.credential, self.trust, self.settings = link, credential, trust, settings
         self.incoming, self.publisher = incoming, publisher
+        # A watch on the trust directory and the DN list (zmqsec.drivers.watch.SignerWatch: ``poll(now)``,
+        # ``trust``, ``allowed``): revocations and DN removals take effect while the bridge runs.
+        self.signers = signers
         self.counters: Counter = Counter()
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
         for pair in incoming.recent_signed_ids(RECENT_IDS) if incoming is not None else ():
@@ -124,6 +128,9 @@ class StompInBridge:
 
     def serve_once(self, now: float) -> None:
         """Connect if needed (with backoff), then handle at most one message."""
+        if self.signers is not None and self.signers.poll(now):
+            self.trust = self.signers.trust
+            self.settings = dataclasses.replace(self.settings, allowed_dns=self.signers.allowed)
         try:
             if not self.link.ensure_connected(now):
                 time.sleep(0.05)

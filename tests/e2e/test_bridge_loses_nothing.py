@@ -5,6 +5,7 @@ when it returns, under the same ``empa-id`` on every retry; ``stomp-in`` stores 
 
 from __future__ import annotations
 
+import datetime as dt
 import queue
 import re
 import signal
@@ -403,3 +404,65 @@ def test_stomp_in_stores_a_re_sent_empa_id_once_also_across_its_restart(site, de
     stored = sorted((m["signer"], m["empaid"], m["body"]) for m in daemons.incoming(site, "bridge-in"))
     assert stored == sorted([(site.dn("bridge"), "run-1", "job 1"), (site.dn("bridge"), "run-2", "job 2"),
                              (site.dn("other"), "run-1", "job 1")])
+
+
+def _handled(site) -> dict:
+    s = daemons.status(site, "bridge-in")
+    return {"accepted": s.get("accepted", 0), **s.get("rejected", {})}
+
+
+def test_stomp_in_follows_its_dn_list_and_crls_while_it_runs(site, destination, port):
+    """#13: a DN removed from the list, a signer revoked by a new CRL, a CRL past its nextUpdate and then
+    refreshed: each takes effect within a second, with no restart."""
+    d = site.dir
+    for name in ("other", "third"):
+        site.issue(name, Role.BRIDGE)
+    dn_list = d / "valid_dns"
+    dn_list.write_text("".join(f"{site.dn(n)}\n" for n in ("bridge", "other", "third")))
+    logs = daemons.logs(site, "bridge-in")
+    stream_in = daemons.bridge_in(site, "bridge-in", certificate="server", hosts=f"{HOST}:{port}",
+                                  destination=destination, dn_list=dn_list)
+
+    def send_and_wait(empaid: str, signer: str, expected: dict) -> None:
+        stomp_client.send(port, destination, [(empaid, smime.sign(empaid.encode(), site[signer]))])
+        daemons.wait(lambda: _handled(site) == expected, timeout=10, what=f"{empaid}: {expected}", logs=logs)
+
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("broker"), what="stomp-in connected", logs=logs)
+        send_and_wait("m1", "other", {"accepted": 1})
+        dn_list.write_text(f"# other removed\n{site.dn('bridge')}\n{site.dn('third')}\n")
+        time.sleep(1.0)
+        send_and_wait("m2", "other", {"accepted": 1, "dn-not-allowed": 1})
+        site.ca.revoke(site.certs["bridge"].certificate)  # the new CRL goes into the trust directory
+        time.sleep(1.0)
+        send_and_wait("m3", "bridge", {"accepted": 1, "dn-not-allowed": 1, "revoked": 1})
+        past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=400)
+        site.ca.refresh_crl(clock=lambda: past)  # its nextUpdate is long gone: every signer fails
+        time.sleep(1.0)
+        send_and_wait("m4", "third", {"accepted": 1, "dn-not-allowed": 1, "revoked": 1, "crl-expired": 1})
+        site.ca.refresh_crl()  # fetch-crl ran
+        time.sleep(1.0)
+        send_and_wait("m5", "third", {"accepted": 2, "dn-not-allowed": 1, "revoked": 1, "crl-expired": 1})
+        log_text = (d / "bridge-in.log").read_text()
+    finally:
+        daemons.stop(stream_in)
+    assert "due to be replaced" in log_text  # the expired CRL was warned about when it was read
+    assert sorted(m["empaid"] for m in daemons.incoming(site, "bridge-in")) == ["m1", "m5"]
+
+
+def test_stomp_in_does_not_start_without_a_dn_list_unless_told_to_accept_any_signer(site, destination, port):
+    d = site.dir
+    common = dict(certificate="server", hosts=f"{HOST}:{port}", destination=destination)
+    (d / "empty_dns").write_text("# nobody yet\n\n")
+    for extra in ({}, {"dn_list": d / "empty_dns"}):
+        proc = daemons.bridge_in(site, "bridge-in", **common, **extra)
+        assert proc.wait(timeout=30) != 0
+    log_text = (d / "bridge-in.log").read_text()
+    assert "needs [messaging] dn_list" in log_text and "allows no signer" in log_text
+    stream_in = daemons.bridge_in(site, "bridge-in", **common, accept_any_signer="yes")
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge-in").get("broker"), what="stomp-in connected",
+                     logs=daemons.logs(site, "bridge-in"))
+    finally:
+        daemons.stop(stream_in)
+    assert "accept_any_signer: any signer certificate from the CAs in" in (d / "bridge-in.log").read_text()

@@ -21,11 +21,11 @@ from zmqsec.drivers.publisher import Publisher
 from zmqsec.drivers.spool import IncomingSpool
 from zmqsec.drivers.status import StatusFile, Stop
 from zmqsec.drivers.subscriber import Subscriber
+from zmqsec.drivers.watch import SignerWatch
 from zmqsec.errors import ConfigError
-from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential, load_certificates
 from zmqsec.keys.registry import ReaderRegistry
-from zmqsec.keys.trust import CrlPolicy, TrustStore
+from zmqsec.keys.trust import CrlPolicy
 
 from . import config
 from .config import Option
@@ -66,7 +66,10 @@ IN = BROKER + CURVE_SERVER + [
     Option("messaging", "path", "path", help="incoming dirq queue (SSM schema)", flag_name="incoming"),
     Option("messaging", "reject_path", "path", help="reject dirq queue", flag_name="reject"),
     Option("messaging", "max_bytes", "int", 16 * 1024 * 1024, "larger messages are rejected"),
-    Option("messaging", "dn_list", "path", help="SSM-style valid DNs file: signers allowed"),
+    Option("messaging", "dn_list", "path", help="SSM-style valid DNs file: the signers allowed (required, re-read "
+           "when it changes, as the CA directory and its CRLs are)"),
+    Option("messaging", "accept_any_signer", "bool", "no", "accept any signer certificate from the trusted CAs, "
+           "without a dn_list (logged at start)"),
     Option("stream", "name", help="also publish accepted messages on this stream", flag_name="stream"),
     Option("stream", "endpoint", "list", help="endpoint to bind for that stream"),
     Option("stream", "registry", "path", help="reader registry for that stream"),
@@ -117,7 +120,17 @@ def cmd_stomp_in(args) -> int:
     """Take EMI messages from the broker until stopped."""
     settings = config.load(IN, args)
     credential = Credential.load(settings["certificates.certificate"], settings["certificates.key"])
-    trust = TrustStore.from_directory(settings["certificates.capath"])
+    signers = SignerWatch(Path(settings["certificates.capath"]), settings["messaging.dn_list"])
+    if signers.allowed is None and not settings["messaging.accept_any_signer"]:
+        raise ConfigError("stomp-in needs [messaging] dn_list (--dn-list), the SSM-style file of the signers "
+                          "allowed; or accept_any_signer = yes (--accept-any-signer yes) for any signer of the "
+                          "trusted CAs")
+    if signers.allowed is not None and not signers.allowed.dns:
+        raise ConfigError(f"{settings['messaging.dn_list']}: the DN list allows no signer (only comments or blank "
+                          "lines)")
+    if signers.allowed is None:
+        log.warning("bridge stomp-in: accept_any_signer: any signer certificate from the CAs in %s is accepted",
+                    settings["certificates.capath"])
     incoming = (IncomingSpool(settings["messaging.path"], settings["messaging.reject_path"])
                 if settings["messaging.path"] else None)
     publisher = None
@@ -130,10 +143,10 @@ def cmd_stomp_in(args) -> int:
                               curve=curve.configured_server(settings["curve.secret_key"], settings["curve.clients"]))
     if incoming is None and publisher is None:
         raise ConfigError("stomp-in needs [messaging] path (incoming queue) or a [stream] to publish on")
-    allowed = DnAllowList.load(settings["messaging.dn_list"]) if settings["messaging.dn_list"] else None
-    bridge = StompInBridge(StompLink(_broker_settings(settings)), credential, trust, InSettings(
+    bridge = StompInBridge(StompLink(_broker_settings(settings)), credential, signers.trust, InSettings(
         destination=settings["messaging.destination"], max_bytes=settings["messaging.max_bytes"],
-        crl=CrlPolicy(settings["certificates.crl"]), allowed_dns=allowed), incoming=incoming, publisher=publisher)
+        crl=CrlPolicy(settings["certificates.crl"]), allowed_dns=signers.allowed), incoming=incoming,
+        publisher=publisher, signers=signers)
     bridge.run(Stop(), _status(settings, "stomp-in"))
     return 0
 

@@ -1,18 +1,24 @@
-"""Cheap change detection for the files a long-running daemon depends on, and the publisher's
-watch on its reader registry and trust directory."""
+"""Cheap change detection for the files a long-running daemon depends on: the publisher's watch on its
+reader registry and trust directory, and stomp-in's on the trust directory and DN list it judges signers by."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography.hazmat.primitives import hashes
+
+from zmqsec.errors import ZmqsecError
+from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.registry import LoadCache, ReaderRegistry, ReaderSet
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 
 log = logging.getLogger("zmqsec.publisher")
+log_signers = logging.getLogger("zmqsec.bridge.in")
 
 
 def signature(path: Path | None) -> tuple:
@@ -92,3 +98,60 @@ class RegistryWatch:
     def changed(self) -> bool:
         """Has anything the reader set depends on changed (or is a periodic re-check due)?"""
         return self._signature() != self._seen or time.monotonic() - self._loaded_at >= self.recheck_interval
+
+
+CRL_WARNING = dt.timedelta(hours=6)  # a CRL this close to its nextUpdate is warned about
+
+
+@dataclass
+class SignerWatch:
+    """The trust directory and the DN allow-list a message receiver judges signers by, re-read when either
+    changes on disk (checked every ``interval`` seconds): a revocation, a refreshed CRL or a removed DN takes
+    effect without a restart.  A CRL close to its nextUpdate is warned about, once per CRL."""
+
+    trust_dir: Path
+    dn_list: Path | None
+    interval: float = 0.5
+    trust: TrustStore | None = field(default=None, init=False)
+    allowed: DnAllowList | None = field(default=None, init=False)
+    _seen: tuple = field(default=(), init=False)
+    _next: float = field(default=0.0, init=False)
+    _warned: set = field(default_factory=set, init=False)
+
+    def __post_init__(self) -> None:
+        self._seen = self._signature()
+        self.trust = TrustStore.from_directory(self.trust_dir)
+        self.allowed = DnAllowList.load(self.dn_list) if self.dn_list else None
+        self._check_crls()
+
+    def _signature(self) -> tuple:
+        return signature(self.trust_dir), signature(self.dn_list)
+
+    def poll(self, now: float) -> bool:
+        """Re-read what changed since the last look (at most every ``interval``); True if anything was."""
+        if now < self._next:
+            return False
+        self._next = now + self.interval
+        current = self._signature()
+        if current == self._seen:
+            return False
+        try:
+            trust = TrustStore.from_directory(self.trust_dir)
+            allowed = DnAllowList.load(self.dn_list) if self.dn_list else None
+        except ZmqsecError as exc:  # being rewritten: keep judging by the previous files, look again soon
+            log_signers.error("cannot reload the signers' trust (%s); keeping the previous one", exc)
+            return False
+        self._seen, self.trust, self.allowed = current, trust, allowed
+        log_signers.info("trust directory %s%s reloaded", self.trust_dir, f" and DN list {self.dn_list}" if self.dn_list else "")
+        self._check_crls()
+        return True
+
+    def _check_crls(self) -> None:
+        soon = dt.datetime.now(dt.timezone.utc) + CRL_WARNING
+        for group in self.trust.crls.values():
+            for crl in group:
+                if crl.next_update_utc and crl.next_update_utc < soon and crl.fingerprint(hashes.SHA256()) not in self._warned:
+                    self._warned.add(crl.fingerprint(hashes.SHA256()))
+                    log_signers.warning("the CRL of %s is due to be replaced by %s (nextUpdate); refresh it, or every "
+                                        "signer it covers is refused [crl-expired]", slash_dn(crl.issuer),
+                                        f"{crl.next_update_utc:%Y-%m-%d %H:%M:%SZ}")
