@@ -237,8 +237,23 @@ def open_message(raw: bytes, credential: Credential | None = None) -> Opened:
     return _open(raw, credential, encrypted=False)
 
 
+def _text(data: bytes) -> bool:
+    """Is this UTF-8 text, with no control characters but tabs and line ends?"""
+    try:
+        return not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return False
+
+
 def _open(raw: bytes, credential: Credential | None, encrypted: bool) -> Opened:
-    headers, body = _split_entity(raw)
+    try:
+        headers, body = _split_entity(raw)
+    except SmimeError:
+        # Text with no MIME headers at all (an APEL record sent as it is): unsigned, not malformed S/MIME.
+        head = raw[:MAX_HEADER]
+        if encrypted or re.search(rb"(?im)^content-type\s*:", head) or not _text(head):
+            raise
+        raise NotSigned("message has no MIME headers: not S/MIME signed (multipart/signed or pkcs7-mime)") from None
     ctype, params = _content_type(headers)
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime"):
         smime_type = params.get("smime-type", "enveloped-data" if not encrypted else "signed-data")

@@ -44,6 +44,22 @@ RECENT_IDS = 100_000  # (signer, empa-id) pairs remembered to store a re-sent me
 NO_ID = "noid"  # what SSM sends without an empa-id: never taken for a duplicate
 
 
+def _utf8(content: bytes) -> bool:
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class Refused(ZmqsecError):
+    """A message whose signer is known was refused (its certificate or DN): the reason, and the signer's DN."""
+
+    def __init__(self, reason: RejectReason, message: str, signer: str) -> None:
+        super().__init__(message)
+        self.reason, self.signer = reason, signer
+
+
 @dataclass(frozen=True)
 class InSettings:
     """What the inbound bridge accepts, and from where."""
@@ -73,19 +89,27 @@ class StompInBridge:
         link.subscribe(settings.destination, ack="client-individual")
 
     def verdict(self, body: bytes) -> tuple[bytes, str]:
-        """(content, signer DN) of an acceptable message, or raise with a reason."""
+        """(content, signer DN) of an acceptable message, or raise with a reason (:class:`Refused` once the
+        signer is known, naming it)."""
         if len(body) > self.settings.max_bytes:
             raise smime.MessageTooLarge(f"message of {len(body)} bytes exceeds {self.settings.max_bytes}")
         opened = smime.open_message(body, self.credential)
-        self.trust.validate(opened.signer, untrusted=opened.certificates, crl=self.settings.crl,
-                            allowed_dns=self.settings.allowed_dns)
-        return opened.content, slash_dn(opened.signer.subject)
+        signer = slash_dn(opened.signer.subject)
+        try:
+            self.trust.validate(opened.signer, untrusted=opened.certificates, crl=self.settings.crl,
+                                allowed_dns=self.settings.allowed_dns)
+        except CertificateRejected as exc:
+            raise Refused(exc.reason, str(exc), signer) from None
+        return opened.content, signer
 
     def handle(self, frame: Frame) -> bool:
         """Store (or reject) one message durably, then acknowledge it.  True if accepted."""
         empaid = frame.headers.get("empa-id", NO_ID)
+        signer = None
         try:
             content, signer = self.verdict(frame.body)
+        except Refused as exc:
+            reason, detail, signer = exc.reason, str(exc), exc.signer
         except (cms.CmsError, CertificateRejected) as exc:
             reason, detail = exc.reason, str(exc)
         except Exception as exc:  # a bug of ours must not stop the bridge nor lose the message
@@ -93,21 +117,22 @@ class StompInBridge:
             reason, detail = RejectReason.INTERNAL_ERROR, exc.__class__.__name__
         else:
             reason = None
-        if reason is not None:
-            self.counters[f"rejected:{reason}"] += 1
-            log.warning("message %s rejected [%s]: %s", empaid, reason, detail)
-            if self.incoming is not None:
-                self.incoming.reject(frame.body[:self.settings.max_bytes], f"{reason}: {detail}", None, empaid)
-            self.link.ack(frame)
-            return False
-        if empaid != NO_ID and (signer, empaid) in self._recent:
+        if reason is None and empaid != NO_ID and (signer, empaid) in self._recent:
             self.link.ack(frame)
             self.counters["duplicates"] += 1
             log.info("message %s from %s: a copy of one stored already; acknowledged, not stored again", empaid, signer)
             return False
+        if reason is None and self.incoming is not None and not _utf8(content):
+            reason, detail = RejectReason.NOT_UTF8, "the signed content is not UTF-8 text, which the queue stores"
+        if reason is not None:
+            self._reject(frame.body, reason, detail, signer, empaid)
+            self.counters[f"rejected:{reason}"] += 1
+            log.warning("message %s%s rejected [%s]: %s", empaid, f" from {signer}" if signer else "", reason, detail)
+            self.link.ack(frame)
+            return False
         # Storing may fail (disk full, no reader for the stream): then no ACK, and the broker redelivers.
-        if self.incoming is not None and self.incoming.accept(content, signer, empaid) is None:
-            self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
+        if self.incoming is not None:
+            self.incoming.accept(content, signer, empaid)
         if self.publisher is not None:
             self.publisher.publish(content)
         self.link.ack(frame)
@@ -118,6 +143,16 @@ class StompInBridge:
         self.counters["accepted"] += 1
         log.info("message %s from %s accepted", empaid, signer)
         return True
+
+    def _reject(self, body: bytes, reason: RejectReason, detail: str, signer: str | None, empaid: str) -> None:
+        """Into the reject queue, durably: the reason, the signer when known, and the original bytes (the first
+        ``max_bytes`` of an oversized message, noted as truncated)."""
+        if self.incoming is None:
+            return
+        kept = body[:self.settings.max_bytes]
+        if len(kept) < len(body):
+            detail += f" (truncated: the first {len(kept)} of {len(body)} bytes are kept)"
+        self.incoming.reject(kept, f"{reason}: {detail}", signer, empaid)
 
     def status_fields(self) -> dict:
         """The bridge's figures for its status file."""

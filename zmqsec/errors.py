@@ -52,6 +52,7 @@ class RejectReason(enum.StrEnum):
     UNSUPPORTED_ALGORITHM = "unsupported-algorithm"
     DECRYPTION_FAILED = "decryption-failed"
     BAD_SIGNATURE = "bad-signature"
+    NO_SIGNER_CERTIFICATE = "no-signer-certificate"
     # certificates (the trust layer; openssl verify's checks)
     REJECTED = "rejected"
     MALFORMED_CERTIFICATE = "malformed-certificate"

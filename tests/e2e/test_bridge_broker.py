@@ -228,7 +228,11 @@ def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, queue, b
            ("revoked", revoked_signed, "revoked"),
            ("tampered", ours.replace(b"NumberOfJobs: 42", b"NumberOfJobs: 99"), "bad-signature"),
            ("garbage", b"\x00\xff not a message at all", "malformed-smime"),
-           ("oversized", smime.sign(b"x" * 300_000, sender), "oversized")]
+           ("oversized", smime.sign(b"x" * 300_000, sender), "oversized"),
+           ("bare-record", record, "unsigned"),  # no MIME at all: an APEL record sent as it is
+           ("no-certificate", run("smime", "-sign", "-nocerts", "-signer", str(c["bridge"].cert_path), "-inkey",
+                                  str(c["bridge"].key_path), "-in", str(path)).stdout, "no-signer-certificate"),
+           ("latin-1", smime.sign("Site: Zürich\n".encode("latin-1"), sender), "not-utf8")]
     ca = CertificateAuthority.open(broker["ca_dir"])
     ca.revoke(revoked.certificate)
     stomp_client.send(broker["stomp_ports"][0], queue, good + [(n, b) for n, b, _ in bad])
@@ -240,8 +244,8 @@ def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, queue, b
                 "--status-interval", "0.2", log=d / "bridge-in.log")
     try:
         daemons.wait(lambda: daemons.status(site, "bridge-in").get("accepted", 0) + sum(
-            daemons.status(site, "bridge-in").get("rejected", {}).values()) == 12,
-            what="all 12 handled", logs=_logs(site))
+            daemons.status(site, "bridge-in").get("rejected", {}).values()) == 15,
+            what="all 15 handled", logs=_logs(site))
     finally:
         daemons.stop(proc)
     incoming = IncomingSpool(d / "incoming", d / "reject")
@@ -253,7 +257,22 @@ def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, queue, b
     for name in incoming.rejects:
         if incoming.rejects.lock(name):
             element = incoming.rejects.get(name)
-            rejects[element["empaid"]] = element["error"]
-    assert {k: v.split(":", 1)[0] for k, v in rejects.items()} == {n: reason for n, _, reason in bad}
+            rejects[element["empaid"]] = element
+    assert {k: v["error"].split(":", 1)[0] for k, v in rejects.items()} == {n: reason for n, _, reason in bad}
+    # Each refusal keeps the message exactly as it came (replayable), and names its signer once it is known.
+    sent = {n: b for n, b, _ in bad}
+    for name, element in rejects.items():
+        if name == "oversized":
+            assert element["original"] == sent[name][:200_000] and "truncated" in element["error"]
+        else:
+            assert element["original"] == sent[name], name
+    signers = {n: e.get("signer") for n, e in rejects.items() if e.get("signer")}
+    assert signers == {"unlisted": slash_dn(other_site.certificate.subject),
+                       "unknown-ca": slash_dn(stranger.certificate.subject),
+                       "revoked": slash_dn(revoked.certificate.subject),
+                       "latin-1": slash_dn(c["bridge"].certificate.subject)}
+    # The log says what the counters say: 15 handled, 5 accepted.
+    log_text = (d / "bridge-in.log").read_text()
+    assert log_text.count(" accepted") == 5 and log_text.count(" rejected [") == len(bad)
     # Everything was acknowledged: nothing is left on the queue for redelivery.
     assert stomp_client.drain(broker["stomp_ports"][0], queue, 1, timeout=2.0) == []  # 2 s in which nothing may come

@@ -76,9 +76,15 @@ class DecryptionFailed(CmsError):
 
 
 class SignatureInvalid(CmsError):
-    """The signature does not verify, or its signer certificate is missing."""
+    """The signature does not verify."""
 
     reason = RejectReason.BAD_SIGNATURE
+
+
+class SignerNotEmbedded(CmsError):
+    """The SignedData does not carry the certificate of its signer (nothing to verify the signature with)."""
+
+    reason = RejectReason.NO_SIGNER_CERTIFICATE
 
 
 def asn1_cert(cert: x509.Certificate) -> ax509.Certificate:

@@ -22,6 +22,7 @@ from .cms import (
     KeyHolder,
     MalformedCms,
     SignatureInvalid,
+    SignerNotEmbedded,
     UnsupportedAlgorithm,
     asn1_cert,
     issuer_and_serial,
@@ -124,7 +125,7 @@ def verify_signature(der: bytes, content: bytes | None = None) -> Verified:
                 raise MalformedCms("an embedded certificate does not parse") from None
     signer = next((c for c in certs if names(info["sid"], c)), None)
     if signer is None:
-        raise SignatureInvalid("the signer's certificate is not embedded in the SignedData")
+        raise SignerNotEmbedded("the signer's certificate is not embedded in the SignedData")
     digest = info["digest_algorithm"]["algorithm"].native
     if digest not in HASHES:
         raise UnsupportedAlgorithm(f"digest {digest} unsupported")

@@ -24,13 +24,14 @@ from pathlib import Path
 from dirq.queue import Queue
 from dirq.QueueSimple import QueueSimple
 
-from zmqsec.errors import ZmqsecError
+from zmqsec.errors import RejectReason, ZmqsecError
 from zmqsec.files import atomic_write, fsync_tree, sync_filesystem
 
 log = logging.getLogger("zmqsec.spool")
 
 QSCHEMA = {"body": "string", "signer": "string", "empaid": "string?"}
-REJECT_SCHEMA = {"body": "string", "signer": "string?", "empaid": "string?", "error": "string"}
+# SSM's reject schema, and the refused message's exact bytes (``original``, so that it can be replayed).
+REJECT_SCHEMA = {"body": "string", "signer": "string?", "empaid": "string?", "error": "string", "original": "binary?"}
 
 
 def disk_full(exc: OSError) -> bool:
@@ -222,7 +223,7 @@ class IncomingSpool:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            self.reject(body, "message body is not UTF-8 text", signer, empaid)
+            self.reject(body, f"{RejectReason.NOT_UTF8}: message body is not UTF-8 text", signer, empaid)
             return None
         try:
             name = self.queue.add({"body": text, "signer": signer, "empaid": empaid})
@@ -259,15 +260,18 @@ class IncomingSpool:
                 continue  # taken by the loader meanwhile
         return out
 
-    def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None) -> str | None:
+    def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None,
+               original: bytes | None = None) -> str | None:
         """Record a refused message and why in the reject queue, durably.
 
-        Returns the element's name, or None if there is no reject queue.  A body
-        that is not UTF-8 is kept with the bad bytes replaced.
+        Returns the element's name, or None if there is no reject queue.  ``body`` is
+        SSM's field (text: bytes that are not UTF-8 are replaced); ``original`` (default:
+        ``body``) keeps the exact bytes.
         """
         if self.rejects is None:
             return None
-        element = {"body": body.decode("utf-8", errors="replace"), "error": error}
+        element = {"body": body.decode("utf-8", errors="replace"), "error": error,
+                   "original": body if original is None else original}
         if signer:
             element["signer"] = signer
         if empaid:
