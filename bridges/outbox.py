@@ -19,6 +19,7 @@ from zmqsec.errors import ZmqsecError
 from zmqsec.files import fsync_tree
 
 SCHEMA = {"body": "binary", "empaid": "string"}
+REJECT_SCHEMA = {"body": "binary", "empaid": "string", "error": "string"}
 
 
 class OutboxError(ZmqsecError):
@@ -96,6 +97,21 @@ class Outbox:
     def close(self) -> None:
         """Release the exclusive lock, so another bridge may open the outbox."""
         self._lock.close()
+
+
+class LocalRejects:
+    """Stream messages the bridge must not send (no receiver could store them), kept with the reason: a dirq
+    ``Queue`` (body, empa-id, error), fsync'ed before the message counts as taken, so nothing is lost."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.queue = Queue(str(self.path), schema=REJECT_SCHEMA)
+
+    def add(self, body: bytes, empaid: str, error: str) -> str:
+        """Keep one message and why; returns the element name, after the fsync."""
+        name = self.queue.add({"body": body, "empaid": empaid, "error": error})
+        fsync_tree(self.path, name)
+        return name
 
 
 def _remove_volatile(path: Path) -> None:

@@ -92,12 +92,20 @@ def _is_7bit_text(content: bytes) -> bool:
 _PRINTABLE_7BIT = bytes(range(32, 127)) + b"\t\n"
 
 
+# APEL SSM's receiver takes any message containing these to be encrypted, wherever they are: a signed-only
+# body must not carry them in clear (quoted-printable escapes their first letter; =61 decodes back to 'a').
+_ENCRYPTED_MARKS = (b"application/pkcs7-mime", b"application/x-pkcs7-mime")
+
+
 def inner_entity(content: bytes) -> bytes:
     """The signed MIME entity: headers, blank line, body (7bit if it can be, else quoted-printable)."""
-    if _is_7bit_text(content):
+    marked = any(mark in content for mark in _ENCRYPTED_MARKS)
+    if _is_7bit_text(content) and not marked:
         return b"Content-Type: text/plain\r\n\r\n" + canonical(content)
     # Line breaks stay readable unless the content has carriage returns of its own, which must survive.
     encoded = binascii.b2a_qp(content, quotetabs=True, istext=b"\r" not in content)
+    for mark in _ENCRYPTED_MARKS:
+        encoded = encoded.replace(mark, b"=61" + mark[1:])
     return (b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
             + canonical(encoded))
 

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from zmqsec.errors import RejectReason
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.bridges import smime
 from zmqsec import Delivered
 
-from .outbox import Outbox
+from .outbox import LocalRejects, Outbox
 from .stomplink import BrokerUnavailable, StompLink
 
 log = logging.getLogger("zmqsec.bridge.out")
@@ -46,8 +47,12 @@ class OutSettings:
 class StompOutBridge:
     """Stream messages to EMI S/MIME on the broker, through the durable outbox."""
 
-    def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings) -> None:
+    def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings,
+                 rejects: LocalRejects | None = None) -> None:
         self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
+        # Payloads no SSM receiver can store (not UTF-8: it decodes every body, and a failure stops its
+        # message thread) are kept here, never sent; beside the outbox unless told otherwise.
+        self.rejects = rejects or LocalRejects(outbox.path.with_name(outbox.path.name + ".reject"))
         self.counters: Counter = Counter()
 
     def body_for(self, content: bytes) -> bytes:
@@ -58,7 +63,16 @@ class StompOutBridge:
         return body
 
     def take(self, message: Delivered) -> None:
-        """Durably queue one stream message (before anything counts it as taken)."""
+        """Durably queue one stream message (before anything counts it as taken), or durably keep it in the local
+        reject queue if no receiver could store it."""
+        try:
+            message.payload.decode("utf-8")
+        except UnicodeDecodeError:
+            self.rejects.add(message.payload, message.message_id, f"{RejectReason.NOT_UTF8}: the payload is not UTF-8 "
+                             "text, which an SSM receiver cannot store (kept here, not sent)")
+            self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
+            log.warning("message %s: not UTF-8 text; kept in %s, not sent", message.message_id, self.rejects.path)
+            return
         self.outbox.add(self.body_for(message.payload), message.message_id)
         self.counters["queued"] += 1
 
@@ -102,7 +116,9 @@ class StompOutBridge:
         return {"epoch": subscriber.events.epoch, "outbox": self.outbox.count(), "gaps": subscriber.counters.get("gap", 0),
                 "repairs": mender.counters.get("repairs", 0), "repaired": mender.counters.get("replayed-frames", 0),
                 "unrecoverable": mender.counters.get("unrecoverable", 0),
-                "broker": "%s:%d" % self.link.current if self.link.connected else None, **dict(self.counters),
+                "broker": "%s:%d" % self.link.current if self.link.connected else None,
+                **{k: v for k, v in self.counters.items() if not k.startswith("rejected:")},
+                "rejected": {k.split(":", 1)[1]: v for k, v in self.counters.items() if k.startswith("rejected:")},
                 "stream_rejected": sum(v for k, v in subscriber.counters.items() if k.startswith("rejected:"))}
 
     def run(self, subscriber, stop, status, position_file=None) -> None:

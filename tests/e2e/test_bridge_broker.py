@@ -3,11 +3,13 @@ through broker and bridge crashes, TLS, failover, and the inbound direction with
 
 from __future__ import annotations
 
+import quopri
 import signal
 import uuid
 from pathlib import Path
 
 import pytest
+from dirq.queue import Queue
 
 from kit import daemons, ssmpeer, stomp_client
 from kit.opensslpeer import run
@@ -89,6 +91,53 @@ def test_stream_to_broker_bodies_are_emi_and_ssm_accepts_them(site, queue, broke
         inner = run("cms", "-decrypt", "-recip", str(server.cert_path), "-inkey", str(server.key_path), "-in", str(sample)).stdout
         sample.write_bytes(inner)
     run("cms", "-verify", "-CApath", str(site.trust_dir), "-in", str(sample), "-out", "/dev/null")
+
+
+def test_stomp_out_sends_what_ssm_stores_exactly_and_keeps_what_it_cannot(site, queue, broker):
+    """A sign-only body that mentions application/pkcs7-mime reaches SSM's receiver intact (SSM takes that text
+    anywhere to mean 'encrypted'); payloads that are not UTF-8, which SSM cannot store (decoding them stops its
+    message thread), are kept in the bridge's local reject queue with their reason, counted, never sent."""
+    d = site.dir
+    endpoint = f"ipc://{d}/stream.ipc"
+    pub = _publisher(site, endpoint)
+    bridge = _bridge_out(site, queue, endpoint, [f"{HOST}:{broker['stomp_ports'][0]}"])
+    marked = [b"Note: application/pkcs7-mime inside a record\nSite: X", b"also application/x-pkcs7-mime, twice: "
+              b"application/pkcs7-mime\n", b"\tcolumns\tand tabs =3D application/pkcs7-mime= end"]
+    unstorable = ["Site: Zürich\n".encode("latin-1"), bytes(range(256))]
+    try:
+        daemons.wait(lambda: daemons.status(site, "bridge").get("broker") and daemons.status(site, "bridge").get("epoch") == 1,
+                     what="bridge connected and holding the stream key", logs=_logs(site))
+        spool = OutgoingSpool(d / "outgoing")
+        for payload in (marked[0], unstorable[0], marked[1], unstorable[1], marked[2]):
+            spool.add(payload)
+        daemons.wait(lambda: daemons.status(site, "bridge").get("sent", 0) == 3
+                     and daemons.status(site, "bridge").get("rejected", {}).get("not-utf8") == 2,
+                     what="3 receipts and 2 kept", logs=_logs(site))
+        messages = stomp_client.drain(broker["stomp_ports"][0], queue, 3)
+    finally:
+        daemons.stop(pub, bridge)
+    dn, server = site.dn("bridge"), site.certs["server"]
+    received = set()
+    for _, body in messages:
+        assert b"application/pkcs7-mime" not in body and b"application/x-pkcs7-mime" not in body
+        text, signer = ssmpeer.receive(body.decode(), server.cert_path, server.key_path, site.trust_dir, [dn])
+        assert signer == dn
+        received.add(text)
+        sample = d / "sample.txt"
+        sample.write_bytes(body)
+        # openssl verifies it; the signed entity is quoted-printable, which decodes to the payload exactly.
+        entity = run("cms", "-verify", "-CApath", str(site.trust_dir), "-in", str(sample)).stdout
+        assert quopri.decodestring(entity.split(b"\r\n\r\n", 1)[1].replace(b"\r\n", b"\n")) in marked
+    # Exact, but for the final line end, which SSM strips from every body it stores (quoted-printable keeps the
+    # leading tab, which SSM would strip from a 7bit body).
+    assert received == {m.decode().rstrip("\n") for m in marked}
+    kept = Queue(str(d / "outbox-bridge.reject"), schema={"body": "binary", "empaid": "string", "error": "string"})
+    elements = []
+    for name in kept:
+        kept.lock(name)
+        elements.append(kept.get(name))
+    assert sorted(e["body"] for e in elements) == sorted(unstorable)
+    assert all(e["error"].startswith("not-utf8:") and e["empaid"] for e in elements)
 
 
 @pytest.fixture

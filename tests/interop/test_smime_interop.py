@@ -65,7 +65,8 @@ def test_encrypted_body_decrypts_with_openssl_smime(pki, cipher):
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
-@pytest.mark.parametrize("content", [RECORD, b"caf\xc3\xa9 = 3\ttabs \r\nand CRs\r\n", b"x" * 3000 + b"\n"])
+@pytest.mark.parametrize("content", [RECORD, b"caf\xc3\xa9 = 3\ttabs \r\nand CRs\r\n", b"x" * 3000 + b"\n",
+                                     b"Type: application/pkcs7-mime\nOther: application/x-pkcs7-mime\n"])
 def test_apel_ssm_receiver_accepts_our_bodies(pki, encrypt, content):
     body = smime.sign(content, pki["bridge"])
     if encrypt:
@@ -77,6 +78,13 @@ def test_apel_ssm_receiver_accepts_our_bodies(pki, encrypt, content):
     # SSM strips the text it gets from openssl, so a trailing newline of a 7bit body is lost there;
     # quoted-printable carries every byte, CRs included.
     assert message.encode() in (content, content.rstrip(b"\n"))
+
+
+@pytest.mark.parametrize("content", [b"application/pkcs7-mime", RECORD + b"application/x-pkcs7-mime\n" * 40])
+def test_a_sign_only_body_never_carries_the_text_ssm_takes_for_encryption(pki, content):
+    body = smime.sign(content, pki["bridge"])
+    assert b"application/pkcs7-mime" not in body and b"application/x-pkcs7-mime" not in body
+    assert smime.open_message(body).content == content
 
 
 def test_ssm_refuses_a_signer_outside_its_dn_list(pki):

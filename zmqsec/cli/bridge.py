@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 from zmqsec.bridges import smime
-from zmqsec.bridges.outbox import Outbox
+from zmqsec.bridges.outbox import LocalRejects, Outbox
 from zmqsec.bridges.stomp_in import InSettings, StompInBridge
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
@@ -50,6 +50,9 @@ BROKER = [
 ]
 OUT = BROKER + CURVE_CLIENT + [
     Option("messaging", "outbox", "path", required=True, help="durable outbox (dirq) for messages awaiting receipts"),
+    Option("messaging", "reject_path", "path", help="local reject queue (dirq) for payloads no SSM receiver can "
+           "store (not UTF-8): kept there with the reason, never sent (default: the outbox's path + .reject)",
+           flag_name="reject"),
     Option("signing", "digest", "choice", "sha256", "S/MIME micalg", choices=tuple(smime.MICALG)),
     Option("encryption", "server_cert", "path", help="encrypt to this certificate (the central server); unset: sign only"),
     Option("encryption", "cipher", "choice", "aes256", "content cipher", choices=tuple(smime.CIPHERS)),
@@ -99,9 +102,10 @@ def cmd_stomp_out(args) -> int:
     servers = tuple(load_certificates(settings["encryption.server_cert"])) if settings["encryption.server_cert"] else ()
     link = StompLink(_broker_settings(settings))
     outbox = Outbox(settings["messaging.outbox"])
+    rejects = LocalRejects(settings["messaging.reject_path"]) if settings["messaging.reject_path"] else None
     bridge = StompOutBridge(link, outbox, credential, OutSettings(
         destination=settings["messaging.destination"], digest=settings["signing.digest"], server_certs=servers,
-        cipher=settings["encryption.cipher"]))
+        cipher=settings["encryption.cipher"]), rejects=rejects)
     position_file = PositionFile(settings["stream.state"] or Path(f"{settings['messaging.outbox']}.state.json"))
     positions = position_file.load()
     positions.adopt(settings["stream.name"].encode(), outbox.message_ids())  # taken before a crash, not yet saved
