@@ -16,7 +16,7 @@ from pathlib import Path
 from dirq.queue import Queue
 
 from zmqsec.errors import ZmqsecError
-from zmqsec.files import fsync_tree
+from zmqsec.files import fsync_tree, sync_filesystem
 
 SCHEMA = {"body": "binary", "empaid": "string"}
 REJECT_SCHEMA = {"body": "binary", "empaid": "string", "error": "string"}
@@ -54,12 +54,19 @@ class Outbox:
         for name in list(self.queue):
             self.queue.unlock(name, permissive=True)
 
-    def add(self, body: bytes, empaid: str) -> str:
-        """Store one S/MIME body with its empa-id; returns the element name (after the fsync, unless that is off)."""
+    def add(self, body: bytes, empaid: str, *, durable: bool = True) -> str:
+        """Store one S/MIME body with its empa-id; returns the element name (after the fsync, unless that is off).
+        ``durable=False``: not synced yet; call :meth:`sync` once for a batch (group commit) before anything
+        counts the batch as taken."""
         name = self.queue.add({"body": body, "empaid": empaid})
-        if self.fsync:
+        if self.fsync and durable:
             fsync_tree(self.path, name)
         return name
+
+    def sync(self) -> None:
+        """Make every element added so far durable: one sync of the outbox's filesystem for a whole batch."""
+        if self.fsync:
+            sync_filesystem(self.path)
 
     def pending(self, limit: int) -> list[str]:
         """The names of up to ``limit`` elements not yet receipted (whether sent or not), in queue order."""

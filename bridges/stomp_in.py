@@ -3,8 +3,8 @@
 For each message (client-individual acknowledgement): decrypt if it is
 enveloped for our certificate, verify the signature, validate the signer's
 certificate with the trust layer (chain, CRLs, DN allow-list), write it
-durably -- to an SSM-schema incoming dirq queue and/or into a zmqsec stream --
-and only then ACK.  A refused message goes to the reject queue with its reason
+to an SSM-schema incoming dirq queue and/or into a zmqsec stream, and once a
+batch of them is durable (one sync for the batch), ACK them.  A refused message goes to the reject queue with its reason
 and is acknowledged too, so the broker does not redeliver it forever.
 
 A message is stored once: a sender that crashed between the broker's receipt
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("zmqsec.bridge.in")
 
 RECENT_IDS = 100_000  # (signer, empa-id) pairs remembered to store a re-sent message once
+BATCH = 200  # messages stored together before one sync and their acknowledgements
+BATCH_WAIT = 0.05  # seconds a batch may wait to fill
 NO_ID = "noid"  # what SSM sends without an empa-id: never taken for a duplicate
 
 
@@ -102,8 +104,37 @@ class StompInBridge:
             raise Refused(exc.reason, str(exc), signer) from None
         return opened.content, signer
 
-    def handle(self, frame: Frame) -> bool:
-        """Store (or reject) one message durably, then acknowledge it.  True if accepted."""
+    def handle(self, frames: list[Frame]) -> int:
+        """Store (or reject) a batch of messages, sync once, then acknowledge them all; returns how many were
+        accepted.  Nothing is acknowledged before it is durable: a crash before the sync loses no message, the
+        broker redelivers the batch (and a redelivered copy of a stored one is recognised by its empa-id)."""
+        accepted: list[tuple[str, str]] = []  # (signer, empa-id) stored in this batch
+        handled = 0
+        try:
+            for frame in frames:
+                stored = self._judge(frame, accepted)
+                if stored is not None:
+                    accepted.append(stored)
+                handled += 1
+        finally:
+            # Also when storing failed part-way (a full disk): what was stored before is synced and acknowledged,
+            # so that the broker's redelivery of the rest does not store it twice.
+            if accepted and self.incoming is not None:
+                self.incoming.sync()  # group commit: one sync for the batch, then the acknowledgements
+            for signer, empaid in accepted:  # stored for good: a redelivered copy is a duplicate from now on
+                if empaid != NO_ID:
+                    self._recent[(signer, empaid)] = None
+                    if len(self._recent) > RECENT_IDS:
+                        self._recent.popitem(last=False)
+            for frame in frames[:handled]:
+                self.link.ack(frame)
+        for signer, empaid in accepted:
+            self.counters["accepted"] += 1
+            log.info("message %s from %s accepted", empaid, signer)
+        return len(accepted)
+
+    def _judge(self, frame: Frame, batch: list[tuple[str, str]]) -> tuple[str, str] | None:
+        """Verify one message and store it (not yet synced), or reject it durably; (signer, empa-id) if stored."""
         empaid = frame.headers.get("empa-id", NO_ID)
         signer = None
         try:
@@ -117,32 +148,24 @@ class StompInBridge:
             reason, detail = RejectReason.INTERNAL_ERROR, exc.__class__.__name__
         else:
             reason = None
-        if reason is None and empaid != NO_ID and (signer, empaid) in self._recent:
-            self.link.ack(frame)
+        if reason is None and empaid != NO_ID and ((signer, empaid) in self._recent or (signer, empaid) in batch):
             self.counters["duplicates"] += 1
             log.info("message %s from %s: a copy of one stored already; acknowledged, not stored again", empaid, signer)
-            return False
+            return None
         if reason is None and self.incoming is not None and not _utf8(content):
             reason, detail = RejectReason.NOT_UTF8, "the signed content is not UTF-8 text, which the queue stores"
         if reason is not None:
             self._reject(frame.body, reason, detail, signer, empaid)
             self.counters[f"rejected:{reason}"] += 1
             log.warning("message %s%s rejected [%s]: %s", empaid, f" from {signer}" if signer else "", reason, detail)
-            self.link.ack(frame)
-            return False
-        # Storing may fail (disk full, no reader for the stream): then no ACK, and the broker redelivers.
+            return None
+        # Storing may fail (disk full, no reader for the stream): then nothing of the batch is acknowledged,
+        # and the broker redelivers it.
         if self.incoming is not None:
-            self.incoming.accept(content, signer, empaid)
+            self.incoming.accept(content, signer, empaid, durable=False)
         if self.publisher is not None:
             self.publisher.publish(content)
-        self.link.ack(frame)
-        if empaid != NO_ID:
-            self._recent[(signer, empaid)] = None
-            if len(self._recent) > RECENT_IDS:
-                self._recent.popitem(last=False)
-        self.counters["accepted"] += 1
-        log.info("message %s from %s accepted", empaid, signer)
-        return True
+        return signer, empaid
 
     def _reject(self, body: bytes, reason: RejectReason, detail: str, signer: str | None, empaid: str) -> None:
         """Into the reject queue, durably: the reason, the signer when known, and the original bytes (the first
@@ -170,9 +193,15 @@ class StompInBridge:
             if not self.link.ensure_connected(now):
                 time.sleep(0.05)
                 return
-            frame = self.link.next_message(0.2)
-            if frame is not None:
-                self.handle(frame)
+            frames = []
+            frame, until = self.link.next_message(0.2), time.monotonic() + BATCH_WAIT
+            while frame is not None:
+                frames.append(frame)
+                if len(frames) >= BATCH or time.monotonic() >= until:
+                    break
+                frame = self.link.next_message(0)
+            if frames:
+                self.handle(frames)
         except BrokerUnavailable as exc:
             log.warning("%s; reconnecting", exc)
             self.link.close()

@@ -51,8 +51,8 @@ class StompOutBridge:
                  rejects: LocalRejects | None = None) -> None:
         self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
         # Payloads no SSM receiver can store (not UTF-8: it decodes every body, and a failure stops its
-        # message thread) are kept here, never sent; beside the outbox unless told otherwise.
-        self.rejects = rejects or LocalRejects(outbox.path.with_name(outbox.path.name + ".reject"))
+        # message thread) are kept here, never sent; beside the outbox unless told otherwise (made when needed).
+        self.rejects = rejects
         self.counters: Counter = Counter()
 
     def body_for(self, content: bytes) -> bytes:
@@ -62,18 +62,21 @@ class StompOutBridge:
             body = smime.encrypt(body, self.settings.server_certs, cipher=self.settings.cipher)
         return body
 
-    def take(self, message: Delivered) -> None:
-        """Durably queue one stream message (before anything counts it as taken), or durably keep it in the local
-        reject queue if no receiver could store it."""
+    def take(self, message: Delivered, *, durable: bool = True) -> None:
+        """Queue one stream message in the outbox (durably, unless ``durable`` is False: then the caller syncs
+        the batch before anything counts it as taken), or durably keep it in the local reject queue if no
+        receiver could store it."""
         try:
             message.payload.decode("utf-8")
         except UnicodeDecodeError:
+            if self.rejects is None:
+                self.rejects = LocalRejects(self.outbox.path.with_name(self.outbox.path.name + ".reject"))
             self.rejects.add(message.payload, message.message_id, f"{RejectReason.NOT_UTF8}: the payload is not UTF-8 "
                              "text, which an SSM receiver cannot store (kept here, not sent)")
             self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
             log.warning("message %s: not UTF-8 text; kept in %s, not sent", message.message_id, self.rejects.path)
             return
-        self.outbox.add(self.body_for(message.payload), message.message_id)
+        self.outbox.add(self.body_for(message.payload), message.message_id, durable=durable)
         self.counters["queued"] += 1
 
     def send_pending(self, now: float) -> int:
@@ -129,16 +132,19 @@ class StompOutBridge:
         try:
             while not stop.requested:
                 message = subscriber.receive(timeout=0.05)
-                taken, until = 0, time.monotonic() + TAKE_FOR
+                taken, until = [], time.monotonic() + TAKE_FOR
                 while message is not None and not stop.requested:
-                    self.take(message)  # in the outbox, fsync'ed, before anything else
-                    subscriber.stored(message)
-                    taken += 1
+                    self.take(message, durable=False)  # in the outbox; synced with the batch, below
+                    taken.append(message)
                     # A catch-up refills the queue as fast as it drains: send and report between batches.
                     more = subscriber.events.ready and time.monotonic() < until
                     message = subscriber.receive(timeout=0.001) if more else None
-                if taken and position_file is not None:
-                    position_file.save(subscriber.positions)  # before sending: a crash resumes after these
+                if taken:
+                    self.outbox.sync()  # group commit: one sync for the batch, before it counts as taken
+                    for message in taken:
+                        subscriber.stored(message)
+                    if position_file is not None:
+                        position_file.save(subscriber.positions)  # before sending: a crash resumes after these
                 self.send_pending(time.monotonic())
                 if status.due():
                     status.write(self.status_fields(subscriber))

@@ -51,3 +51,13 @@ def test_every_target_the_page_calls_met_or_missed_is_so_in_the_run():
     assert re.search(r"5× the live rate: \*\*met\*\*", PAGE) if replay["replay catch-up >= 5x the live rate (1 KiB records)"] \
         else "5× the live rate: **missed**" in PAGE
     assert not replay["replay catch-up >= 20,000 records/s (1 KiB records)"] and "20,000 records/s:\n  **missed**" in PAGE
+
+
+def test_the_bridge_figures_after_the_group_commit_are_that_run_s():
+    later = json.loads((ROOT / "bench" / "bridge-group-commit.json").read_text())
+    assert f'"started": "{later["started"]}"' in PAGE and later["profile"] == "full"
+    table = PAGE.split("bench/bridge-group-commit.json")[1]
+    for row in later["bridge"]:
+        label = f"| {row['body_bytes'] // 1024} KiB | {row['mode']} |"
+        line = next(line for line in table.splitlines() if line.strip().startswith(label))
+        assert f"**{row['zmqsec_msgs_per_s']:.1f}**" in line and f"**{row['ratio']:.2f}**" in line, line

@@ -466,3 +466,35 @@ def test_stomp_in_does_not_start_without_a_dn_list_unless_told_to_accept_any_sig
     finally:
         daemons.stop(stream_in)
     assert "accept_any_signer: any signer certificate from the CAs in" in (d / "bridge-in.log").read_text()
+
+
+def test_stomp_in_killed_again_and_again_under_load_stores_every_message_once(site, destination, port):
+    """1,000 messages wait on the broker; stomp-in (which syncs a batch, then acknowledges it) is killed with
+    kill -9 three times while it stores them: every message is stored exactly once."""
+    d = site.dir
+    (d / "valid_dns").write_text(site.dn("bridge") + "\n")
+    total = 1000
+    stomp_client.send(port, destination, [(f"run-{i}", smime.sign(b"job %d" % i, site["bridge"]))
+                                          for i in range(total)])
+    logs = daemons.logs(site, "bridge-in")
+    options = dict(certificate="server", hosts=f"{HOST}:{port}", destination=destination, dn_list=d / "valid_dns")
+    stream_in = None
+
+    def stored() -> int:
+        return len(_stored_ids(site, "bridge-in"))
+
+    try:
+        for kill_at in (150, 400, 650):
+            stream_in = daemons.bridge_in(site, "bridge-in", **options)
+            daemons.wait(lambda: stored() >= kill_at, timeout=60, what=f"{kill_at} stored", logs=logs)
+            stream_in.send_signal(signal.SIGKILL)
+            stream_in.wait(timeout=10)
+        stream_in = daemons.bridge_in(site, "bridge-in", **options)
+        daemons.wait(lambda: stored() >= total, timeout=90, what=f"all {total} stored", logs=logs)
+        time.sleep(1.0)  # nothing more may come
+    finally:
+        if stream_in is not None:
+            daemons.stop(stream_in)
+    ids = _stored_ids(site, "bridge-in")
+    assert len(ids) == total and set(ids) == {f"run-{i}" for i in range(total)}, Counter(ids).most_common(3)
+    assert stomp_client.drain(port, destination, 0, timeout=0, quiet=1.0) == []
