@@ -116,6 +116,7 @@ class SignerWatch:
     allowed: DnAllowList | None = field(default=None, init=False)
     _seen: tuple = field(default=(), init=False)
     _next: float = field(default=0.0, init=False)
+    _next_crl_check: float = field(default=0.0, init=False)
     _warned: set = field(default_factory=set, init=False)
 
     def __post_init__(self) -> None:
@@ -132,6 +133,9 @@ class SignerWatch:
         if now < self._next:
             return False
         self._next = now + self.interval
+        if now >= self._next_crl_check:  # time alone brings a CRL near its nextUpdate
+            self._next_crl_check = now + 60.0
+            self._check_crls()
         current = self._signature()
         if current == self._seen:
             return False
