@@ -21,6 +21,7 @@ from zmqsec.errors import RejectReason
 
 import base64
 import binascii
+import codecs
 import os
 import re
 from collections.abc import Sequence
@@ -245,12 +246,14 @@ def open_message(raw: bytes, credential: Credential | None = None) -> Opened:
     return _open(raw, credential, encrypted=False)
 
 
-def _text(data: bytes) -> bool:
-    """Is this UTF-8 text, with no control characters but tabs and line ends?"""
+def _text(head: bytes) -> bool:
+    """Is this start of a message UTF-8 text (a character cut at its end allowed), with no control characters
+    but tabs and line ends?"""
     try:
-        return not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", data.decode("utf-8"))
+        text = codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
     except UnicodeDecodeError:
         return False
+    return not re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", text)
 
 
 def _open(raw: bytes, credential: Credential | None, encrypted: bool) -> Opened:
