@@ -405,3 +405,20 @@ def test_a_bridge_outbox_reopened_at_once_after_a_kill_mid_add_drops_the_half_wr
         assert [reopened.get(name)[0] for name in reopened.pending(10)] == [b"stored"]
     finally:
         reopened.close()
+
+
+def test_a_publisher_restarted_after_a_kill_inside_take_or_remove_unlocks_and_tidies_the_spool(tmp_path):
+    """A run killed with an item locked leaves a lock link beside it; one killed inside dirq's remove() (the item
+    unlinked, its lock link not yet) leaves a lock link with no item.  The next owner unlocks the first, so that
+    it is published at once (not after dirq's 10-minute purge), and removes the second."""
+    first = OutgoingSpool(tmp_path / "out", exclusive=True)
+    for body in (b"locked by the dead run", b"published and half removed by it"):
+        QueueSimple(str(tmp_path / "out")).add(body)
+    (locked, _), (half_removed, _) = first.take()
+    (tmp_path / "out" / half_removed).unlink()  # remove() killed between its two unlinks
+    first._lock.close()  # the process is gone: its exclusive lock with it
+    spool = OutgoingSpool(tmp_path / "out", exclusive=True)
+    assert [body for _, body in spool.take()] == [b"locked by the dead run"]
+    files = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*")
+                   if p.is_file() and p.name[0] != ".")
+    assert files == [locked, f"{locked}.lck"]  # the item, locked by the new owner's take: nothing else

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from dirq.queue import Queue
-from dirq.QueueSimple import QueueSimple
+from dirq.QueueSimple import LOCKED_SUFFIX, QueueSimple
 
 from zmqsec.errors import RejectReason, ZmqsecError
 from zmqsec.files import atomic_write, fsync_tree, sync_filesystem
@@ -78,7 +78,8 @@ class OutgoingSpool:
     def _own(self) -> None:
         """Take the spool for this publisher alone (an exclusive lock on a dot file inside it, which the queue
         and its other users skip); then every item still locked belongs to a predecessor that was killed, and is
-        unlocked so that it is published, not stuck until dirq's 10-minute purge."""
+        unlocked so that it is published, not stuck until dirq's 10-minute purge (a lock left without its item
+        goes too)."""
         try:
             self._lock = open(self.path / ".zmqsec-publisher.lock", "w")
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,9 +88,12 @@ class OutgoingSpool:
         except OSError as exc:
             raise SpoolError(f"{self.path}: cannot lock the outgoing spool ({exc.strerror})") from None
         if self._queue is not None:
-            for name in list(self._queue):
+            # A lock is a hard link ``NAME.lck`` beside the element (dirq's QueueSimple), and the queue's listing
+            # shows only elements: look at the links themselves.  One whose element is gone was left by a run
+            # killed inside remove() (the element was published and removed; only its lock link remained).
+            for lock in self.path.glob(f"*/*{LOCKED_SUFFIX}"):
                 with contextlib.suppress(OSError):
-                    self._queue.unlock(name, permissive=True)
+                    lock.unlink()
 
     # -- taking -------------------------------------------------------------------------------
 
