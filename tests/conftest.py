@@ -66,15 +66,3 @@ def broker() -> dict:
     state = json.loads((Path(base) / "broker.json").read_text())
     state["ca_dir"] = Path(os.environ["ZMQSEC_TEST_BROKER_CA"])
     return state
-
-
-# The files that drive the shared ActiveMQ hardest (the quick bench, the bridges' outage and kill tests) take
-# turns on one worker: side by side they starved the broker of CPU until it dropped connections.  Every other
-# file stays whole on one worker, as --dist loadfile would keep it (./run test uses --dist loadgroup).
-_BROKER_HEAVY = {"test_bench.py", "test_bridge_broker.py", "test_bridge_loses_nothing.py"}
-
-
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("broker-heavy" if name in _BROKER_HEAVY else str(item.path)))
