@@ -21,6 +21,25 @@ from kit.pki import Pki, new_ca, stream_site  # noqa: E402
 from zmqsec.keys.ca import CertificateAuthority, Role  # noqa: E402
 
 
+# The files that load the one broker hard take turns on one xdist worker; every other file stays whole on one
+# worker, as --dist loadfile keeps it.  (pytest-xdist's own xdist_group marks do not reach its scheduler under
+# pytest 9, so the grouping is a scheduler of ours.)
+BROKER_HEAVY = {"test_bench.py", "test_bridge_broker.py", "test_bridge_loses_nothing.py"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Schedule whole files, the broker-heavy ones as one unit."""
+    from xdist.scheduler import LoadFileScheduling
+
+    class BrokerHeavyTogether(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            scope = super()._split_scope(nodeid)
+            return "broker-heavy" if Path(scope).name in BROKER_HEAVY else scope
+
+    return BrokerHeavyTogether(config, log)
+
+
 @pytest.fixture
 def ca(tmp_path) -> CertificateAuthority:
     """A fresh zmqsec CA, ``/C=UK/O=zmqsec test/CN=Test CA`` (RSA 2048 to keep set-up quick)."""
