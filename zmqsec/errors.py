@@ -26,6 +26,7 @@ class RejectReason(enum.StrEnum):
     UNKNOWN_VERSION = "unknown-version"
     BAD_FIELD = "bad-field"
     BAD_SUBSCRIPTION = "bad-subscription"
+    TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
     # key announcements (§4)
     KEY_CONFIRMATION = "key-confirmation"
     HEADER_MISMATCH = "header-mismatch"

@@ -39,9 +39,11 @@ def test_two_relays_in_a_chain_and_a_late_joiner_behind_them(site):
 
 
 def test_a_relay_holds_no_key_and_forwards_bytes_unchanged(site):
-    """What comes out of a relay is byte for byte what went in."""
+    """What comes out of a relay is byte for byte what went in.  The relay subscribes upstream to everything
+    itself; a reader's subscription reaches upstream, withdrawn at once (docs/PROTOCOL.md §9.1)."""
     ctx = zmq.Context.instance()
     upstream = ctx.socket(zmq.XPUB)
+    upstream.setsockopt(zmq.XPUB_VERBOSER, 1)
     port = upstream.bind_to_random_port("tcp://127.0.0.1")
     out = daemons.endpoint("tcp", site.dir)
     relay = daemons.relay(site, "relay", f"tcp://127.0.0.1:{port}", out)
@@ -49,7 +51,10 @@ def test_a_relay_holds_no_key_and_forwards_bytes_unchanged(site):
     tap.setsockopt(zmq.SUBSCRIBE, b"apel.jobs\x00")
     tap.connect(out)
     try:
-        assert upstream.poll(20000) and upstream.recv() == b"\x01apel.jobs\x00"  # the subscription went upstream
+        seen = []
+        while len(seen) < 3 and upstream.poll(20000):
+            seen.append(upstream.recv())
+        assert seen == [b"\x01", b"\x01apel.jobs\x00", b"\x00apel.jobs\x00"]
         frames = [[b"apel.jobs\x00K", bytes(range(256))], [b"apel.jobs\x00D", b"\x95opaque ciphertext"]]
         for f in frames:
             upstream.send_multipart(f)

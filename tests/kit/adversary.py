@@ -17,7 +17,11 @@ that forwards the stream and attacks its readers:
 ``subscriptions`` is a stranger with no certificate at a publisher's or relay's XPUB:
 
 - ``same``: one subscription message re-sent as fast as it can, for ``--seconds``;
-- ``distinct``: distinct short subscriptions as fast as it can, for ``--seconds``.
+- ``distinct``: distinct short subscriptions as fast as it can, for ``--seconds``;
+- ``distinct-valid``: distinct well-formed group topics of the stream (every tag of up to 16 bits, over and
+  over), as fast as it can, for ``--seconds``.
+
+It counts the times the daemon closed its connection (``disconnected``); libzmq connects again by itself.
 
 What it did (counts, and ``done`` once the attack is over) goes to FILE as JSON every 0.2 s and at the end.
 Forwarding goes on after the attack until SIGTERM.
@@ -148,19 +152,34 @@ def relay(upstream: str, downstream: str, mode: str, report: Report, count: int,
     report.write(force=True)
 
 
+def _group_topic(i: int) -> bytes:
+    """The ``i``-th distinct well-formed group topic of the stream (tags of up to 16 bits)."""
+    bits = bin(i + 1)[3:]  # "", "0", "1", "00", ...: every tag once (i < 131,071)
+    return TOPIC + b"G" + bits.encode() + b"."
+
+
 def subscriptions(endpoint: str, mode: str, report: Report, seconds: float) -> None:
     state = _stopper()
     sock = zmq.Context.instance().socket(zmq.XSUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
     sock.connect(endpoint)
     time.sleep(0.3)  # connected (a subscription sent earlier would only queue)
     until, i = time.monotonic() + seconds, 0
     while time.monotonic() < until and not state["stop"]:
         for _ in range(1000):
-            sock.send(b"\x01" + TOPIC + b"D" if mode == "same" else b"\x01" + i.to_bytes(6, "big"))
+            if mode == "same":
+                sock.send(b"\x01" + TOPIC + b"D")
+            elif mode == "distinct":
+                sock.send(b"\x01" + i.to_bytes(6, "big"))
+            else:  # distinct-valid
+                sock.send(b"\x01" + _group_topic(i % 131_071))
             i += 1
         report.add("sent", 1000)
+        while monitor.poll(0):
+            monitor.recv_multipart()
+            report.add("disconnected")
         report.write()
     report.counts["done"] = True
     report.write(force=True)
@@ -177,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("mode", choices=["swap-checkpoints", "rehead", "junk", "oversized", "bloat"])
     s = sub.add_parser("subscriptions")
     s.add_argument("endpoint")
-    s.add_argument("mode", choices=["same", "distinct"])
+    s.add_argument("mode", choices=["same", "distinct", "distinct-valid"])
     for p in (r, s):
         p.add_argument("--report", type=Path, required=True)
         p.add_argument("--seconds", type=float, default=10.0)

@@ -1,5 +1,6 @@
-"""The small rules behind docs/PROTOCOL.md §9.1: which subscriptions a publisher applies, and how refusals
-are logged (one line per reason and interval, with the count)."""
+"""The small rules behind docs/PROTOCOL.md §9.1: which subscriptions a publisher applies and a relay passes on,
+how many one connection may hold, and how refusals are logged (one line per reason and interval, with the
+count)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zmqsec.drivers.refusals import RefusalLog
-from zmqsec.protocol.frames import subscription_ok
+from zmqsec.machines.subscriptions import SubscriptionBook, Verdict
+from zmqsec.protocol.frames import relayable, subscription_ok
 from zmqsec.protocol.groups import reader_topics
 from zmqsec.protocol.primitives import MAX_SUBSCRIPTION
 
@@ -35,6 +37,37 @@ def test_other_streams_and_partial_topics_are_not_applied():
     for prefix in (b"apel", b"apel.jobs", STREAM + b"\0G", STREAM + b"\0G0", STREAM + b"\0G" + b"0" * 17 + b".",
                    STREAM + b"\0X", STREAM + b"\0DD", b"other\0D"):
         assert not subscription_ok(prefix, STREAM), prefix
+
+
+def test_a_relay_passes_on_zmqsec_subscriptions_of_any_stream_or_of_its_own():
+    for prefix in (b"", STREAM + b"\0", STREAM + b"\0D", b"other\0K", b"other\0G01."):
+        assert relayable(prefix), prefix
+    for prefix in (b"apel", b"\0D", STREAM + b"\0X", STREAM + b"\0G2.", b"x" * 201 + b"\0D", b"\x01" * 300):
+        assert not relayable(prefix), prefix
+    assert relayable(STREAM + b"\0K", [STREAM]) and relayable(b"", [STREAM])
+    assert not relayable(b"other\0K", [STREAM])
+
+
+def test_a_connection_holds_at_most_the_limit_of_distinct_subscriptions():
+    book = SubscriptionBook(lambda prefix: subscription_ok(prefix, STREAM), limit=3)
+    book.opened(7)
+    verdicts = [book.take(7, b"\x01" + p) for p in (STREAM + b"\0D", b"junk", STREAM + b"\0K")]
+    assert verdicts == [Verdict.PASS, Verdict.FOREIGN, Verdict.PASS] and book.held(7) == 3
+    assert book.take(7, b"\x01" + STREAM + b"\0D") is Verdict.PASS  # again: nothing more held
+    assert book.take(7, b"\x01more") is Verdict.CUT and book.held(7) == 3
+    assert book.take(7, b"\x00junk") is Verdict.FOREIGN and book.held(7) == 2  # an unsubscription frees
+    assert book.take(7, b"\x01more") is Verdict.FOREIGN and book.held(7) == 3
+    assert book.take(8, b"\x01" + STREAM + b"\0S") is Verdict.PASS and book.held(8) == 1  # each connection its own
+    book.closed(7)
+    book.opened(7)  # the descriptor, reused by a new connection
+    assert book.held(7) == 0 and book.take(7, b"\x01more") is Verdict.FOREIGN
+    assert book.take(7, b"\x02what") is Verdict.FOREIGN and book.held(7) == 1  # not a subscription: nothing held
+
+
+def test_messages_without_a_connection_are_judged_but_not_counted():
+    book = SubscriptionBook(lambda prefix: subscription_ok(prefix, STREAM), limit=1)
+    assert [book.take(None, b"\x01" + bytes([i])) for i in range(3)] == [Verdict.FOREIGN] * 3
+    assert book.take(None, b"\x01") is Verdict.PASS
 
 
 def test_refusals_are_logged_once_per_reason_and_interval_with_their_count(caplog):

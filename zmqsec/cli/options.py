@@ -7,6 +7,7 @@ from zmqsec.errors import ConfigError
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy
+from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION
 
 from .config import Option
 
@@ -31,6 +32,21 @@ CURVE_CLIENT = [  # a daemon that connects (reader, stomp-out)
     Option("curve", "secret_key", "path", help="CurveZMQ: our own NAME.key_secret, when the server admits named "
            "clients only (default: a fresh key pair per run)", flag_name="curve_secret_key"),
 ]
+
+
+def max_subscriptions(section: str) -> Option:
+    """``[SECTION] max_subscriptions_per_connection`` of a daemon whose XPUB takes subscriptions."""
+    return Option(section, "max_subscriptions_per_connection", "int", MAX_SUBSCRIPTIONS_PER_CONNECTION,
+                  "distinct subscriptions one connection may hold; a connection that sends more is closed "
+                  "(docs/PROTOCOL.md §9.1)")
+
+
+def subscription_limit(settings, section: str) -> int:
+    """The validated ``[SECTION] max_subscriptions_per_connection``."""
+    limit = settings[f"{section}.max_subscriptions_per_connection"]
+    if limit < 1:
+        raise ConfigError(f"{settings.source}: [{section}] max_subscriptions_per_connection must be at least 1")
+    return limit
 
 
 def journal_options(what: str, path_help: str) -> list[Option]:

@@ -26,6 +26,7 @@ log = logging.getLogger("zmqsec")
 PUBLISH = COMMON + CURVE_SERVER + [
     Option("publisher", "endpoint", "list", required=True, help="endpoint to bind (repeatable): tcp://, ipc://, epgm://, norm://"),
     Option("publisher", "multicast_rate", "int", 10_000, "kbit/s a multicast (epgm://, norm://) endpoint may send"),
+    options.max_subscriptions("publisher"),
     Option("readers", "registry", "path", required=True, help="directory of authorized reader certificates"),
     Option("readers", "dn_list", "path", help="SSM-style DN allow-list narrowing the registry"),
     Option("rotation", "max_age", "float", 3600.0, "seconds before the data key rotates"),
@@ -81,7 +82,8 @@ def cmd_publish(args) -> int:
                           policy=policy,
                           curve=curve.configured_server(settings["curve.secret_key"], settings["curve.clients"]),
                           multicast_rate=settings["publisher.multicast_rate"], journal=journal,
-                          replay_endpoints=list(settings["replay.endpoint"] or ()))
+                          replay_endpoints=list(settings["replay.endpoint"] or ()),
+                          max_subscriptions=options.subscription_limit(settings, "publisher"))
     log.info("stream %s: publishing on %s to %d reader(s)", settings["stream.name"],
              ", ".join(publisher.endpoints), publisher.stats.readers)
     status = StatusFile(settings["status.status_file"], "publisher", stream=settings["stream.name"],

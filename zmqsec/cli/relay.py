@@ -8,7 +8,7 @@ from pathlib import Path
 
 from zmqsec.drivers import curve
 from zmqsec.drivers.relay import Relay
-from zmqsec.drivers.status import Stop
+from zmqsec.drivers.status import StatusFile, Stop
 
 from . import config, options
 from .config import Option
@@ -20,6 +20,9 @@ RELAY = [
     Option("relay", "output", "list", required=True, help="downstream endpoint to bind (repeatable)", flag_name="out"),
     Option("relay", "stream", "list", help="stream to subscribe upstream (needed behind multicast; default all)"),
     Option("relay", "multicast_rate", "int", 10_000, "kbit/s a multicast output may send"),
+    options.max_subscriptions("relay"),
+    Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
+    Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
     *options.journal_options("archive", "archive: record every frame that passes into this journal directory, "
            "for replay (docs/PROTOCOL.md §10.6)"),
     Option("curve", "in_server_key", "path", flag_name="curve_in_server_key", help="CurveZMQ upstream: the upstream server's public NAME.key"),
@@ -41,13 +44,18 @@ def cmd_relay(args) -> int:
                   curve_in=curve.configured_client(settings["curve.in_server_key"], settings["curve.in_secret_key"]),
                   curve_out=curve.configured_server(settings["curve.out_secret_key"], settings["curve.out_clients"]),
                   multicast_rate=settings["relay.multicast_rate"], journal=journal,
-                  replay_endpoints=list(settings["replay.endpoint"] or ())).start()
+                  replay_endpoints=list(settings["replay.endpoint"] or ()),
+                  max_subscriptions=options.subscription_limit(settings, "relay")).start()
     log.info("relay: %s -> %s", ", ".join(inputs), ", ".join(outputs))
+    status = StatusFile(settings["status.status_file"], "relay", interval=settings["status.status_interval"])
     try:
         while not stop.requested:
             time.sleep(0.2)
+            if status.due():
+                status.write(relay.status())
     finally:
         relay.stop()
+        status.write(relay.status())
     return 0
 
 

@@ -15,15 +15,18 @@ from pathlib import Path
 
 import zmq
 
-from zmqsec.errors import RejectReason, ZmqsecError
+from zmqsec.errors import ZmqsecError
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
+from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SUBSCRIBE
 from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
 from zmqsec.protocol.frames import CHECKPOINT, DATA, subscription_ok, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
 from .curve import CurveServer, apply_server
+from . import gate
+from .gate import SubscriptionGate
 from .journal import Journal, JournalError
 from .recorder import Recorder
 from .refusals import RefusalLog
@@ -33,7 +36,6 @@ from .watch import RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
 
-DRAIN = 10_000  # subscription messages handled per tick at most (about a µs each)
 EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes (a quarter of max_age when that is shorter)
 
 
@@ -66,6 +68,7 @@ class Publisher:
         multicast_rate: int = DEFAULT_MULTICAST_RATE,
         journal: Journal | None = None,
         replay_endpoints: list[str] = (),
+        max_subscriptions: int = MAX_SUBSCRIPTIONS_PER_CONNECTION,
     ) -> None:
         self._watch = RegistryWatch(registry, Path(trust_dir) if trust_dir else None, crl)
         self.journal = journal
@@ -80,8 +83,9 @@ class Publisher:
         self.watch_interval = watch_interval
         self._context = context or zmq.Context.instance()
         self.socket = self._context.socket(zmq.XPUB)
-        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+        self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscription and unsubscription (the gate counts them)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.RCVHWM, gate.RCVHWM)  # subscriptions: what bounds libzmq's queue of them
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)  # what a subscriber sends us is a subscription
@@ -99,12 +103,18 @@ class Publisher:
                                        curve=curve).start()
         self._next_watch = 0.0
         self._next_expiry = 0.0
-        self.subscriptions = 0  # subscriptions that receive data (XPUB_VERBOSE: one per subscriber and topic)
+        self.subscriptions = 0  # subscriptions that receive data (verbose XPUB: one per subscriber and topic)
         self._data_topic = topic_for(stream, DATA)
         self._name = stream.encode()
-        self.foreign_subscriptions = 0  # not zmqsec's (they match none of our topics)
         self._refusals = RefusalLog(log, f"stream {stream}")
+        self.gate: SubscriptionGate = SubscriptionGate(self.socket, lambda prefix: subscription_ok(prefix, self._name), self._refusals,
+                                     limit=max_subscriptions)
         self._act(self.sender.start(time.monotonic()))
+
+    @property
+    def foreign_subscriptions(self) -> int:
+        """Subscription messages that were not zmqsec's (they match none of our topics)."""
+        return self.gate.foreign
 
     @property
     def stats(self):
@@ -160,27 +170,10 @@ class Publisher:
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
         now = time.monotonic() if now is None else now
-        subscribed, foreign, data, recv = set(), [], 0, self.socket.recv
-        for _ in range(DRAIN):  # bounded: publishing and timers go on under any subscription flood
-            try:
-                message = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            if message in subscribed:  # a flood of one subscription costs one lookup (docs/PROTOCOL.md §9.1)
-                data += self._data_topic.startswith(message[1:])
-            elif message[:1] == b"\x01":
-                if subscription_ok(message[1:], self._name):
-                    subscribed.add(message)
-                    data += self._data_topic.startswith(message[1:])
-                else:
-                    foreign.append(message)
-        self.subscriptions += data
-        if foreign:  # libzmq applied them (they match none of our topics): counted, logged once in a while
-            self.foreign_subscriptions += len(foreign)
-            self._refusals.refused(RejectReason.BAD_SUBSCRIPTION, f"{len(foreign[-1]) - 1}-byte subscription "
-                                   f"{foreign[-1][1:41]!r}", len(foreign))
+        subscribed = [m[1:] for m in self.gate.take() if m[:1] == SUBSCRIBE]  # one per reader and topic
+        self.subscriptions += sum(self._data_topic.startswith(prefix) for prefix in subscribed)
         if subscribed:
-            self._act(self.sender.subscription_seen(now, [m[1:] for m in subscribed]))
+            self._act(self.sender.subscription_seen(now, list(dict.fromkeys(subscribed))))
         if now >= self._next_watch:
             self._next_watch = now + self.watch_interval
             if self._watch.changed():
@@ -232,6 +225,7 @@ class Publisher:
         self.recorder.close()
         if self.replay is not None:
             self.replay.stop()
+        self.gate.close()
         self.socket.close()
         if self._release_curve is not None:
             self._release_curve()

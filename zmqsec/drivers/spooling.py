@@ -46,7 +46,7 @@ class SpoolPublisher:
                 "last_rekey_seconds": round(p.last_rekey_seconds, 4), "announcement_bytes": s.announcement_bytes,
                 "last_rekey_bytes": s.last_rekey_bytes, "groups": s.groups, "group_rekeys": s.group_rekeys,
                 "checkpoints": s.checkpoints, "journal_blocked": p.recorder.blocked,
-                "rejected": {RejectReason.BAD_SUBSCRIPTION: p.foreign_subscriptions} if p.foreign_subscriptions else {},
+                "rejected": p.gate.rejected(),
                 "replay": dict(p.replay.stats) if p.replay is not None else None}
 
     def publish_batch(self, stop: Stop) -> int:

@@ -18,6 +18,7 @@ Decoding is strict (exact arity, types, sizes); anything else raises
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import msgpack
@@ -148,6 +149,17 @@ def subscription_ok(prefix: bytes, stream: bytes) -> bool:
         return True
     return (rest[:1] == GROUP and rest[-1:] == _TAG_END and len(rest) - 2 <= MAX_GROUP_BITS
             and not rest[1:-1].strip(b"01"))
+
+
+def relayable(prefix: bytes, streams: Collection[bytes] = ()) -> bool:
+    """Is ``prefix`` a zmqsec subscription a relay passes upstream: everything, or what :func:`subscription_ok`
+    allows for one of ``streams`` (for any stream when ``streams`` is empty)?"""
+    if not prefix:
+        return True
+    if b"\x00" not in prefix:
+        return False
+    name = stream_name(prefix)
+    return (not streams or name in streams) and 0 < len(name) <= MAX_TOPIC_BYTES and subscription_ok(prefix, name)
 
 
 def stream_name(topic: bytes) -> bytes:

@@ -1,0 +1,157 @@
+"""The gate of an XPUB socket: which subscriptions a publisher or relay takes from its peers (docs/PROTOCOL.md §9.1).
+
+Each turn takes at most ``drain`` messages, so a subscription flood cannot
+stop publishing or forwarding.  A message's connection is its source file
+descriptor (libzmq's ``ZMQ_SRCFD``); the socket monitor says when one opens
+and closes.  zmqsec's subscriptions are passed on, each distinct message once
+per connection and turn; others are counted [``bad-subscription``] and logged once in a while.
+A connection that sends more distinct subscriptions than the limit is shut
+down [``too-many-subscriptions``]: libzmq then drops it with everything it
+subscribed, which is the only way to give that memory back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket as stdsocket
+from collections.abc import Callable
+
+import zmq
+from zmq.utils.monitor import parse_monitor_message
+
+from zmqsec.errors import RejectReason
+from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SubscriptionBook, Verdict
+
+from .refusals import RefusalLog
+
+DRAIN = 10_000  # subscription messages taken per turn at most (a few µs each)
+# libzmq moves what a connection sent from its pipe into the socket's own queue and subscription trie, which
+# have no bound, each time it processes commands (every 100 receives): a pipe of a few messages keeps them from
+# outgrowing what we take, however fast a stranger sends (an 8 s flood of distinct subscriptions took a bare
+# XPUB and gate from 25 to 29 MB with 4, to 148 MB with 64; a publisher on libzmq's 1,000 grew by 400 MB in
+# 5 s).  Subscriptions wait in TCP meanwhile; none is dropped.
+RCVHWM = 4  # the XPUB's RCVHWM: set it before the socket binds
+_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
+_EVENTS_PER_TURN = 1000
+
+
+def _source(frame: zmq.Frame) -> int:
+    """The connection (file descriptor) a message came from; -1 for one libzmq made itself (an unsubscription
+    when a connection closed) or a transport without connections."""
+    try:
+        return frame.get(zmq.SRCFD)
+    except zmq.ZMQError:
+        return -1
+
+
+def _peer(frame: zmq.Frame) -> str:
+    """The address a message came from (an IP address over tcp, empty over ipc)."""
+    try:
+        return frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return ""
+
+
+class SubscriptionGate:
+    """Takes what the peers of the XPUB ``socket`` send: see the module docstring."""
+
+    def __init__(self, socket: zmq.Socket, accepts: Callable[[bytes], bool], refusals: RefusalLog, *,
+                 limit: int = MAX_SUBSCRIPTIONS_PER_CONNECTION, drain: int = DRAIN) -> None:
+        self.socket, self.refusals, self.drain = socket, refusals, drain
+        self.book = SubscriptionBook(accepts, limit)
+        self.foreign = 0  # subscription messages that were not zmqsec's
+        self.cut = 0  # connections shut down for holding too many subscriptions
+        self._open: set[int] = set()  # accepted connections (file descriptors) libzmq has not closed
+        self._cutting: set[int] = set()  # shut down, not yet reported closed
+        address = f"inproc://zmqsec-gate-{id(self)}"
+        socket.monitor(address, _EVENTS)
+        self._monitor = socket.context.socket(zmq.PAIR)
+        self._monitor.connect(address)
+
+    def take(self) -> list[bytes]:
+        """One turn: the zmqsec subscription messages (``0x01``/``0x00`` ‖ prefix) that arrived, in order of
+        arrival, once per connection that sent them; every other message is counted, and over-subscribed
+        connections are cut."""
+        self._watch()
+        passed: list[bytes] = []
+        seen: set[tuple[int, bytes]] = set()
+        foreign, last_foreign = 0, b""
+        recv, take = self.socket.recv, self.book.take
+        for _ in range(self.drain):
+            try:
+                frame = recv(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            message, connection = frame.bytes, _source(frame)
+            if (connection, message) in seen:  # a flood of one subscription costs one lookup
+                continue
+            seen.add((connection, message))
+            verdict = take(connection if connection >= 0 else None, message)
+            if verdict is Verdict.PASS:
+                passed.append(message)
+            elif verdict is Verdict.FOREIGN:
+                foreign += 1
+                last_foreign = message
+            elif connection not in self._cutting:
+                self._watch()  # a descriptor closed meanwhile must not be shut down under its next owner
+                self._cut(connection, _peer(frame))
+        if foreign:  # libzmq applied them (they match none of our topics): counted, logged once in a while
+            self.foreign += foreign
+            self.refusals.refused(RejectReason.BAD_SUBSCRIPTION, f"{len(last_foreign) - 1}-byte subscription "
+                                  f"{last_foreign[1:41]!r}", foreign)
+        return passed
+
+    def rejected(self) -> dict[str, int]:
+        """The refusal counters, for a status file."""
+        counts = {RejectReason.BAD_SUBSCRIPTION: self.foreign, RejectReason.TOO_MANY_SUBSCRIPTIONS: self.cut}
+        return {str(reason): count for reason, count in counts.items() if count}
+
+    def _cut(self, connection: int, peer: str) -> None:
+        """Shut the connection's descriptor down (libzmq sees it end), if it is still that connection's."""
+        if connection < 0 or connection in self._cutting:
+            return
+        try:
+            sock = stdsocket.socket(fileno=os.dup(connection))
+        except OSError:
+            return
+        try:
+            if sock.family in (stdsocket.AF_INET, stdsocket.AF_INET6):
+                if sock.getpeername()[0] != peer:
+                    return  # the descriptor is somebody else's by now
+            elif connection not in self._open:
+                return  # ipc: only a connection the monitor saw accepted
+            sock.shutdown(stdsocket.SHUT_RDWR)
+        except OSError:
+            return
+        finally:
+            sock.close()
+        self._cutting.add(connection)
+        self.cut += 1
+        self.refusals.refused(RejectReason.TOO_MANY_SUBSCRIPTIONS, f"a connection from {peer or 'a local peer'} "
+                              f"sent more than {self.book.limit} distinct subscriptions; connection closed")
+
+    def _watch(self) -> None:
+        """Take the monitor's news of connections opened and closed."""
+        for _ in range(_EVENTS_PER_TURN):
+            try:
+                message = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                break
+            fd = message["value"]
+            if message["event"] == zmq.EVENT_ACCEPTED:
+                self._open.add(fd)
+                self._cutting.discard(fd)
+                self.book.opened(fd)
+            else:
+                self._open.discard(fd)
+                self._cutting.discard(fd)
+                self.book.closed(fd)
+
+    def close(self) -> None:
+        """Stop watching the socket (call before closing it)."""
+        try:
+            self.socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close()
