@@ -8,6 +8,7 @@ certificate is acceptable is the trust layer's decision, made by the caller.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import hmac
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from asn1crypto import cms as asn1_cms
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from . import signing
+from . import der, signing
 from .cms import (
     KeyHolder,
     MalformedCms,
@@ -33,6 +34,42 @@ from .cms import (
 from .signing import HASHES
 
 
+@dataclass(frozen=True)
+class _Signer:
+    """The DER of everything in a SignedData that depends only on the signer and the digest (made once)."""
+
+    sid: bytes  # SignerIdentifier (issuerAndSerialNumber)
+    digest_algorithm: bytes  # DigestAlgorithmIdentifier
+    signature_algorithm: bytes  # SignatureAlgorithmIdentifier
+    certificates: bytes  # [0] IMPLICIT CertificateSet
+
+
+_VERSION_1 = der.encode(0x02, b"\x01")
+_DATA = asn1_cms.ContentType("data").dump()
+_SIGNED_DATA = asn1_cms.ContentType("signed_data").dump()
+_CONTENT_TYPE_ATTR = asn1_cms.CMSAttribute({"type": "content_type", "values": ["data"]}).dump()
+_SIGNING_TIME = asn1_cms.CMSAttributeType("signing_time").dump()
+_MESSAGE_DIGEST = asn1_cms.CMSAttributeType("message_digest").dump()
+
+
+@functools.lru_cache(maxsize=32)
+def _signer(certificates: tuple[x509.Certificate, ...], digest: str, algorithm: str) -> _Signer:
+    cert_set = asn1_cms.CertificateSet([asn1_cert(c) for c in certificates]).dump()
+    return _Signer(
+        sid=asn1_cms.SignerIdentifier({"issuer_and_serial_number": issuer_and_serial(certificates[0])}).dump(),
+        digest_algorithm=asn1_cms.DigestAlgorithm({"algorithm": digest}).dump(),
+        signature_algorithm=asn1_cms.SignedDigestAlgorithm({"algorithm": algorithm}).dump(),
+        certificates=b"\xa0" + cert_set[1:],  # SET OF -> [0] IMPLICIT
+    )
+
+
+def _time(when: dt.datetime) -> bytes:
+    """A CMS Time: UTCTime through 2049, GeneralizedTime after (RFC 5652 §11.3)."""
+    if 1950 <= when.year < 2050:
+        return der.encode(0x17, when.strftime("%y%m%d%H%M%SZ").encode())
+    return der.encode(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
+
+
 def sign(
     content: bytes,
     credential: KeyHolder,
@@ -42,35 +79,33 @@ def sign(
     extra_certs: Sequence[x509.Certificate] = (),
     clock: Callable[[], dt.datetime] | None = None,
 ) -> bytes:
-    """DER ContentInfo(SignedData) over ``content`` with signed attributes, embedding the signer's certificate."""
+    """DER ContentInfo(SignedData) over ``content`` with signed attributes (contentType, signingTime,
+    messageDigest), embedding the signer's certificate and chain.
+
+    The parts that depend only on the signer are encoded once (asn1crypto) and spliced with the few that
+    change per message, so a signature costs little more than its private-key operation."""
     if digest not in HASHES:
         raise UnsupportedAlgorithm(f"digest {digest} unsupported; use one of {', '.join(HASHES)}")
+    signer = _signer((credential.certificate, *credential.chain, *extra_certs), digest,
+                     signing.cms_algorithm(credential.key, digest))
     now = (clock or (lambda: dt.datetime.now(dt.timezone.utc)))().replace(microsecond=0)
-    message_digest = hashlib.new(digest, content).digest()
     attrs = [
-        asn1_cms.CMSAttribute({"type": "content_type", "values": ["data"]}),
-        asn1_cms.CMSAttribute({"type": "signing_time", "values": [asn1_cms.Time({"utc_time": now})]}),
-        asn1_cms.CMSAttribute({"type": "message_digest", "values": [message_digest]}),
+        _CONTENT_TYPE_ATTR,
+        der.encode(0x30, _SIGNING_TIME + der.encode(0x31, _time(now))),
+        der.encode(0x30, _MESSAGE_DIGEST + der.encode(0x31, der.encode(0x04, hashlib.new(digest, content).digest()))),
     ]
-    # DER orders a SET OF by encoding; OpenSSL re-encodes before verifying.
-    signed_attrs = asn1_cms.CMSAttributes(sorted(attrs, key=lambda a: a.dump()))
-    signature = signing.sign(credential.key, signed_attrs.dump(), digest)
-    signer = asn1_cms.SignerInfo({
-        "version": "v1",
-        "sid": asn1_cms.SignerIdentifier({"issuer_and_serial_number": issuer_and_serial(credential.certificate)}),
-        "digest_algorithm": {"algorithm": digest},
-        "signed_attrs": signed_attrs,
-        "signature_algorithm": {"algorithm": signing.cms_algorithm(credential.key, digest)},
-        "signature": signature,
-    })
-    signed = asn1_cms.SignedData({
-        "version": "v1",
-        "digest_algorithms": [{"algorithm": digest}],
-        "encap_content_info": {"content_type": "data", "content": None if detached else content},
-        "certificates": [asn1_cert(c) for c in (credential.certificate, *credential.chain, *extra_certs)],
-        "signer_infos": [signer],
-    })
-    return asn1_cms.ContentInfo({"content_type": "signed_data", "content": signed}).dump()
+    # DER orders a SET OF by encoding; OpenSSL re-encodes before verifying.  Signed as a SET (0x31), carried
+    # as [0] IMPLICIT (0xa0).
+    signed_attrs = der.set_of(attrs)
+    signature = signing.sign(credential.key, signed_attrs, digest)
+    signer_info = der.encode(0x30, b"".join((
+        _VERSION_1, signer.sid, signer.digest_algorithm, b"\xa0" + signed_attrs[1:], signer.signature_algorithm,
+        der.encode(0x04, signature))))
+    encap = der.encode(0x30, _DATA + (b"" if detached else der.encode(0xA0, der.encode(0x04, content))))
+    signed = der.encode(0x30, b"".join((
+        _VERSION_1, der.encode(0x31, signer.digest_algorithm), encap, signer.certificates,
+        der.encode(0x31, signer_info))))
+    return der.encode(0x30, _SIGNED_DATA + der.encode(0xA0, signed))
 
 
 @dataclass(frozen=True)
