@@ -1,24 +1,31 @@
 """The bridge's durable outbox: S/MIME bodies waiting for the broker's RECEIPT.
 
-A dirq ``Queue`` (body, empa-id).  ``add`` returns only after the element's
-files and directory are fsync'ed, so a message the bridge has taken from the
-stream survives kill -9 and power loss; ``remove`` happens only after the
-broker's receipt.  One bridge owns an outbox (an exclusive lock says so), which
-lets it reclaim the elements a crashed predecessor had locked.
+An SQLite database in WAL mode (``outbox.sqlite`` in the outbox directory),
+one row per message (body, empa-id).  ``add`` returns only after the commit is
+fsync'ed, so a message the bridge has taken from the stream survives kill -9
+and power loss; a batch added with ``durable=False`` is committed, with one
+fsync, by ``sync``.  Rows are deleted only after the broker's receipt, a
+window at a time.  One bridge owns an outbox (an exclusive lock says so).
+
+Earlier versions kept the outbox as a dirq queue in the same directory; its
+elements are moved into the database when the outbox is opened, so nothing
+taken before an upgrade is lost.
 """
 
 from __future__ import annotations
 
 import fcntl
 import os
+import sqlite3
 from pathlib import Path
 
 from dirq.queue import Queue
 
 from zmqsec.errors import ZmqsecError
-from zmqsec.files import fsync_tree, sync_filesystem
+from zmqsec.files import fsync_tree
 
-SCHEMA = {"body": "binary", "empaid": "string"}
+DATABASE = "outbox.sqlite"
+SCHEMA = {"body": "binary", "empaid": "string"}  # the dirq queue of earlier versions
 REJECT_SCHEMA = {"body": "binary", "empaid": "string", "error": "string"}
 
 
@@ -29,7 +36,7 @@ class OutboxError(ZmqsecError):
 class Outbox:
     """One bridge's outbox; opening it takes the exclusive lock or raises :class:`OutboxError`.
 
-    ``fsync=False`` skips the fsync in :meth:`add`, giving up durability across power loss.
+    ``fsync=False`` commits without fsync, giving up durability across power loss (not across kill -9).
     """
 
     def __init__(self, path: str | os.PathLike, *, fsync: bool = True) -> None:
@@ -37,7 +44,6 @@ class Outbox:
         self.fsync = fsync
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            # Beside the queue, not in it: dirq counts what its directory holds.
             self._lock = open(self.path.with_name(self.path.name + ".lock"), "w")
         except OSError as exc:
             raise OutboxError(f"{self.path}: cannot use outbox ({exc.strerror})") from None
@@ -45,65 +51,87 @@ class Outbox:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise OutboxError(f"{self.path}: another bridge is using this outbox; give each bridge its own") from None
-        self.queue = Queue(str(self.path), schema=SCHEMA)
-        # We own the outbox now: anything half-written or still locked belonged to a dead predecessor.  A
-        # half-written element was never taken (the position is saved after the add), so it goes; dirq's own
-        # purge cannot do this (it rmdirs every temporary element, young or old, without emptying the young).
+        try:
+            self._db = sqlite3.connect(self.path / DATABASE, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'OFF'}")
+            self._db.execute("CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY, empaid TEXT NOT NULL, "
+                             "body BLOB NOT NULL)")
+        except sqlite3.Error as exc:
+            raise OutboxError(f"{self.path / DATABASE}: cannot open the outbox database ({exc})") from None
+        self._open = False  # a transaction of adds not yet synced
+        self._adopt_dirq()
+
+    def _adopt_dirq(self) -> None:
+        """Move the elements of an earlier version's dirq outbox into the database (committed, then removed)."""
+        if not any(p.is_dir() and len(p.name) == 8 for p in self.path.iterdir()):
+            return
         _remove_volatile(self.path)
-        self.queue.purge(maxtemp=0, maxlock=1)
-        for name in list(self.queue):
-            self.queue.unlock(name, permissive=True)
+        queue = Queue(str(self.path), schema=SCHEMA)
+        queue.purge(maxtemp=0, maxlock=1)
+        names = list(queue)
+        for name in names:
+            queue.unlock(name, permissive=True)
+            queue.lock(name, permissive=True)
+            element = queue.get(name)
+            self.add(element["body"], element["empaid"], durable=False)
+        self.sync()
+        for name in names:
+            queue.remove(name)
+
+    def _write(self, sql: str, args) -> sqlite3.Cursor:
+        if not self._open:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._open = True
+        return self._db.execute(sql, args)
 
     def add(self, body: bytes, empaid: str, *, durable: bool = True) -> str:
-        """Store one S/MIME body with its empa-id; returns the element name (after the fsync, unless that is off).
-        ``durable=False``: not synced yet; call :meth:`sync` once for a batch (group commit) before anything
+        """Store one S/MIME body with its empa-id; returns the element name (after the fsync'ed commit).
+        ``durable=False``: not committed yet; call :meth:`sync` once for a batch (group commit) before anything
         counts the batch as taken."""
-        name = self.queue.add({"body": body, "empaid": empaid})
-        if self.fsync and durable:
-            fsync_tree(self.path, name)
+        name = str(self._write("INSERT INTO outbox (empaid, body) VALUES (?, ?)", (empaid, body)).lastrowid)
+        if durable:
+            self.sync()
         return name
 
     def sync(self) -> None:
-        """Make every element added so far durable: one sync of the outbox's filesystem for a whole batch."""
-        if self.fsync:
-            sync_filesystem(self.path)
+        """Commit every element added so far: one fsync for a whole batch."""
+        if self._open:
+            self._db.execute("COMMIT")
+            self._open = False
 
     def pending(self, limit: int) -> list[str]:
-        """The names of up to ``limit`` elements not yet receipted (whether sent or not), in queue order."""
-        names = []
-        for name in self.queue:
-            names.append(name)
-            if len(names) >= limit:
-                break
-        return names
+        """The names of up to ``limit`` elements not yet receipted (whether sent or not), oldest first."""
+        return [str(r[0]) for r in self._db.execute("SELECT id FROM outbox ORDER BY id LIMIT ?", (limit,))]
 
     def get(self, name: str) -> tuple[bytes, str]:
-        """An element's body and empa-id; locks it, as :meth:`remove` needs (an element we already locked is fine)."""
-        self.queue.lock(name, permissive=True)
-        element = self.queue.get(name)
-        return element["body"], element["empaid"]
+        """An element's body and empa-id."""
+        row = self._db.execute("SELECT body, empaid FROM outbox WHERE id = ?", (int(name),)).fetchone()
+        if row is None:
+            raise OutboxError(f"{self.path}: no element {name}")
+        return row[0], row[1]
 
-    def remove(self, name: str) -> None:
-        """Delete an element the broker has receipted; it must have been read with :meth:`get` first."""
-        self.queue.remove(name)
+    def remove(self, *names: str) -> None:
+        """Delete elements the broker has receipted, in one commit."""
+        if names:
+            self._write("DELETE FROM outbox WHERE id IN (%s)" % ",".join("?" * len(names)), [int(n) for n in names])
+            self.sync()
 
     def message_ids(self) -> list[str]:
         """The ``empa-id`` of every message waiting (to recognise, after a crash, what was taken already)."""
-        out = []
-        for name in self.queue:
-            try:
-                out.append((self.path / name / "empaid").read_text())
-            except OSError:
-                continue  # receipted and removed meanwhile
-        return out
+        return [r[0] for r in self._db.execute("SELECT empaid FROM outbox ORDER BY id")]
 
     def count(self) -> int:
-        """How many elements wait for a receipt (walks the queue directory)."""
-        return sum(1 for _ in self.queue)
+        """How many elements wait for a receipt."""
+        return self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def close(self) -> None:
-        """Release the exclusive lock, so another bridge may open the outbox."""
-        self._lock.close()
+        """Commit what was added, close the database and release the exclusive lock."""
+        try:
+            self.sync()
+            self._db.close()
+        finally:
+            self._lock.close()
 
 
 class LocalRejects:

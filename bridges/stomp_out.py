@@ -21,10 +21,10 @@ from cryptography import x509
 
 from zmqsec.errors import RejectReason
 from zmqsec.keys.pemfiles import Credential
-from zmqsec.bridges import smime
 from zmqsec import Delivered
 
 from .outbox import LocalRejects, Outbox
+from .signer import BodyMaker
 from .stomplink import BrokerUnavailable, StompLink
 
 log = logging.getLogger("zmqsec.bridge.out")
@@ -42,6 +42,7 @@ class OutSettings:
     cipher: str = "aes256"
     window: int = 100
     receipt_timeout: float = 10.0
+    workers: int = 1  # processes that sign (and encrypt); 1: in the bridge's own
 
 
 class StompOutBridge:
@@ -54,18 +55,34 @@ class StompOutBridge:
         # message thread) are kept here, never sent; beside the outbox unless told otherwise (made when needed).
         self.rejects = rejects
         self.counters: Counter = Counter()
+        self.maker = BodyMaker(credential, digest=settings.digest, server_certs=settings.server_certs,
+                               cipher=settings.cipher, workers=settings.workers)
 
     def body_for(self, content: bytes) -> bytes:
-        """Sign first, then (optionally) encrypt, as the EMI protocol orders it."""
-        body = smime.sign(content, self.credential, digest=self.settings.digest)
-        if self.settings.server_certs:
-            body = smime.encrypt(body, self.settings.server_certs, cipher=self.settings.cipher)
-        return body
+        """Sign first, then (optionally) encrypt, as the EMI protocol orders it (in this process)."""
+        return self.maker.body(content)
 
     def take(self, message: Delivered, *, durable: bool = True) -> None:
         """Queue one stream message in the outbox (durably, unless ``durable`` is False: then the caller syncs
         the batch before anything counts it as taken), or durably keep it in the local reject queue if no
         receiver could store it."""
+        if self._sendable(message):
+            self.outbox.add(self.body_for(message.payload), message.message_id, durable=durable)
+            self.counters["queued"] += 1
+
+    def step(self, messages: list[Delivered], now: float) -> None:
+        """Take a batch into the outbox, committed with one fsync: its bodies are made on the worker processes
+        while the outbox's earlier messages go to the broker (a window of them, :meth:`send_pending`)."""
+        sendable = [m for m in messages if self._sendable(m)]
+        bodies = self.maker.submit([m.payload for m in sendable])
+        self.send_pending(now)
+        for message, body in zip(sendable, bodies()):
+            self.outbox.add(body, message.message_id, durable=False)
+        self.outbox.sync()
+        self.counters["queued"] += len(sendable)
+
+    def _sendable(self, message: Delivered) -> bool:
+        """Can an SSM receiver store this payload?  If not, it is kept (durably) in the local reject queue."""
         try:
             message.payload.decode("utf-8")
         except UnicodeDecodeError:
@@ -75,9 +92,8 @@ class StompOutBridge:
                              "text, which an SSM receiver cannot store (kept here, not sent)")
             self.counters[f"rejected:{RejectReason.NOT_UTF8}"] += 1
             log.warning("message %s: not UTF-8 text; kept in %s, not sent", message.message_id, self.rejects.path)
-            return
-        self.outbox.add(self.body_for(message.payload), message.message_id, durable=durable)
-        self.counters["queued"] += 1
+            return False
+        return True
 
     def send_pending(self, now: float) -> int:
         """One window of the outbox to the broker; returns how many the broker receipted."""
@@ -104,8 +120,7 @@ class StompOutBridge:
             log.warning("broker lost mid-send (%s); unreceipted messages stay in the outbox", exc)
             self.link.failed(now)
             return 0
-        for receipt in got:
-            self.outbox.remove(by_receipt[receipt])
+        self.outbox.remove(*(by_receipt[receipt] for receipt in got))
         self.counters["sent"] += len(got)
         if len(got) < len(by_receipt):
             log.warning("%d message(s) had no receipt within %.0fs; they will be sent again",
@@ -134,13 +149,12 @@ class StompOutBridge:
                 message = subscriber.receive(timeout=0.05)
                 taken, until = [], time.monotonic() + TAKE_FOR
                 while message is not None and not stop.requested:
-                    self.take(message, durable=False)  # in the outbox; synced with the batch, below
                     taken.append(message)
                     # A catch-up refills the queue as fast as it drains: send and report between batches.
                     more = subscriber.events.ready and time.monotonic() < until
                     message = subscriber.receive(timeout=0.001) if more else None
                 if taken:
-                    self.outbox.sync()  # group commit: one sync for the batch, before it counts as taken
+                    self.step(taken, time.monotonic())  # in the outbox, synced once, before it counts as taken
                     for message in taken:
                         subscriber.stored(message)
                     if position_file is not None:
@@ -153,3 +167,4 @@ class StompOutBridge:
             subscriber.close()
             self.link.close()
             self.outbox.close()
+            self.maker.close()

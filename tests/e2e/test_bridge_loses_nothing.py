@@ -9,6 +9,7 @@ import datetime as dt
 import queue
 import re
 import signal
+import sqlite3
 import threading
 import time
 import uuid
@@ -96,10 +97,12 @@ class Stream:
         return self.status("bridge", self.bridge).get("outbox") == 0
 
     def outbox_ids(self) -> set[str]:
-        """The empa-ids in the bridge's outbox, read from dirq's files (the bridge holds the outbox's lock)."""
-        root = self.site.dir / "outbox-bridge"
-        return {(p.parent / "empaid").read_text() for p in root.glob("*/*/body")
-                if ELEMENT.match(p.parent.relative_to(root).as_posix()) and (p.parent / "empaid").exists()}
+        """The empa-ids in the bridge's outbox, read from its database (read-only; WAL lets us beside the bridge)."""
+        db = sqlite3.connect(f"file:{self.site.dir / 'outbox-bridge' / 'outbox.sqlite'}?mode=ro", uri=True)
+        try:
+            return {row[0] for row in db.execute("SELECT empaid FROM outbox")}
+        finally:
+            db.close()
 
     def logs(self) -> list:
         """The daemons' logs, for a timed-out wait to show."""

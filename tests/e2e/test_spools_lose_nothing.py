@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from dirq.QueueSimple import QueueSimple
+from dirq.queue import Queue
 
 from kit import daemons, mounts, ports
 from zmqsec.bridges.outbox import Outbox
@@ -390,21 +391,46 @@ def test_daemons_whose_status_files_cannot_be_written_log_it_and_keep_working(si
         assert len(_log_lines(log, "written again")) == 1
 
 
-def test_a_bridge_outbox_reopened_at_once_after_a_kill_mid_add_drops_the_half_written_element_only(tmp_path):
-    """kill -9 during an add leaves a young ``temporary/`` element with a body in it; the restarted bridge opens
-    its outbox at once (dirq's purge alone would fail on it), drops that element, keeps every stored one."""
-    outbox = Outbox(tmp_path / "outbox")
-    outbox.add(b"stored", "run-1")
-    outbox.close()
+_KILLED_MID_BATCH = """
+import os, sys
+from zmqsec.bridges.outbox import Outbox
+outbox = Outbox(sys.argv[1])
+outbox.add(b"stored", "run-1")  # durable: committed and fsync'ed before add returns
+for i in range(50):
+    outbox.add(b"batch %d" % i, "run-2", durable=False)  # a batch, not yet synced
+os._exit(9)  # killed before the batch's sync: nothing of it counts as taken
+"""
+
+
+def test_a_bridge_outbox_killed_mid_batch_keeps_every_stored_message_and_none_of_the_batch(tmp_path):
+    """kill -9 while a batch is added and not yet committed: the reopened outbox holds every message stored
+    before, and none of the batch (the bridge had not counted it as taken, so it is taken again)."""
+    subprocess.run([sys.executable, "-c", _KILLED_MID_BATCH, str(tmp_path / "outbox")], check=False, timeout=60)
+    reopened = Outbox(tmp_path / "outbox")
+    try:
+        assert [reopened.get(name) for name in reopened.pending(100)] == [(b"stored", "run-1")]
+    finally:
+        reopened.close()
+
+
+OLD_SCHEMA = {"body": "binary", "empaid": "string"}  # the dirq outbox of earlier versions
+
+
+def test_an_outbox_left_by_an_earlier_version_in_dirq_is_moved_into_the_database(tmp_path):
+    """An outbox directory holding dirq elements (earlier versions), one of them locked by the dead bridge and
+    a half-written one: the stored ones move into the database in order, nothing is left in dirq."""
+    queue = Queue(str(tmp_path / "outbox"), schema=OLD_SCHEMA)
+    names = [queue.add({"body": b"old %d" % i, "empaid": f"run-0/{i}"}) for i in range(3)]
+    queue.lock(names[1])
     half = tmp_path / "outbox" / "temporary" / "6b0e2588761217"
     half.mkdir(parents=True)
     (half / "body").write_bytes(b"half")
-    reopened = Outbox(tmp_path / "outbox")
+    outbox = Outbox(tmp_path / "outbox")
     try:
-        assert not half.exists()
-        assert [reopened.get(name)[0] for name in reopened.pending(10)] == [b"stored"]
+        assert [outbox.get(name) for name in outbox.pending(10)] == [(b"old %d" % i, f"run-0/{i}") for i in range(3)]
+        assert not half.exists() and list(Queue(str(tmp_path / "outbox"), schema=OLD_SCHEMA)) == []
     finally:
-        reopened.close()
+        outbox.close()
 
 
 def test_a_publisher_restarted_after_a_kill_inside_take_or_remove_unlocks_and_tidies_the_spool(tmp_path):

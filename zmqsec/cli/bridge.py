@@ -12,6 +12,7 @@ from pathlib import Path
 
 from zmqsec.bridges import smime
 from zmqsec.bridges.outbox import LocalRejects, Outbox
+from zmqsec.bridges.signer import default_workers
 from zmqsec.bridges.stomp_in import InSettings, StompInBridge
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
@@ -49,11 +50,13 @@ BROKER = [
     Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
 ]
 OUT = BROKER + CURVE_CLIENT + [
-    Option("messaging", "outbox", "path", required=True, help="durable outbox (dirq) for messages awaiting receipts"),
+    Option("messaging", "outbox", "path", required=True, help="durable outbox (a directory holding an SQLite database) for messages awaiting receipts"),
     Option("messaging", "reject_path", "path", help="local reject queue (dirq) for payloads no SSM receiver can "
            "store (not UTF-8): kept there with the reason, never sent (default: the outbox's path + .reject)",
            flag_name="reject"),
     Option("signing", "digest", "choice", "sha256", "S/MIME micalg", choices=tuple(smime.MICALG)),
+    Option("signing", "workers", "int", 0, "processes that sign and encrypt (0: one per core; 1: in the bridge "
+           "process itself)", flag_name="sign_workers"),
     Option("encryption", "server_cert", "path", help="encrypt to this certificate (the central server); unset: sign only"),
     Option("encryption", "cipher", "choice", "aes256", "content cipher", choices=tuple(smime.CIPHERS)),
     Option("stream", "name", required=True, help="stream to read", flag_name="stream"),
@@ -98,6 +101,8 @@ def _status(settings, role: str) -> StatusFile:
 def cmd_stomp_out(args) -> int:
     """Bridge a stream to the broker until stopped."""
     settings = config.load(OUT, args)
+    if settings["signing.workers"] < 0:
+        raise ConfigError(f"{settings.source}: [signing] workers must be 0 (one per core) or more")
     credential = Credential.load(settings["certificates.certificate"], settings["certificates.key"])
     servers = tuple(load_certificates(settings["encryption.server_cert"])) if settings["encryption.server_cert"] else ()
     link = StompLink(_broker_settings(settings))
@@ -105,7 +110,8 @@ def cmd_stomp_out(args) -> int:
     rejects = LocalRejects(settings["messaging.reject_path"]) if settings["messaging.reject_path"] else None
     bridge = StompOutBridge(link, outbox, credential, OutSettings(
         destination=settings["messaging.destination"], digest=settings["signing.digest"], server_certs=servers,
-        cipher=settings["encryption.cipher"]), rejects=rejects)
+        cipher=settings["encryption.cipher"], workers=settings["signing.workers"] or default_workers()),
+        rejects=rejects)
     position_file = PositionFile(settings["stream.state"] or Path(f"{settings['messaging.outbox']}.state.json"))
     positions = position_file.load()
     positions.adopt(settings["stream.name"].encode(), outbox.message_ids())  # taken before a crash, not yet saved

@@ -1,5 +1,8 @@
-"""The bridge section: EMI S/MIME messages into ActiveMQ with receipts, the bridge's in-process
-path against one ``openssl smime`` process per sign and per encrypt (APEL SSM's way)."""
+"""The bridge section, both directions.  stomp-out: EMI S/MIME messages into ActiveMQ with receipts, the
+bridge's path against one ``openssl smime`` process per sign and per encrypt (APEL SSM's sender), and the
+broker's own ceiling (the same sends of ready-made bodies).  stomp-in: the same messages taken from the broker,
+verified (and decrypted), stored in an incoming queue and acknowledged, against one ``openssl smime`` process
+per decrypt and per verify (APEL SSM's receiver)."""
 
 from __future__ import annotations
 
@@ -10,10 +13,15 @@ import time
 import uuid
 from pathlib import Path
 
+from zmqsec.drivers.spool import IncomingSpool
+from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.pemfiles import Credential, load_certificate
+from zmqsec.keys.trust import TrustStore
 from zmqsec.machines.receiver import Delivered
 
 from zmqsec.bridges.outbox import Outbox
+from zmqsec.bridges.signer import default_workers
+from zmqsec.bridges.stomp_in import InSettings, StompInBridge
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
 
@@ -77,9 +85,10 @@ class BridgeBench:
         self.sent = 0
         return got
 
-    def _bridge(self, encrypt: bool, outbox):
+    def _bridge(self, encrypt: bool, outbox, workers: int = 1):
         link = StompLink(self.settings)
-        settings = OutSettings(destination=self.destination, server_certs=(self.server,) if encrypt else ())
+        settings = OutSettings(destination=self.destination, server_certs=(self.server,) if encrypt else (),
+                               workers=workers)
         return link, StompOutBridge(link, outbox, self.credential, settings)
 
     def _delivered(self, body: bytes) -> Delivered:
@@ -87,18 +96,18 @@ class BridgeBench:
         return Delivered(STREAM.encode(), self.stream_id, 1, self.seq, body, self.pki.publisher_dn)
 
     def zmqsec(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
-        """The bridge as ``zmqsec bridge stomp-out`` runs it: sign (+ encrypt) in-process, the outbox
-        synced once per batch taken (here a window's worth, the least a busy bridge takes at once), a window
-        of sends with receipts, removal on receipt.  Returns messages/s."""
+        """The bridge as ``zmqsec bridge stomp-out`` runs it: bodies signed (+ encrypted) on one worker
+        process per core while the previous batch is sent, the outbox committed once per batch taken (here a
+        window's worth, the least a busy bridge takes at once), a window of sends with receipts, removal on
+        receipt.  Returns messages/s."""
         outbox = Outbox(self.workdir / f"outbox-{tag}")
-        link, bridge = self._bridge(encrypt, outbox)
+        link, bridge = self._bridge(encrypt, outbox, default_workers())
         try:
             link.connect()
             t0 = time.perf_counter()
-            for i in range(count):
-                bridge.take(self._delivered(body), durable=False)
-                if (i + 1) % bridge.settings.window == 0 or i + 1 == count:
-                    outbox.sync()
+            window = bridge.settings.window
+            for start in range(0, count, window):
+                bridge.step([self._delivered(body) for _ in range(min(window, count - start))], time.monotonic())
             stalled = time.monotonic() + 60
             while bridge.counters["sent"] < count:
                 if bridge.send_pending(time.monotonic()):
@@ -109,6 +118,7 @@ class BridgeBench:
         finally:
             link.close()
             outbox.close()
+            bridge.maker.close()
         self.sent += count
         return count / seconds
 
@@ -165,6 +175,97 @@ class BridgeBench:
         self.sent += count
         return count / seconds, crypto
 
+    def broker_only(self, body: bytes, encrypt: bool, count: int) -> float:
+        """The broker's ceiling: ready-made bodies, the same windows of persistent sends with receipts, no
+        signing and no outbox.  Returns messages/s."""
+        bodies = self.bodies(body, encrypt, count)
+        t0 = time.perf_counter()
+        self._fill(self.destination, bodies)
+        seconds = time.perf_counter() - t0
+        self.sent += count
+        return count / seconds
+
+    def bodies(self, body: bytes, encrypt: bool, count: int) -> list[bytes]:
+        """``count`` S/MIME bodies of ``body`` (made once, not timed)."""
+        _, bridge = self._bridge(encrypt, None)
+        made = bridge.body_for(body)
+        return [made] * count
+
+    def _fill(self, destination: str, bodies: list[bytes]) -> None:
+        """Send ``bodies`` persistently, a window at a time, each with a receipt."""
+        link = StompLink(self.settings)
+        try:
+            link.connect()
+            for start in range(0, len(bodies), 100):
+                wanted = set()
+                for i, made in enumerate(bodies[start:start + 100], start):
+                    receipt = f"{self.stream_id.hex()}/{destination}/{i}"
+                    link.send(destination, made, {"empa-id": receipt, "persistent": "true",
+                                                  "content-type": "text/plain"}, receipt)
+                    wanted.add(receipt)
+                if link.wait_receipts(wanted, 30.0) != wanted:
+                    raise BenchError(f"receipts missing after 30s while filling {destination}")
+        finally:
+            link.close()
+
+    def stomp_in(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
+        """stomp-in as ``zmqsec bridge stomp-in`` runs it: batches taken from the broker, each message
+        decrypted (when encrypted), verified and validated (CRL, DN list), stored in a dirq incoming queue,
+        the batch synced once, then acknowledged.  The queue is filled first (not timed).  Returns messages/s."""
+        destination = f"{self.destination}.in.{tag}"
+        self._fill(destination, self.bodies(body, encrypt, count))
+        server = Credential.load(self.pki.server_cert, self.pki.server_key)
+        link = StompLink(self.settings)
+        allowed = DnAllowList(frozenset({slash_dn(self.credential.certificate.subject)}))
+        bridge = StompInBridge(link, server, TrustStore.from_directory(self.pki.trust_dir),
+                               InSettings(destination=destination, allowed_dns=allowed),
+                               incoming=IncomingSpool(self.workdir / f"in-{tag}", self.workdir / f"in-{tag}.reject"))
+        try:
+            t0 = time.perf_counter()
+            stalled = time.monotonic() + 60
+            while bridge.counters["accepted"] < count:
+                before = bridge.counters["accepted"]
+                bridge.serve_once(time.monotonic())
+                if bridge.counters["accepted"] > before:
+                    stalled = time.monotonic() + 60
+                elif time.monotonic() > stalled or any(k.startswith("rejected:") for k in bridge.counters):
+                    raise BenchError(f"stomp-in: {bridge.counters} after {count} sent")
+            seconds = time.perf_counter() - t0
+        finally:
+            link.close()
+        return count / seconds
+
+    def openssl_cli_in(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
+        """APEL SSM's receiver: per message ``openssl smime -decrypt`` (when encrypted) and ``openssl smime
+        -verify`` as processes, then a durable store in a dirq incoming queue and the acknowledgement.  The
+        queue is filled first (not timed).  Returns messages/s."""
+        destination = f"{self.destination}.in-openssl.{tag}"
+        self._fill(destination, self.bodies(body, encrypt, count))
+        spool = IncomingSpool(self.workdir / f"in-openssl-{tag}")
+        decrypt = ["openssl", "smime", "-decrypt", "-inkey", str(self.pki.server_key), "-recip",
+                   str(self.pki.server_cert)]
+        verify = ["openssl", "smime", "-verify", "-CApath", str(self.pki.trust_dir)]
+        signer = slash_dn(self.credential.certificate.subject)
+        link = StompLink(self.settings)
+        link.subscribe(destination, ack="client-individual")
+        try:
+            link.connect()
+            t0 = time.perf_counter()
+            for _ in range(count):
+                frame = link.next_message(30.0)
+                if frame is None:
+                    raise BenchError("openssl receiver: the broker sent nothing for 30s")
+                text = frame.body.decode("ascii")
+                if encrypt:
+                    text = _openssl(decrypt, text)
+                content = _openssl(verify, text)
+                spool.accept(content.encode(), signer, frame.headers.get("empa-id", ""))
+                link.ack(frame)
+            seconds = time.perf_counter() - t0
+        finally:
+            link.close()
+        return count / seconds
+
     def crypto_ms(self, body: bytes, encrypt: bool, count: int = 20) -> float:
         """The bridge's sign (+ encrypt) alone, per message."""
         _, bridge = self._bridge(encrypt, None)
@@ -199,17 +300,32 @@ def run_bridge(profile: Profile, pki: Pki, host: str, port: int, workdir: Path) 
                 rate, crypto = bench.openssl_cli(body, encrypt, profile.bridge_openssl_messages)
                 theirs.append(rate)
                 cli_crypto += crypto
+            ceiling = [bench.broker_only(body, encrypt, profile.bridge_messages) for _ in range(profile.bridge_reps)]
             bench.drain()
-            z, b, o = median(ours), median(bare), median(theirs)
+            z, b, o, c = median(ours), median(bare), median(theirs), median(ceiling)
             results.append({
+                "direction": "out",
                 "body_bytes": size, "mode": mode, "zmqsec_msgs_per_s": z, "openssl_cli_msgs_per_s": o, "ratio": z / o,
-                "zmqsec_without_outbox_msgs_per_s": b, "ratio_without_outbox": b / o,
+                "zmqsec_without_outbox_msgs_per_s": b, "ratio_without_outbox": b / o, "broker_msgs_per_s": c,
                 "zmqsec_crypto_ms": bench.crypto_ms(body, encrypt), "openssl_cli_crypto_ms": median(cli_crypto) * 1e3,
                 "zmqsec_messages": profile.bridge_messages, "openssl_cli_messages": profile.bridge_openssl_messages,
-                "repetitions": profile.bridge_reps,
+                "repetitions": profile.bridge_reps, "sign_workers": default_workers(),
                 "zmqsec_msgs_per_s_samples": ours, "zmqsec_without_outbox_msgs_per_s_samples": bare,
-                "openssl_cli_msgs_per_s_samples": theirs,
+                "openssl_cli_msgs_per_s_samples": theirs, "broker_msgs_per_s_samples": ceiling,
             })
-            log.info("bridge %d B %s: zmqsec %.0f msg/s (%.0f without the outbox), openssl CLI %.1f msg/s (ratio %.1f)",
-                     size, mode, z, b, o, z / o)
+            log.info("bridge out %d B %s: zmqsec %.0f msg/s (%.0f without the outbox; the broker alone %.0f), "
+                     "openssl CLI %.1f msg/s (ratio %.1f)", size, mode, z, b, c, o, z / o)
+            ours_in = [bench.stomp_in(body, encrypt, profile.bridge_messages, f"{size}-{mode}-{rep}")
+                       for rep in range(profile.bridge_reps)]
+            theirs_in = [bench.openssl_cli_in(body, encrypt, profile.bridge_openssl_messages, f"{size}-{mode}-{rep}")
+                         for rep in range(profile.bridge_reps)]
+            zi, oi = median(ours_in), median(theirs_in)
+            results.append({
+                "direction": "in", "body_bytes": size, "mode": mode, "zmqsec_msgs_per_s": zi,
+                "openssl_cli_msgs_per_s": oi, "ratio": zi / oi, "zmqsec_messages": profile.bridge_messages,
+                "openssl_cli_messages": profile.bridge_openssl_messages, "repetitions": profile.bridge_reps,
+                "zmqsec_msgs_per_s_samples": ours_in, "openssl_cli_msgs_per_s_samples": theirs_in,
+            })
+            log.info("bridge in %d B %s: zmqsec %.0f msg/s, openssl CLI %.1f msg/s (ratio %.1f)", size, mode, zi, oi,
+                     zi / oi)
     return results

@@ -29,6 +29,7 @@ class Pki:
     bridge_cert: Path
     bridge_key: Path
     server_cert: Path
+    server_key: Path
 
     def reader(self, i: int) -> tuple[Path, Path]:
         """Reader ``i``'s certificate and (shared) private key files."""
@@ -67,4 +68,5 @@ def make_pki(directory: Path, readers: int) -> Pki:
                           out_dir=directory / "readers")
         reader_certs.append(issued.cert_path)
     return Pki(directory, ca.directory, ca.trust_dir, publisher.cert_path, publisher.key_path, slash_dn(publisher.certificate.subject),
-               tuple(reader_certs), tuple(keys), bridge.cert_path, bridge.key_path, server.cert_path)
+               tuple(reader_certs), tuple(keys), bridge.cert_path, bridge.key_path, server.cert_path,
+               server.key_path)

@@ -141,6 +141,7 @@ def _rekey(plt, rows: list[dict], label: str):
 
 
 def _bridge(plt, rows: list[dict], label: str):
+    rows = [r for r in rows if r.get("direction", "out") == "out"]
     fig, ax = plt.subplots(figsize=(10, 4.4))
     names = [f"{r['body_bytes'] // 1024} KiB\n{r['mode']}" for r in rows]
     x = range(len(rows))
