@@ -155,6 +155,10 @@ class StompLink:
         self._listener = _Listener()
         conn.set_listener("zmqsec", self._listener)
         conn.connect(s.login, s.passcode, wait=True)
+        # stomp.py returns once the CONNECTED frame is in, but may tell its listeners a moment later: until
+        # then a receipt wait would take the connection for lost (seen: "connection lost while waiting for
+        # receipts" on the first window after a connect).
+        self._listener.on_connected(None)
         return conn
 
     def connect(self) -> None:

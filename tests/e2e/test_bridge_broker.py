@@ -325,3 +325,32 @@ def test_broker_to_spool_accepts_emi_senders_and_rejects_the_rest(site, queue, b
     assert log_text.count(" accepted") == 5 and log_text.count(" rejected [") == len(bad)
     # Everything was acknowledged: nothing is left on the queue for redelivery.
     assert stomp_client.drain(broker["stomp_ports"][0], queue, 1, timeout=2.0) == []  # 2 s in which nothing may come
+
+
+def test_a_receipt_wait_right_after_connecting_does_not_take_the_connection_for_lost(broker):
+    """stomp.py's connect() returns once the CONNECTED frame is in but may tell its listener a moment later; a
+    receipt wait in that moment took the fresh connection for lost (2 of 3 bench runs failed so).  Thirty fresh
+    connections, each sending at once and waiting for its receipts, all get them."""
+    from zmqsec.bridges.stomplink import BrokerSettings, StompLink
+
+    destination = f"/queue/zmqsec.test.{uuid.uuid4().hex[:12]}"
+    link = StompLink(BrokerSettings(hosts=((HOST, broker["stomp_ports"][0]),)))
+    try:
+        for attempt in range(30):
+            link.connect()
+            wanted = {f"{attempt}/{i}" for i in range(5)}
+            for receipt in wanted:
+                link.send(destination, b"x", {"persistent": "false"}, receipt)
+            assert link.wait_receipts(wanted, 10.0) == wanted
+    finally:
+        link.close()
+    consumer = StompLink(BrokerSettings(hosts=((HOST, broker["stomp_ports"][0]),)))  # leave the broker empty
+    consumer.subscribe(destination, ack="auto")
+    consumer.connect()
+    try:
+        got = 0
+        while got < 150 and consumer.next_message(5.0) is not None:
+            got += 1
+    finally:
+        consumer.close()
+    assert got == 150
