@@ -49,14 +49,14 @@ class StompOutBridge:
     """Stream messages to EMI S/MIME on the broker, through the durable outbox."""
 
     def __init__(self, link: StompLink, outbox: Outbox, credential: Credential, settings: OutSettings,
-                 rejects: LocalRejects | None = None) -> None:
+                 rejects: LocalRejects | None = None, maker: BodyMaker | None = None) -> None:
         self.link, self.outbox, self.credential, self.settings = link, outbox, credential, settings
         # Payloads no SSM receiver can store (not UTF-8: it decodes every body, and a failure stops its
         # message thread) are kept here, never sent; beside the outbox unless told otherwise (made when needed).
         self.rejects = rejects
         self.counters: Counter = Counter()
-        self.maker = BodyMaker(credential, digest=settings.digest, server_certs=settings.server_certs,
-                               cipher=settings.cipher, workers=settings.workers)
+        self.maker = maker or BodyMaker(credential, digest=settings.digest, server_certs=settings.server_certs,
+                                        cipher=settings.cipher, workers=settings.workers)
 
     def body_for(self, content: bytes) -> bytes:
         """Sign first, then (optionally) encrypt, as the EMI protocol orders it (in this process)."""

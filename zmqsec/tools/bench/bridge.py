@@ -13,15 +13,11 @@ import time
 import uuid
 from pathlib import Path
 
-from zmqsec.drivers.spool import IncomingSpool
-from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.pemfiles import Credential, load_certificate
-from zmqsec.keys.trust import TrustStore
 from zmqsec.machines.receiver import Delivered
 
 from zmqsec.bridges.outbox import Outbox
-from zmqsec.bridges.signer import default_workers
-from zmqsec.bridges.stomp_in import InSettings, StompInBridge
+from zmqsec.bridges.signer import MIN_CHUNK, BodyMaker, default_workers
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
 
@@ -67,6 +63,12 @@ class BridgeBench:
         self.stream_id = os.urandom(16)
         self.seq = 0
         self.sent = 0  # receipted and not yet drained
+        self._makers: dict[bool, BodyMaker] = {}  # the signing workers, by mode (encrypting or not)
+
+    def close(self) -> None:
+        """Stop the signing workers."""
+        for maker in self._makers.values():
+            maker.close()
 
     def drain(self, timeout: float = 300.0) -> int:
         """Consume what was sent so the broker does not grow over the run (not timed)."""
@@ -89,7 +91,14 @@ class BridgeBench:
         link = StompLink(self.settings)
         settings = OutSettings(destination=self.destination, server_certs=(self.server,) if encrypt else (),
                                workers=workers)
-        return link, StompOutBridge(link, outbox, self.credential, settings)
+        maker = None
+        if workers > 1:  # started once per mode, as a running bridge starts its workers once
+            maker = self._makers.get(encrypt)
+            if maker is None:
+                maker = self._makers[encrypt] = BodyMaker(self.credential, server_certs=settings.server_certs,
+                                                          workers=workers)
+                maker.submit([b"warm"] * workers * MIN_CHUNK)()
+        return link, StompOutBridge(link, outbox, self.credential, settings, maker=maker)
 
     def _delivered(self, body: bytes) -> Delivered:
         self.seq += 1
@@ -118,7 +127,6 @@ class BridgeBench:
         finally:
             link.close()
             outbox.close()
-            bridge.maker.close()
         self.sent += count
         return count / seconds
 
@@ -208,64 +216,6 @@ class BridgeBench:
         finally:
             link.close()
 
-    def stomp_in(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
-        """stomp-in as ``zmqsec bridge stomp-in`` runs it: batches taken from the broker, each message
-        decrypted (when encrypted), verified and validated (CRL, DN list), stored in a dirq incoming queue,
-        the batch synced once, then acknowledged.  The queue is filled first (not timed).  Returns messages/s."""
-        destination = f"{self.destination}.in.{tag}"
-        self._fill(destination, self.bodies(body, encrypt, count))
-        server = Credential.load(self.pki.server_cert, self.pki.server_key)
-        link = StompLink(self.settings)
-        allowed = DnAllowList(frozenset({slash_dn(self.credential.certificate.subject)}))
-        bridge = StompInBridge(link, server, TrustStore.from_directory(self.pki.trust_dir),
-                               InSettings(destination=destination, allowed_dns=allowed),
-                               incoming=IncomingSpool(self.workdir / f"in-{tag}", self.workdir / f"in-{tag}.reject"))
-        try:
-            t0 = time.perf_counter()
-            stalled = time.monotonic() + 60
-            while bridge.counters["accepted"] < count:
-                before = bridge.counters["accepted"]
-                bridge.serve_once(time.monotonic())
-                if bridge.counters["accepted"] > before:
-                    stalled = time.monotonic() + 60
-                elif time.monotonic() > stalled or any(k.startswith("rejected:") for k in bridge.counters):
-                    raise BenchError(f"stomp-in: {bridge.counters} after {count} sent")
-            seconds = time.perf_counter() - t0
-        finally:
-            link.close()
-        return count / seconds
-
-    def openssl_cli_in(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
-        """APEL SSM's receiver: per message ``openssl smime -decrypt`` (when encrypted) and ``openssl smime
-        -verify`` as processes, then a durable store in a dirq incoming queue and the acknowledgement.  The
-        queue is filled first (not timed).  Returns messages/s."""
-        destination = f"{self.destination}.in-openssl.{tag}"
-        self._fill(destination, self.bodies(body, encrypt, count))
-        spool = IncomingSpool(self.workdir / f"in-openssl-{tag}")
-        decrypt = ["openssl", "smime", "-decrypt", "-inkey", str(self.pki.server_key), "-recip",
-                   str(self.pki.server_cert)]
-        verify = ["openssl", "smime", "-verify", "-CApath", str(self.pki.trust_dir)]
-        signer = slash_dn(self.credential.certificate.subject)
-        link = StompLink(self.settings)
-        link.subscribe(destination, ack="client-individual")
-        try:
-            link.connect()
-            t0 = time.perf_counter()
-            for _ in range(count):
-                frame = link.next_message(30.0)
-                if frame is None:
-                    raise BenchError("openssl receiver: the broker sent nothing for 30s")
-                text = frame.body.decode("ascii")
-                if encrypt:
-                    text = _openssl(decrypt, text)
-                content = _openssl(verify, text)
-                spool.accept(content.encode(), signer, frame.headers.get("empa-id", ""))
-                link.ack(frame)
-            seconds = time.perf_counter() - t0
-        finally:
-            link.close()
-        return count / seconds
-
     def crypto_ms(self, body: bytes, encrypt: bool, count: int = 20) -> float:
         """The bridge's sign (+ encrypt) alone, per message."""
         _, bridge = self._bridge(encrypt, None)
@@ -278,9 +228,19 @@ class BridgeBench:
 
 
 def run_bridge(profile: Profile, pki: Pki, host: str, port: int, workdir: Path) -> list[dict]:
-    """Each body size of the profile, signed and signed+encrypted: one row each, the bridge's
-    rate (with and without its outbox) against the openssl CLI's."""
+    """Each body size of the profile, signed and signed+encrypted, each direction: one row each, the bridge's
+    rate against the openssl CLI's (and, out, without the outbox and the broker's own ceiling)."""
     bench = BridgeBench(pki, host, port, workdir)
+    try:
+        return _run(bench, profile)
+    finally:
+        bench.close()
+
+
+def _run(bench: BridgeBench, profile: Profile) -> list[dict]:
+    from .bridge_in import InboundBench  # it builds on this module
+
+    inbound = InboundBench(bench)
     # The broker's JVM compiles its hot paths in its first seconds: warm it with untimed traffic.
     for size in profile.bridge_bodies:
         bench.zmqsec_without_outbox(apel_body(size), False, 100)
@@ -315,9 +275,9 @@ def run_bridge(profile: Profile, pki: Pki, host: str, port: int, workdir: Path) 
             })
             log.info("bridge out %d B %s: zmqsec %.0f msg/s (%.0f without the outbox; the broker alone %.0f), "
                      "openssl CLI %.1f msg/s (ratio %.1f)", size, mode, z, b, c, o, z / o)
-            ours_in = [bench.stomp_in(body, encrypt, profile.bridge_messages, f"{size}-{mode}-{rep}")
+            ours_in = [inbound.stomp_in(body, encrypt, profile.bridge_messages, f"{size}-{mode}-{rep}")
                        for rep in range(profile.bridge_reps)]
-            theirs_in = [bench.openssl_cli_in(body, encrypt, profile.bridge_openssl_messages, f"{size}-{mode}-{rep}")
+            theirs_in = [inbound.openssl_cli_in(body, encrypt, profile.bridge_openssl_messages, f"{size}-{mode}-{rep}")
                          for rep in range(profile.bridge_reps)]
             zi, oi = median(ours_in), median(theirs_in)
             results.append({
