@@ -12,7 +12,6 @@ subscribed, which is the only way to give that memory back.
 
 from __future__ import annotations
 
-import logging
 import os
 import socket as stdsocket
 from collections.abc import Callable
