@@ -61,3 +61,18 @@ def test_the_bridge_figures_after_the_group_commit_are_that_run_s():
         label = f"| {row['body_bytes'] // 1024} KiB | {row['mode']} |"
         line = next(line for line in table.splitlines() if line.strip().startswith(label))
         assert f"**{row['zmqsec_msgs_per_s']:.1f}**" in line and f"**{row['ratio']:.2f}**" in line, line
+
+
+def test_the_bridge_figures_of_both_directions_are_that_run_s():
+    both = json.loads((ROOT / "bench" / "bridge-both-ways.json").read_text())
+    assert f'"started": "{both["started"]}"' in PAGE and both["profile"] == "full"
+    table = PAGE.split("bench/bridge-both-ways.json")[1].split("## Memory")[0]
+    for row in both["bridge"]:
+        label = f"| {row['direction']} | {row['body_bytes'] // 1024} KiB | {row['mode']} |"
+        line = next(line for line in table.splitlines() if line.strip().startswith(label))
+        assert f"**{row['zmqsec_msgs_per_s']:.1f}**" in line and f"**{row['ratio']:.2f}**" in line, line
+        if row["direction"] == "out":
+            assert f"{row['broker_msgs_per_s']:.1f}" in line, line
+    verdicts = {t["target"]: t["met"] for t in both["targets"]}
+    rates = [v for t, v in verdicts.items() if " msg/s (1024 B" in t]
+    assert len(rates) == 4 and not any(rates) and "1,000 and 600 msg/s: **missed**" in table
