@@ -5,13 +5,16 @@ a thread from helping; ``workers`` processes of our own (spawned, so they
 share no sockets or threads with the bridge) make a batch's bodies in
 parallel, returned in the order taken.  With one worker the bridge makes them
 in its own process.  A worker receives the certificate and key over its pipe
-from the bridge at start, and nothing else of the bridge's.
+from the bridge at start, and nothing else of the bridge's; it ends with the
+bridge, also when the bridge is killed.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -38,7 +41,7 @@ class BodyMaker:
             key = credential.key.private_bytes(der, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
             self._pool = ProcessPoolExecutor(
                 self.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start,
-                initargs=([c.public_bytes(der) for c in (credential.certificate, *credential.chain)], key, digest,
+                initargs=(os.getpid(), [c.public_bytes(der) for c in (credential.certificate, *credential.chain)], key, digest,
                           [c.public_bytes(der) for c in self.server_certs], cipher))
 
     def body(self, content: bytes) -> bytes:
@@ -75,12 +78,25 @@ def _body(content: bytes, credential: Credential, digest: str, server_certs: tup
 _worker: tuple | None = None  # in a worker process: (credential, digest, server certificates, cipher)
 
 
-def _start(cert_ders: list[bytes], key_der: bytes, digest: str, server_ders: list[bytes], cipher: str) -> None:
+def _start(parent: int, cert_ders: list[bytes], key_der: bytes, digest: str, server_ders: list[bytes],
+           cipher: str) -> None:
     global _worker
+    _die_with(parent)
     certs = [x509.load_der_x509_certificate(d) for d in cert_ders]
     key = serialization.load_der_private_key(key_der, password=None)
     _worker = (Credential(certs[0], key, tuple(certs[1:])), digest,
                tuple(x509.load_der_x509_certificate(d) for d in server_ders), cipher)
+
+
+def _die_with(parent: int) -> None:
+    """End this worker when the bridge ends, also by kill -9 (Linux: PR_SET_PDEATHSIG); a worker whose bridge is
+    gone already ends at once.  Without this, a killed bridge left its workers waiting forever."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _make(contents: list[bytes]) -> list[bytes]:

@@ -413,6 +413,53 @@ def test_a_bridge_outbox_killed_mid_batch_keeps_every_stored_message_and_none_of
         reopened.close()
 
 
+_SIGNING_BRIDGE = """
+import sys, time
+from zmqsec.bridges.signer import BodyMaker
+from zmqsec.keys.pemfiles import Credential
+maker = BodyMaker(Credential.load(sys.argv[1], sys.argv[2]), workers=2)
+maker.submit([b"record"] * 40)()  # both workers started and signing
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    return {int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit() and _parent(p) == pid}
+
+
+def _parent(proc: Path) -> int | None:
+    try:
+        return int((proc / "stat").read_text().rpartition(")")[2].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def test_the_signing_workers_end_with_a_bridge_killed_with_kill_9(tmp_path):
+    """stomp-out signs on worker processes; kill -9 of the bridge must not leave them behind (they waited
+    forever before PR_SET_PDEATHSIG)."""
+    from kit.pki import Pki
+    from zmqsec.keys.ca import Role
+
+    pki = Pki.create(tmp_path / "pki", "/O=zmqsec test/CN=Worker CA", bridge=Role.BRIDGE)
+    cert = pki.certs["bridge"]
+    bridge = subprocess.Popen([sys.executable, "-c", _SIGNING_BRIDGE, str(cert.cert_path), str(cert.key_path)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert bridge.stdout.readline().strip() == "ready"
+        workers = {pid for pid in _children(bridge.pid) if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()}
+        assert len(workers) == 2, workers
+    finally:
+        bridge.kill()
+        bridge.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() and _parent(Path(f"/proc/{pid}"))
+                                              for pid in workers):
+        time.sleep(0.05)
+    left = [pid for pid in workers if Path(f"/proc/{pid}").exists() and _parent(Path(f"/proc/{pid}"))]
+    assert left == [], f"signing workers {left} outlived their bridge"
+
+
 OLD_SCHEMA = {"body": "binary", "empaid": "string"}  # the dirq outbox of earlier versions
 
 
