@@ -62,14 +62,6 @@ class StompOutBridge:
         """Sign first, then (optionally) encrypt, as the EMI protocol orders it (in this process)."""
         return self.maker.body(content)
 
-    def take(self, message: Delivered, *, durable: bool = True) -> None:
-        """Queue one stream message in the outbox (durably, unless ``durable`` is False: then the caller syncs
-        the batch before anything counts it as taken), or durably keep it in the local reject queue if no
-        receiver could store it."""
-        if self._sendable(message):
-            self.outbox.add(self.body_for(message.payload), message.message_id, durable=durable)
-            self.counters["queued"] += 1
-
     def step(self, messages: list[Delivered], now: float) -> None:
         """Take a batch into the outbox, committed with one fsync: its bodies are made on the worker processes
         while the outbox's earlier messages go to the broker (a window of them, :meth:`send_pending`)."""

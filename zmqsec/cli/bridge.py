@@ -30,7 +30,7 @@ from zmqsec.keys.trust import CrlPolicy
 
 from . import config
 from .config import Option
-from .options import CURVE_CLIENT, CURVE_SERVER, publishers
+from .options import CURVE_CLIENT, CURVE_SERVER, STATUS, publishers
 
 log = logging.getLogger("zmqsec.bridge")
 
@@ -46,8 +46,7 @@ BROKER = [
     Option("certificates", "capath", "path", required=True, help="hashed CA directory"),
     Option("certificates", "crl", "choice", "require", "CRL checking", choices=tuple(c.value for c in CrlPolicy)),
     Option("messaging", "destination", required=True, help="STOMP destination, e.g. /queue/global.accounting.cpu.central"),
-    Option("status", "status_file", "path", help="JSON status file"),
-    Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
+    *STATUS,
 ]
 OUT = BROKER + CURVE_CLIENT + [
     Option("messaging", "outbox", "path", required=True, help="durable outbox (a directory holding an SQLite database) for messages awaiting receipts"),

@@ -11,14 +11,17 @@ from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION
 
 from .config import Option
 
+STATUS = [
+    Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
+    Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
+]
 COMMON = [
     Option("stream", "name", required=True, help="stream name (the ZeroMQ topic prefix)", flag_name="stream"),
     Option("certificates", "certificate", "path", required=True, help="our certificate (PEM)"),
     Option("certificates", "key", "path", required=True, help="our private key (PEM, mode 0600)"),
     Option("certificates", "capath", "path", required=True, help="hashed CA directory, e.g. /etc/grid-security/certificates"),
     Option("certificates", "crl", "choice", "require", "CRL checking", choices=tuple(c.value for c in CrlPolicy)),
-    Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
-    Option("status", "status_interval", "float", 10.0, "seconds between status updates and status log lines"),
+    *STATUS,
 ]
 CURVE_SERVER = [  # a daemon that binds (publisher, stomp-in's stream)
     Option("curve", "secret_key", "path", help="CurveZMQ: our NAME.key_secret (zmqsec curve-keygen); tcp links are then "

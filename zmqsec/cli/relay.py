@@ -18,11 +18,10 @@ log = logging.getLogger("zmqsec")
 RELAY = [
     Option("relay", "input", "list", required=True, help="upstream endpoint to connect (repeatable)", flag_name="in"),
     Option("relay", "output", "list", required=True, help="downstream endpoint to bind (repeatable)", flag_name="out"),
-    Option("relay", "stream", "list", help="stream to subscribe upstream (needed behind multicast; default all)"),
+    Option("relay", "stream", "list", help="stream to forward (repeatable; default: every stream upstream carries)"),
     Option("relay", "multicast_rate", "int", 10_000, "kbit/s a multicast output may send"),
     options.max_subscriptions("relay"),
-    Option("status", "status_file", "path", help="JSON status written every status interval and at exit"),
-    Option("status", "status_interval", "float", 10.0, "seconds between status updates"),
+    *options.STATUS,
     *options.journal_options("archive", "archive: record every frame that passes into this journal directory, "
            "for replay (docs/PROTOCOL.md §10.6)"),
     Option("curve", "in_server_key", "path", flag_name="curve_in_server_key", help="CurveZMQ upstream: the upstream server's public NAME.key"),

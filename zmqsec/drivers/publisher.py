@@ -24,8 +24,8 @@ from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, 
 from zmqsec.protocol.frames import CHECKPOINT, DATA, subscription_ok, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
-from .curve import CurveServer, apply_server
 from . import gate
+from .curve import CurveServer, apply_server
 from .gate import SubscriptionGate
 from .journal import Journal, JournalError
 from .recorder import Recorder
@@ -107,14 +107,9 @@ class Publisher:
         self._data_topic = topic_for(stream, DATA)
         self._name = stream.encode()
         self._refusals = RefusalLog(log, f"stream {stream}")
-        self.gate: SubscriptionGate = SubscriptionGate(self.socket, lambda prefix: subscription_ok(prefix, self._name), self._refusals,
-                                     limit=max_subscriptions)
+        self.gate = SubscriptionGate(self.socket, lambda prefix: subscription_ok(prefix, self._name),
+                                     self._refusals, limit=max_subscriptions)
         self._act(self.sender.start(time.monotonic()))
-
-    @property
-    def foreign_subscriptions(self) -> int:
-        """Subscription messages that were not zmqsec's (they match none of our topics)."""
-        return self.gate.foreign
 
     @property
     def stats(self):

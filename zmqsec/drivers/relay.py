@@ -1,8 +1,8 @@
 """A relay: forwards a stream's frames, announcements and checkpoints unchanged, holding no key.
 
-A loop takes at most DRAIN frames from upstream per turn and sends them on
-then what the subscription gate (:mod:`.gate`) lets through:
-only zmqsec's subscriptions, and a connection holding too many is cut.
+A loop takes at most DRAIN frames from upstream per turn and sends them on,
+then what the subscription gate (:mod:`.gate`) lets through: only zmqsec's
+subscriptions (a connection holding too many is cut).
 
 The relay subscribes upstream itself, to the configured streams (default:
 everything), and filters per reader downstream.  A reader's subscription
@@ -30,8 +30,8 @@ from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SUBS
 from zmqsec.protocol.frames import relayable
 from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME, MAX_XPUB_MESSAGE
 
-from .curve import CurveClient, CurveServer, apply_client, apply_server
 from . import gate
+from .curve import CurveClient, CurveServer, apply_client, apply_server
 from .gate import SubscriptionGate
 from .journal import Journal, JournalError
 from .refusals import RefusalLog

@@ -264,18 +264,15 @@ class IncomingSpool:
                 continue  # taken by the loader meanwhile
         return out
 
-    def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None,
-               original: bytes | None = None) -> str | None:
+    def reject(self, body: bytes, error: str, signer: str | None = None, empaid: str | None = None) -> str | None:
         """Record a refused message and why in the reject queue, durably.
 
-        Returns the element's name, or None if there is no reject queue.  ``body`` is
-        SSM's field (text: bytes that are not UTF-8 are replaced); ``original`` (default:
-        ``body``) keeps the exact bytes.
+        Returns the element's name, or None if there is no reject queue.  SSM's ``body``
+        field is text (bytes that are not UTF-8 are replaced); ``original`` keeps the exact bytes.
         """
         if self.rejects is None:
             return None
-        element = {"body": body.decode("utf-8", errors="replace"), "error": error,
-                   "original": body if original is None else original}
+        element = {"body": body.decode("utf-8", errors="replace"), "error": error, "original": body}
         if signer:
             element["signer"] = signer
         if empaid:
