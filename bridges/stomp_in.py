@@ -19,10 +19,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import dataclasses
+import datetime as dt
 import logging
 import time
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
 
 from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.errors import CertificateRejected
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("zmqsec.bridge.in")
 
+ACCEPTED_SIGNERS = 4096  # signer certificates whose acceptance is remembered (see StompInBridge._validate)
 RECENT_IDS = 100_000  # (signer, empa-id) pairs remembered to store a re-sent message once
 BATCH = 200  # messages stored together before one sync and their acknowledgements
 BATCH_WAIT = 0.05  # seconds a batch may wait to fill
@@ -86,6 +90,7 @@ class StompInBridge:
         self.signers = signers
         self.counters: Counter = Counter()
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._accepted: dict[bytes, dt.datetime] = {}  # signer certificates accepted, until when (see _validate)
         for pair in incoming.recent_signed_ids(RECENT_IDS) if incoming is not None else ():
             self._recent[pair] = None
         link.subscribe(settings.destination, ack="client-individual")
@@ -97,12 +102,26 @@ class StompInBridge:
             raise smime.MessageTooLarge(f"message of {len(body)} bytes exceeds {self.settings.max_bytes}")
         opened = smime.open_message(body, self.credential)
         signer = slash_dn(opened.signer.subject)
+        self._validate(opened, signer)
+        return opened.content, signer
+
+    def _validate(self, opened: smime.Opened, signer: str) -> None:
+        """The trust layer's verdict on the signer (chain, CRL, DN list), or :class:`Refused`.  An acceptance is
+        remembered for the same certificates until the trust directory or the DN list changes (the watch
+        replaces them, which empties the memory) or time alone could change it (a certificate's expiry, a CRL's
+        nextUpdate): a busy sender is validated once, not once per message.  Refusals are not remembered."""
+        now = dt.datetime.now(dt.timezone.utc)
+        key = b"".join(c.fingerprint(hashes.SHA256()) for c in (opened.signer, *opened.certificates))
+        if now < self._accepted.get(key, now):
+            return
         try:
-            self.trust.validate(opened.signer, untrusted=opened.certificates, crl=self.settings.crl,
-                                allowed_dns=self.settings.allowed_dns)
+            chain = self.trust.validate(opened.signer, untrusted=opened.certificates, crl=self.settings.crl,
+                                        allowed_dns=self.settings.allowed_dns, at=now)
         except CertificateRejected as exc:
             raise Refused(exc.reason, str(exc), signer) from None
-        return opened.content, signer
+        if len(self._accepted) >= ACCEPTED_SIGNERS:
+            self._accepted.clear()
+        self._accepted[key] = min((self.trust.valid_until, *(c.not_valid_after_utc for c in chain.certificates)))
 
     def handle(self, frames: list[Frame]) -> int:
         """Store (or reject) a batch of messages, sync once, then acknowledge them all; returns how many were
@@ -128,9 +147,11 @@ class StompInBridge:
                         self._recent.popitem(last=False)
             for frame in frames[:handled]:
                 self.link.ack(frame)
+        self.counters["accepted"] += len(accepted)
+        for signer, count in Counter(signer for signer, _ in accepted).items():
+            log.info("%d message(s) from %s accepted", count, signer)
         for signer, empaid in accepted:
-            self.counters["accepted"] += 1
-            log.info("message %s from %s accepted", empaid, signer)
+            log.debug("message %s from %s accepted", empaid, signer)
         return len(accepted)
 
     def _judge(self, frame: Frame, batch: list[tuple[str, str]]) -> tuple[str, str] | None:
@@ -189,6 +210,7 @@ class StompInBridge:
         if self.signers is not None and self.signers.poll(now):
             self.trust = self.signers.trust
             self.settings = dataclasses.replace(self.settings, allowed_dns=self.signers.allowed)
+            self._accepted.clear()
         try:
             if not self.link.ensure_connected(now):
                 time.sleep(0.05)

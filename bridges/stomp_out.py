@@ -3,8 +3,9 @@
 The bridge is an authorized reader of the stream.  For each delivered message
 it signs (and, given a server certificate, encrypts) the body with the one
 S/MIME module, writes it to the durable outbox, and only then counts it as
-taken.  A sender pass sends a window of outbox messages with ``receipt``
-headers and removes each one when its RECEIPT arrives.  With the broker down
+taken.  A sender pass sends a window of outbox messages as one STOMP
+transaction whose COMMIT asks for a ``receipt``, and removes them when that
+RECEIPT arrives.  With the broker down
 the outbox grows while the stream is still read; on reconnection everything is
 sent.  A message keeps its ``empa-id`` (stream id and sequence number) on every
 retry, so a duplicate after a crash is recognisable as one.
@@ -99,26 +100,28 @@ class StompOutBridge:
         names = self.outbox.pending(self.settings.window)
         if not names:
             return 0
-        by_receipt = {}
+        # One transaction per window: the broker commits (and syncs) the window once, where a receipt per
+        # message costs it a sync each.  The COMMIT's receipt covers every message of the window.
+        receipt = f"{names[0]}+{len(names)}"
         try:
+            items = []
             for name in names:
                 body, empaid = self.outbox.get(name)
-                receipt = f"{empaid}/{name}"
-                self.link.send(self.settings.destination, body,
-                               {"empa-id": empaid, "persistent": "true", "content-type": "text/plain"}, receipt)
-                by_receipt[receipt] = name
-            got = self.link.wait_receipts(set(by_receipt), self.settings.receipt_timeout)
+                items.append((body, {"empa-id": empaid, "persistent": "true", "content-type": "text/plain"}))
+            self.link.send_transaction(self.settings.destination, items, receipt)
+            got = self.link.wait_receipts({receipt}, self.settings.receipt_timeout)
         except BrokerUnavailable as exc:
             log.warning("broker lost mid-send (%s); unreceipted messages stay in the outbox", exc)
             self.link.failed(now)
             return 0
-        self.outbox.remove(*(by_receipt[receipt] for receipt in got))
-        self.counters["sent"] += len(got)
-        if len(got) < len(by_receipt):
+        if not got:
             log.warning("%d message(s) had no receipt within %.0fs; they will be sent again",
-                        len(by_receipt) - len(got), self.settings.receipt_timeout)
-            self.link.close()
-        return len(got)
+                        len(names), self.settings.receipt_timeout)
+            self.link.close()  # the broker aborts the transaction if it had not committed it
+            return 0
+        self.outbox.remove(*names)
+        self.counters["sent"] += len(names)
+        return len(names)
 
     def status_fields(self, subscriber) -> dict:
         """The bridge's figures for its status file."""

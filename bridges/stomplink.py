@@ -216,6 +216,19 @@ class StompLink:
         except (NotConnectedException, StompException, OSError, AttributeError) as exc:
             raise BrokerUnavailable(f"send failed: {exc.__class__.__name__}") from None
 
+    def send_transaction(self, destination: str, items: list[tuple[bytes, dict[str, str]]], receipt: str) -> None:
+        """Send ``items`` (body, headers) as one STOMP transaction whose COMMIT asks for ``receipt``: the broker
+        stores them all with one commit, or none (it aborts a transaction whose connection drops first).
+        Call :meth:`wait_receipts` to learn whether the commit arrived."""
+        transaction = f"tx/{receipt}"
+        try:
+            self._conn.begin(transaction=transaction)
+            for body, headers in items:
+                self._conn.send(destination, body, headers={**headers, "transaction": transaction})
+            self._conn.commit(transaction=transaction, headers={"receipt": receipt})
+        except (NotConnectedException, StompException, OSError, AttributeError) as exc:
+            raise BrokerUnavailable(f"send failed: {exc.__class__.__name__}") from None
+
     def wait_receipts(self, wanted: set[str], timeout: float) -> set[str]:
         """Receipts among ``wanted`` that arrived within ``timeout`` (raises if the connection drops first)."""
         deadline = time.monotonic() + timeout
