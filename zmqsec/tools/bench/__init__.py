@@ -11,8 +11,10 @@ comparison a ratio of figures taken in the same run (docs/performance.md explain
   how fast it stores what it missed, replayed from the journal, and when it is live again;
 * **rekey** -- revoking one of N readers: the publisher's rekey, the time until sampled readers
   hold the new key, and the bytes each reader must receive, single-envelope and grouped;
-* **bridge** -- EMI S/MIME messages into ActiveMQ with receipts: the bridge's in-process path
-  against one ``openssl smime`` process per sign and per encrypt (APEL SSM's way);
+* **bridge** -- EMI S/MIME messages through ActiveMQ, both directions: the bridge's path (out: a
+  receipted transaction per window; in: verified, stored, acknowledged) against one ``openssl smime``
+  process per sign, encrypt, decrypt and verify (APEL SSM's way), the broker's own ceiling,
+  cryptography's S/MIME builders beside the bridge's signing, and stomp-out under a steady input;
 * **memory** -- peak RSS of a publisher holding many readers, and of a reader.
 
 Results go to a JSON file with PNG plots beside it (matplotlib: ``pip install 'zmqsec[tools]'``).

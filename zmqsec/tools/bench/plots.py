@@ -147,7 +147,7 @@ def _bridge(plt, rows: list[dict], label: str):
     x = range(len(rows))
     ax.bar([i - 0.27 for i in x], [r["openssl_cli_msgs_per_s"] for r in rows], 0.27,
            label="openssl CLI per message, one receipt at a time (APEL SSM)")
-    ax.bar(list(x), [r["zmqsec_msgs_per_s"] for r in rows], 0.27, label="zmqsec bridge (durable outbox, windowed receipts)")
+    ax.bar(list(x), [r["zmqsec_msgs_per_s"] for r in rows], 0.27, label="zmqsec bridge (durable outbox, a receipted transaction per window)")
     ax.bar([i + 0.27 for i in x], [r["zmqsec_without_outbox_msgs_per_s"] for r in rows], 0.27,
            label="zmqsec signing and sending, without the outbox")
     for i, r in zip(x, rows):

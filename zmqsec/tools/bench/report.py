@@ -78,6 +78,12 @@ def evaluate_targets(results: dict) -> list[dict]:
             goal = 1000.0 if r["mode"] == "sign" else 600.0
             out.append({"target": f"bridge {direction} >= {goal:.0f} msg/s (1024 B, {r['mode']})", "goal": goal,
                         "measured": r["zmqsec_msgs_per_s"], "met": r["zmqsec_msgs_per_s"] >= goal})
+    for r in results.get("bridge_steady", []):
+        # Keeping up: the outbox never holds more than the window being sent and the batch being taken.
+        goal = 2 * r["window"]
+        out.append({"target": f"bridge out keeps up with {r['input_msgs_per_s']:.0f} msg/s (1024 B, {r['mode']}): "
+                              f"outbox <= {goal} messages", "goal": goal, "measured": r["max_backlog"],
+                    "met": r["max_backlog"] <= goal})
     return out
 
 

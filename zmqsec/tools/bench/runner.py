@@ -64,11 +64,11 @@ def run(config: BenchConfig) -> dict:
         if "bridge" in config.sections:
             if config.broker:
                 results["broker"] = f"{config.broker[0]}:{config.broker[1]} (given)"
-                results["bridge"] = run_bridge(profile, pki, *config.broker, workdir)
+                results.update(run_bridge(profile, pki, *config.broker, workdir))
             else:
                 with PrivateBroker(workdir / "broker") as broker:
                     results["broker"] = f"{broker.host}:{broker.port} (private, started by the bench)"
-                    results["bridge"] = run_bridge(profile, pki, broker.host, broker.port, workdir)
+                    results.update(run_bridge(profile, pki, broker.host, broker.port, workdir))
             results["load_average"]["after_bridge"] = load()
         if "memory" in config.sections:
             results["memory"], results["revocation"] = run_memory(profile, pki, config.group_size)
