@@ -1,11 +1,13 @@
 """Broker -> spool/stream: EMI S/MIME messages from ActiveMQ, verified, stored, then acknowledged.
 
 For each message (client-individual acknowledgement): decrypt if it is
-enveloped for our certificate, verify the signature, validate the signer's
-certificate with the trust layer (chain, CRLs, DN allow-list), write it
-to an SSM-schema incoming dirq queue and/or into a zmqsec stream, and once a
-batch of them is durable (one sync for the batch), ACK them.  A refused message goes to the reject queue with its reason
-and is acknowledged too, so the broker does not redeliver it forever.
+enveloped for our certificate and verify the signature (on the worker
+processes of :mod:`.opener`, one batch while the bridge stores the one before),
+validate the signer's certificate with the trust layer (chain, CRLs, DN
+allow-list), write it to an SSM-schema incoming dirq queue and/or into a zmqsec
+stream, and once a batch of them is durable (one sync for the batch), ACK them.
+A refused message goes to the reject queue with its reason and is acknowledged
+too, so the broker does not redeliver it forever.
 
 A message is stored once: a sender that crashed between the broker's receipt
 and its own bookkeeping (``stomp-out`` after a kill -9) sends it again under
@@ -23,6 +25,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
@@ -31,11 +34,11 @@ from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.errors import CertificateRejected
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore
-from zmqsec.crypto import cms
 from zmqsec.bridges import smime
 
 from zmqsec.errors import RejectReason, ZmqsecError
 
+from .opener import Opener, Unopened, open_one
 from .stomplink import BrokerUnavailable, Frame, StompLink
 
 if TYPE_CHECKING:
@@ -59,9 +62,10 @@ def _utf8(content: bytes) -> bool:
 
 
 class Refused(ZmqsecError):
-    """A message whose signer is known was refused (its certificate or DN): the reason, and the signer's DN."""
+    """A refused message: the reason, and the signer's DN once it is known (None when the message could not be
+    opened)."""
 
-    def __init__(self, reason: RejectReason, message: str, signer: str) -> None:
+    def __init__(self, reason: RejectReason, message: str, signer: str | None) -> None:
         super().__init__(message)
         self.reason, self.signer = reason, signer
 
@@ -74,13 +78,15 @@ class InSettings:
     max_bytes: int = 16 * 1024 * 1024
     crl: CrlPolicy = CrlPolicy.REQUIRE
     allowed_dns: DnAllowList | None = None
+    workers: int = 1  # processes that open (decrypt and verify); 1: in the bridge's own
 
 
 class StompInBridge:
     """EMI S/MIME messages from the broker: verified, stored durably, then acknowledged."""
 
     def __init__(self, link: StompLink, credential: Credential, trust: TrustStore, settings: InSettings,
-                 incoming: "IncomingSpool | None" = None, publisher=None, signers=None) -> None:
+                 incoming: "IncomingSpool | None" = None, publisher=None, signers=None,
+                 opener: Opener | None = None) -> None:
         if incoming is None and publisher is None:
             raise ValueError("stomp-in needs an incoming spool, a stream publisher, or both")
         self.link, self.credential, self.trust, self.settings = link, credential, trust, settings
@@ -88,22 +94,27 @@ class StompInBridge:
         # A watch on the trust directory and the DN list (zmqsec.drivers.watch.SignerWatch: ``poll(now)``,
         # ``trust``, ``allowed``): revocations and DN removals take effect while the bridge runs.
         self.signers = signers
+        self.opener = opener or Opener(credential, max_bytes=settings.max_bytes, workers=settings.workers)
         self.counters: Counter = Counter()
         self._recent: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._accepted: dict[bytes, dt.datetime] = {}  # signer certificates accepted, until when (see _validate)
+        self._opening: tuple[list[Frame], Callable] | None = None  # a batch taken, being opened (see serve_once)
         for pair in incoming.recent_signed_ids(RECENT_IDS) if incoming is not None else ():
             self._recent[pair] = None
         link.subscribe(settings.destination, ack="client-individual")
 
     def verdict(self, body: bytes) -> tuple[bytes, str]:
-        """(content, signer DN) of an acceptable message, or raise with a reason (:class:`Refused` once the
-        signer is known, naming it)."""
-        if len(body) > self.settings.max_bytes:
-            raise smime.MessageTooLarge(f"message of {len(body)} bytes exceeds {self.settings.max_bytes}")
-        opened = smime.open_message(body, self.credential)
-        signer = slash_dn(opened.signer.subject)
-        self._validate(opened, signer)
-        return opened.content, signer
+        """(content, signer DN) of an acceptable message, opened in this process, or :class:`Refused`."""
+        return self._decide(open_one(body, self.credential, self.settings.max_bytes))
+
+    def _decide(self, outcome: smime.Opened | Unopened) -> tuple[bytes, str]:
+        """(content, signer DN) of an opened message whose signer is acceptable, or :class:`Refused` (naming the
+        signer once it is known)."""
+        if isinstance(outcome, Unopened):
+            raise Refused(outcome.reason, outcome.detail, None)
+        signer = slash_dn(outcome.signer.subject)
+        self._validate(outcome, signer)
+        return outcome.content, signer
 
     def _validate(self, opened: smime.Opened, signer: str) -> None:
         """The trust layer's verdict on the signer (chain, CRL, DN list), or :class:`Refused`.  An acceptance is
@@ -123,15 +134,18 @@ class StompInBridge:
             self._accepted.clear()
         self._accepted[key] = min((self.trust.valid_until, *(c.not_valid_after_utc for c in chain.certificates)))
 
-    def handle(self, frames: list[Frame]) -> int:
+    def handle(self, frames: list[Frame], opening: Callable[[], list[smime.Opened | Unopened]] | None = None) -> int:
         """Store (or reject) a batch of messages, sync once, then acknowledge them all; returns how many were
-        accepted.  Nothing is acknowledged before it is durable: a crash before the sync loses no message, the
-        broker redelivers the batch (and a redelivered copy of a stored one is recognised by its empa-id)."""
+        accepted.  ``opening`` waits for the batch's opened messages (:meth:`Opener.open`, started earlier); without
+        it they are opened now.  Nothing is acknowledged before it is durable: a crash before the sync loses no
+        message, the broker redelivers the batch (and a redelivered copy of a stored one is recognised by its
+        empa-id)."""
         accepted: list[tuple[str, str]] = []  # (signer, empa-id) stored in this batch
         handled = 0
+        outcomes = (opening or self.opener.open([frame.body for frame in frames]))()
         try:
-            for frame in frames:
-                stored = self._judge(frame, accepted)
+            for frame, outcome in zip(frames, outcomes):
+                stored = self._judge(frame, outcome, accepted)
                 if stored is not None:
                     accepted.append(stored)
                 handled += 1
@@ -154,18 +168,18 @@ class StompInBridge:
             log.debug("message %s from %s accepted", empaid, signer)
         return len(accepted)
 
-    def _judge(self, frame: Frame, batch: list[tuple[str, str]]) -> tuple[str, str] | None:
-        """Verify one message and store it (not yet synced), or reject it durably; (signer, empa-id) if stored."""
+    def _judge(self, frame: Frame, outcome: smime.Opened | Unopened,
+               batch: list[tuple[str, str]]) -> tuple[str, str] | None:
+        """Decide on one opened message and store it (not yet synced), or reject it durably; (signer, empa-id) if
+        stored."""
         empaid = frame.headers.get("empa-id", NO_ID)
         signer = None
         try:
-            content, signer = self.verdict(frame.body)
+            content, signer = self._decide(outcome)
         except Refused as exc:
             reason, detail, signer = exc.reason, str(exc), exc.signer
-        except (cms.CmsError, CertificateRejected) as exc:
-            reason, detail = exc.reason, str(exc)
         except Exception as exc:  # a bug of ours must not stop the bridge nor lose the message
-            log.exception("message %s: unexpected error while verifying", empaid)
+            log.exception("message %s: unexpected error while validating", empaid)
             reason, detail = RejectReason.INTERNAL_ERROR, exc.__class__.__name__
         else:
             reason = None
@@ -206,31 +220,43 @@ class StompInBridge:
                 **{k: v for k, v in counters.items() if not k.startswith("rejected:")}, "rejected": rejected}
 
     def serve_once(self, now: float) -> None:
-        """Connect if needed (with backoff), then handle at most one message."""
+        """Connect if needed (with backoff), take a batch of messages and start opening it (on the workers),
+        and meanwhile handle the batch taken the turn before."""
         if self.signers is not None and self.signers.poll(now):
             self.trust = self.signers.trust
             self.settings = dataclasses.replace(self.settings, allowed_dns=self.signers.allowed)
             self._accepted.clear()
         try:
             if not self.link.ensure_connected(now):
+                self._opening = None  # taken on a connection now lost: the broker redelivers them
                 time.sleep(0.05)
                 return
-            frames = []
-            frame, until = self.link.next_message(0.2), time.monotonic() + BATCH_WAIT
-            while frame is not None:
-                frames.append(frame)
-                if len(frames) >= BATCH or time.monotonic() >= until:
-                    break
-                frame = self.link.next_message(0)
+            frames = self._take(0.2 if self._opening is None else 0.0)
+            opening, self._opening = self._opening, None
             if frames:
-                self.handle(frames)
+                self._opening = frames, self.opener.open([frame.body for frame in frames])
+            if opening is not None:
+                self.handle(*opening)
         except BrokerUnavailable as exc:
             log.warning("%s; reconnecting", exc)
+            self._opening = None
             self.link.close()
         except (OSError, ZmqsecError) as exc:
             # Not stored, so not acknowledged: drop the connection and the broker redelivers it later.
             log.error("cannot store a message (%s); reconnecting, the broker will redeliver it", exc)
+            self._opening = None
             self.link.failed(time.monotonic())
+
+    def _take(self, wait: float) -> list[Frame]:
+        """Up to BATCH messages: the first within ``wait`` seconds, the rest as long as they come within BATCH_WAIT."""
+        frames = []
+        frame, until = self.link.next_message(wait), time.monotonic() + BATCH_WAIT
+        while frame is not None:
+            frames.append(frame)
+            if len(frames) >= BATCH or time.monotonic() >= until:
+                break
+            frame = self.link.next_message(0)
+        return frames
 
     def run(self, stop, status) -> None:
         """Serve until ``stop.requested``; ``status`` is a :class:`zmqsec.StatusFile`."""
@@ -242,7 +268,13 @@ class StompInBridge:
                 if status.due():
                     status.write(self.status_fields())
         finally:
+            if self._opening is not None and self.link.connected:  # a batch taken: store and acknowledge it
+                try:
+                    self.handle(*self._opening)
+                except (BrokerUnavailable, OSError, ZmqsecError) as exc:
+                    log.warning("the last batch is left to the broker to redeliver (%s)", exc)
             status.write(self.status_fields())
             self.link.close()
+            self.opener.close()
             if self.publisher is not None:
                 self.publisher.close()

@@ -288,6 +288,9 @@ def test_stomp_out_stopped_for_30_s_then_killed_stomp_in_stores_every_record_onc
     assert {e: c for e, c in counts.items() if c > 1} == {} and len(messages) == total
 
 
+WAITING = 1000  # records in the outbox when the broker comes
+
+
 def test_a_kill_9_between_receipt_and_outbox_removal_resends_under_the_same_empa_id(site, destination, port):
     """stomp-out is killed the moment the broker delivers the first message of a window it is sending, so the
     broker holds messages the outbox still holds; after the restart each duplicate at the broker carries the
@@ -301,16 +304,18 @@ def test_a_kill_9_between_receipt_and_outbox_removal_resends_under_the_same_empa
         # No broker yet (nothing listens there): the outbox fills while the stream is read.
         stream.start_bridge(hosts=f"{HOST}:{free_port()}")
         daemons.wait(lambda: stream.status("bridge", stream.bridge).get("epoch") == 1, what="key", logs=stream.logs())
-        daemons.feed(site, 300)
-        daemons.wait(lambda: stream.status("bridge", stream.bridge).get("outbox") == 300, what="300 in the outbox",
-                     logs=stream.logs())
+        # Ten windows: a window goes as one transaction, a few ms each, so a kill that misses one leaves others.
+        daemons.feed(site, WAITING)
+        daemons.wait(lambda: stream.status("bridge", stream.bridge).get("outbox") == WAITING,
+                     what=f"{WAITING} in the outbox", logs=stream.logs())
         daemons.stop(stream.bridge)
         # Now the broker: kill -9 as soon as it delivers, until a kill lands inside a window (an event we
         # check from the frozen outbox, not a timing we hope for).
         for kills in range(1, 6):
             stream.start_bridge()
             if consumer.next(timeout=30) is None:
-                pytest.fail("nothing reached the broker\n" + "".join(p.read_text()[-2000:] for p in stream.logs()))
+                pytest.fail("nothing reached the broker\n" + "".join(p.read_text()[-2000:] for p in stream.logs()
+                                                                      if p.exists()))
             stream.kill_bridge()
             snapshot = stream.outbox_ids()
             in_flight |= snapshot
@@ -318,20 +323,21 @@ def test_a_kill_9_between_receipt_and_outbox_removal_resends_under_the_same_empa
                 break
         else:
             pytest.fail("no kill -9 landed between a delivery and the outbox removal in 5 tries")
-        daemons.feed(site, 100, start=300)  # published while the bridge is dead
-        daemons.wait(lambda: stream.published() == 400, what="all published", logs=stream.logs())
+        daemons.feed(site, 100, start=WAITING)  # published while the bridge is dead
+        total = WAITING + 100
+        daemons.wait(lambda: stream.published() == total, what="all published", logs=stream.logs())
         stream.start_bridge()
-        daemons.wait(lambda: consumer.distinct() == 400 and stream.outbox_empty(), timeout=60,
-                     what="all 400 at the broker", logs=stream.logs())
+        daemons.wait(lambda: consumer.distinct() == total and stream.outbox_empty(), timeout=60,
+                     what=f"all {total} at the broker", logs=stream.logs())
         deliveries = consumer.settle()
         bridge_status = stream.status("bridge", stream.bridge)
     finally:
         stream.stop()
         consumer.close()
-    repeated = _check_raw(deliveries, {b"job %d" % i for i in range(400)})
+    repeated = _check_raw(deliveries, {b"job %d" % i for i in range(total)})
     assert repeated, "the kill -9 landed in flight, yet the broker saw no duplicate"
     assert set(repeated) <= in_flight and all(c <= 1 + kills for c in repeated.values()), repeated
-    assert len(deliveries) == 400 + sum(c - 1 for c in repeated.values())
+    assert len(deliveries) == total + sum(c - 1 for c in repeated.values())
     assert bridge_status["unrecoverable"] == 0 and bridge_status["repaired"] > 0
 
 

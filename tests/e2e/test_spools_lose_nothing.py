@@ -413,15 +413,27 @@ def test_a_bridge_outbox_killed_mid_batch_keeps_every_stored_message_and_none_of
         reopened.close()
 
 
-_SIGNING_BRIDGE = """
+_BRIDGE_WITH_WORKERS = {  # stomp-out's signing workers, stomp-in's opening workers: both started and busy
+    "signing": """
 import sys, time
 from zmqsec.bridges.signer import BodyMaker
 from zmqsec.keys.pemfiles import Credential
 maker = BodyMaker(Credential.load(sys.argv[1], sys.argv[2]), workers=2)
-maker.submit([b"record"] * 40)()  # both workers started and signing
+maker.submit([b"record"] * 40)()
 print("ready", flush=True)
 time.sleep(120)
-"""
+""",
+    "opening": """
+import sys, time
+from zmqsec.bridges import smime
+from zmqsec.bridges.opener import Opener
+from zmqsec.keys.pemfiles import Credential
+credential = Credential.load(sys.argv[1], sys.argv[2])
+opener = Opener(credential, max_bytes=1 << 20, workers=2)
+assert all(o.content == b"record" for o in opener.open([smime.sign(b"record", credential)] * 40)())
+print("ready", flush=True)
+time.sleep(120)
+"""}
 
 
 def _children(pid: int) -> set[int]:
@@ -435,15 +447,16 @@ def _parent(proc: Path) -> int | None:
         return None
 
 
-def test_the_signing_workers_end_with_a_bridge_killed_with_kill_9(tmp_path):
-    """stomp-out signs on worker processes; kill -9 of the bridge must not leave them behind (they waited
-    forever before PR_SET_PDEATHSIG)."""
+@pytest.mark.parametrize("work", sorted(_BRIDGE_WITH_WORKERS))
+def test_the_workers_end_with_a_bridge_killed_with_kill_9(tmp_path, work):
+    """stomp-out signs and stomp-in opens on worker processes; kill -9 of the bridge must not leave them behind
+    (they waited forever before PR_SET_PDEATHSIG)."""
     from kit.pki import Pki
     from zmqsec.keys.ca import Role
 
     pki = Pki.create(tmp_path / "pki", "/O=zmqsec test/CN=Worker CA", bridge=Role.BRIDGE)
     cert = pki.certs["bridge"]
-    bridge = subprocess.Popen([sys.executable, "-c", _SIGNING_BRIDGE, str(cert.cert_path), str(cert.key_path)],
+    bridge = subprocess.Popen([sys.executable, "-c", _BRIDGE_WITH_WORKERS[work], str(cert.cert_path), str(cert.key_path)],
                               stdout=subprocess.PIPE, text=True)
     try:
         assert bridge.stdout.readline().strip() == "ready"
@@ -457,7 +470,7 @@ def test_the_signing_workers_end_with_a_bridge_killed_with_kill_9(tmp_path):
                                               for pid in workers):
         time.sleep(0.05)
     left = [pid for pid in workers if Path(f"/proc/{pid}").exists() and _parent(Path(f"/proc/{pid}"))]
-    assert left == [], f"signing workers {left} outlived their bridge"
+    assert left == [], f"{work} workers {left} outlived their bridge"
 
 
 OLD_SCHEMA = {"body": "binary", "empaid": "string"}  # the dirq outbox of earlier versions

@@ -1,7 +1,7 @@
 """``zmqsec bridge stomp-out|stomp-in``: the STOMP bridge daemons, configured like SSM.
 
 Sections: ``[broker]`` (hosts, TLS, login, heart-beats), ``[certificates]``,
-``[messaging]`` (destination, queues), ``[signing]``, ``[encryption]``,
+``[messaging]`` (destination, queues), ``[signing]``, ``[encryption]``, ``[verifying]``,
 ``[stream]``, ``[status]``.  Every option is also a flag.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 from zmqsec.bridges import smime
 from zmqsec.bridges.outbox import LocalRejects, Outbox
-from zmqsec.bridges.signer import default_workers
+from zmqsec.bridges.workers import default_workers
 from zmqsec.bridges.stomp_in import InSettings, StompInBridge
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
@@ -75,6 +75,8 @@ IN = BROKER + CURVE_SERVER + [
            "when it changes, as the CA directory and its CRLs are)"),
     Option("messaging", "accept_any_signer", "bool", "no", "accept any signer certificate from the trusted CAs, "
            "without a dn_list (logged at start)"),
+    Option("verifying", "workers", "int", 0, "processes that decrypt and verify (0: one per core; 1: in the bridge "
+           "process itself)", flag_name="verify_workers"),
     Option("stream", "name", help="also publish accepted messages on this stream", flag_name="stream"),
     Option("stream", "endpoint", "list", help="endpoint to bind for that stream"),
     Option("stream", "registry", "path", help="reader registry for that stream"),
@@ -128,6 +130,8 @@ def cmd_stomp_out(args) -> int:
 def cmd_stomp_in(args) -> int:
     """Take EMI messages from the broker until stopped."""
     settings = config.load(IN, args)
+    if settings["verifying.workers"] < 0:
+        raise ConfigError(f"{settings.source}: [verifying] workers must be 0 (one per core) or more")
     credential = Credential.load(settings["certificates.certificate"], settings["certificates.key"])
     signers = SignerWatch(Path(settings["certificates.capath"]), settings["messaging.dn_list"])
     if signers.allowed is None and not settings["messaging.accept_any_signer"]:
@@ -154,7 +158,8 @@ def cmd_stomp_in(args) -> int:
         raise ConfigError("stomp-in needs [messaging] path (incoming queue) or a [stream] to publish on")
     bridge = StompInBridge(StompLink(_broker_settings(settings)), credential, signers.trust, InSettings(
         destination=settings["messaging.destination"], max_bytes=settings["messaging.max_bytes"],
-        crl=CrlPolicy(settings["certificates.crl"]), allowed_dns=signers.allowed), incoming=incoming,
+        crl=CrlPolicy(settings["certificates.crl"]), allowed_dns=signers.allowed,
+        workers=settings["verifying.workers"] or default_workers()), incoming=incoming,
         publisher=publisher, signers=signers)
     bridge.run(Stop(), _status(settings, "stomp-in"))
     return 0

@@ -21,7 +21,8 @@ Results go to a JSON file with PNG plots beside it (matplotlib: ``pip install 'z
 
 Modules: ``config`` (profiles, names), ``pki``, ``grouping``, ``systems`` and ``workers`` (the two
 systems in processes of their own), one module per section (``stream``, ``replay``, ``rekey``,
-``bridge`` with ``broker``, ``memory``), ``report`` (results.json), ``plots``, and ``runner``, which runs them in turn.
+``bridge`` with ``bridge_in``, ``bridge_steady``, ``broker`` and ``bridge_run``, which runs them,
+``memory``), ``report`` (results.json), ``plots``, and ``runner``, which runs the sections in turn.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
@@ -21,17 +22,16 @@ from zmqsec.keys.pemfiles import Credential, load_certificate
 from zmqsec.machines.receiver import Delivered
 
 from zmqsec.bridges.outbox import Outbox
-from zmqsec.bridges.signer import MIN_CHUNK, BodyMaker, default_workers
+from zmqsec.bridges.signer import BodyMaker
+from zmqsec.bridges.workers import MIN_CHUNK, default_workers
 from zmqsec.bridges.stomp_out import OutSettings, StompOutBridge
 from zmqsec.bridges.stomplink import BrokerSettings, StompLink
 
-from .config import STREAM, BenchError, Profile
+from .config import STREAM, BenchError
 from .pki import Pki
 from .stats import median
 
 log = logging.getLogger("zmqsec.bench")
-
-STEADY_RATE = 400  # messages/s of the steady input stomp-out must keep up with (the bridge issue's figure)
 
 
 def apel_body(size: int) -> bytes:
@@ -230,128 +230,23 @@ class BridgeBench:
             times.append(time.perf_counter() - t0)
         return median(times) * 1e3
 
-    def steady(self, body: bytes, encrypt: bool, rate: float, seconds: float) -> dict:
-        """A steady input of ``rate`` messages/s for ``seconds``, taken as ``zmqsec bridge stomp-out``'s loop
-        takes a stream (what arrived in each 50 ms, then a window to the broker), with the outbox sampled at every
-        turn before its send: a bridge that keeps up holds about one turn's input, one that does not holds more and
-        more."""
-        outbox = Outbox(self.workdir / f"outbox-steady-{uuid.uuid4().hex[:8]}")
-        link, bridge = self._bridge(encrypt, outbox, default_workers())
-        backlog = []
-        try:
-            link.connect()
-            fed, t0 = 0, time.monotonic()
-            while (now := time.monotonic()) < t0 + seconds:
-                due = min(int((now - t0) * rate), int(seconds * rate)) - fed
-                if due:
-                    bridge.step([self._delivered(body) for _ in range(due)], now)
-                    fed += due
-                backlog.append(outbox.count())  # what waits for the broker at this turn
-                bridge.send_pending(time.monotonic())
-                time.sleep(max(0.0, 0.05 - (time.monotonic() - now)))
-            end = outbox.count()
-            t1 = time.monotonic()
-            while outbox.count() and time.monotonic() < t1 + 60:
-                bridge.send_pending(time.monotonic())
-            drain = time.monotonic() - t1
-            if outbox.count():
-                raise BenchError(f"steady input: {outbox.count()} message(s) still in the outbox 60 s after it ended")
-        finally:
-            link.close()
-            outbox.close()
-        self.sent += fed
-        return {"direction": "out", "body_bytes": len(body), "mode": "sign+encrypt" if encrypt else "sign",
-                "input_msgs_per_s": rate, "seconds": seconds, "messages": fed, "max_backlog": max(backlog),
-                "median_backlog": median(backlog), "backlog_at_end": end, "drain_s": drain,
-                "window": bridge.settings.window}
-
-    def pkcs7_builder_ms(self, body: bytes, encrypt: bool, count: int = 20) -> float:
-        """cryptography's own S/MIME builders on the same work, per message: ``PKCS7SignatureBuilder`` (detached,
-        sha-256, as the bridge signs) and then, to encrypt, ``PKCS7EnvelopeBuilder`` (AES-256-CBC to the server's
-        certificate).  The path the bridge would take were it the faster one."""
-        signer = self.credential
-        times = []
-        for _ in range(count):
-            t0 = time.perf_counter()
-            message = (pkcs7.PKCS7SignatureBuilder().set_data(body)
-                       .add_signer(signer.certificate, signer.key, hashes.SHA256())
-                       .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature]))
-            if encrypt:
-                message = (pkcs7.PKCS7EnvelopeBuilder().set_data(message).add_recipient(self.server)
-                           .set_content_encryption_algorithm(algorithms.AES256)
-                           .encrypt(serialization.Encoding.SMIME, []))
-            times.append(time.perf_counter() - t0)
-        return median(times) * 1e3
 
 
-def run_bridge(profile: Profile, pki: Pki, host: str, port: int, workdir: Path) -> dict[str, list[dict]]:
-    """``bridge``: each body size of the profile, signed and signed+encrypted, each direction, one row each, the
-    bridge's rate against the openssl CLI's (and, out, without the outbox and the broker's own ceiling).
-    ``bridge_steady``: stomp-out under a steady input of STEADY_RATE 1 KiB messages/s, each mode."""
-    bench = BridgeBench(pki, host, port, workdir)
-    try:
-        return _run(bench, profile)
-    finally:
-        bench.close()
+def pkcs7_builder_ms(credential: Credential, server: x509.Certificate, body: bytes, encrypt: bool,
+                     count: int = 20) -> float:
+    """cryptography's own S/MIME builders on the bridge's work, per message: ``PKCS7SignatureBuilder`` (detached,
+    sha-256, as the bridge signs) and then, to encrypt, ``PKCS7EnvelopeBuilder`` (AES-256-CBC to ``server``).
+    The path the bridge would take were it the faster one."""
+    times = []
+    for _ in range(count):
+        t0 = time.perf_counter()
+        message = (pkcs7.PKCS7SignatureBuilder().set_data(body)
+                   .add_signer(credential.certificate, credential.key, hashes.SHA256())
+                   .sign(serialization.Encoding.SMIME, [pkcs7.PKCS7Options.DetachedSignature]))
+        if encrypt:
+            message = (pkcs7.PKCS7EnvelopeBuilder().set_data(message).add_recipient(server)
+                       .set_content_encryption_algorithm(algorithms.AES256)
+                       .encrypt(serialization.Encoding.SMIME, []))
+        times.append(time.perf_counter() - t0)
+    return median(times) * 1e3
 
-
-def _run(bench: BridgeBench, profile: Profile) -> dict[str, list[dict]]:
-    from .bridge_in import InboundBench  # it builds on this module
-
-    inbound = InboundBench(bench)
-    # The broker's JVM compiles its hot paths in its first seconds: warm it with untimed traffic.
-    for size in profile.bridge_bodies:
-        bench.zmqsec_without_outbox(apel_body(size), False, 100)
-    bench.drain()
-    results = []
-    for size in profile.bridge_bodies:
-        body = apel_body(size)
-        for mode, encrypt in (("sign", False), ("sign+encrypt", True)):
-            log.info("bridge: %d-byte bodies, %s: %d (zmqsec) and %d (openssl CLI) messages x %d repetitions",
-                     size, mode, profile.bridge_messages, profile.bridge_openssl_messages, profile.bridge_reps)
-            bench.zmqsec(body, encrypt, min(20, profile.bridge_messages), f"warm-{size}-{mode}")  # connections, caches
-            bench.openssl_cli(body, encrypt, 2)
-            ours, bare, theirs, cli_crypto = [], [], [], []
-            for rep in range(profile.bridge_reps):
-                ours.append(bench.zmqsec(body, encrypt, profile.bridge_messages, f"{size}-{mode}-{rep}"))
-                bare.append(bench.zmqsec_without_outbox(body, encrypt, profile.bridge_messages))
-                rate, crypto = bench.openssl_cli(body, encrypt, profile.bridge_openssl_messages)
-                theirs.append(rate)
-                cli_crypto += crypto
-            ceiling = [bench.broker_only(body, encrypt, profile.bridge_messages) for _ in range(profile.bridge_reps)]
-            bench.drain()
-            z, b, o, c = median(ours), median(bare), median(theirs), median(ceiling)
-            results.append({
-                "direction": "out",
-                "body_bytes": size, "mode": mode, "zmqsec_msgs_per_s": z, "openssl_cli_msgs_per_s": o, "ratio": z / o,
-                "zmqsec_without_outbox_msgs_per_s": b, "ratio_without_outbox": b / o, "broker_msgs_per_s": c,
-                "zmqsec_crypto_ms": bench.crypto_ms(body, encrypt), "openssl_cli_crypto_ms": median(cli_crypto) * 1e3,
-                "cryptography_pkcs7_crypto_ms": bench.pkcs7_builder_ms(body, encrypt),
-                "zmqsec_messages": profile.bridge_messages, "openssl_cli_messages": profile.bridge_openssl_messages,
-                "repetitions": profile.bridge_reps, "sign_workers": default_workers(),
-                "zmqsec_msgs_per_s_samples": ours, "zmqsec_without_outbox_msgs_per_s_samples": bare,
-                "openssl_cli_msgs_per_s_samples": theirs, "broker_msgs_per_s_samples": ceiling,
-            })
-            log.info("bridge out %d B %s: zmqsec %.0f msg/s (%.0f without the outbox; the broker alone %.0f), "
-                     "openssl CLI %.1f msg/s (ratio %.1f)", size, mode, z, b, c, o, z / o)
-            ours_in = [inbound.stomp_in(body, encrypt, profile.bridge_messages, f"{size}-{mode}-{rep}")
-                       for rep in range(profile.bridge_reps)]
-            theirs_in = [inbound.openssl_cli_in(body, encrypt, profile.bridge_openssl_messages, f"{size}-{mode}-{rep}")
-                         for rep in range(profile.bridge_reps)]
-            zi, oi = median(ours_in), median(theirs_in)
-            results.append({
-                "direction": "in", "body_bytes": size, "mode": mode, "zmqsec_msgs_per_s": zi,
-                "openssl_cli_msgs_per_s": oi, "ratio": zi / oi, "zmqsec_messages": profile.bridge_messages,
-                "openssl_cli_messages": profile.bridge_openssl_messages, "repetitions": profile.bridge_reps,
-                "zmqsec_msgs_per_s_samples": ours_in, "openssl_cli_msgs_per_s_samples": theirs_in,
-            })
-            log.info("bridge in %d B %s: zmqsec %.0f msg/s, openssl CLI %.1f msg/s (ratio %.1f)", size, mode, zi, oi,
-                     zi / oi)
-    steady = []
-    for encrypt in (False, True):
-        row = bench.steady(apel_body(1024), encrypt, STEADY_RATE, profile.bridge_steady_s)
-        bench.drain()
-        log.info("bridge out under a steady %d msg/s, 1024 B %s: outbox at most %d (median %d), %d at the end",
-                 STEADY_RATE, row["mode"], row["max_backlog"], row["median_backlog"], row["backlog_at_end"])
-        steady.append(row)
-    return {"bridge": results, "bridge_steady": steady}

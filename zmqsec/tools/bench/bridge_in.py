@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import time
 
+from zmqsec.bridges.opener import Opener
 from zmqsec.bridges.stomp_in import InSettings, StompInBridge
+from zmqsec.bridges.workers import default_workers
 from zmqsec.bridges.stomplink import StompLink
 from zmqsec.drivers.spool import IncomingSpool
 from zmqsec.keys.dn import DnAllowList, slash_dn
@@ -21,19 +23,34 @@ class InboundBench:
 
     def __init__(self, out: BridgeBench) -> None:
         self.out = out
+        self.server = Credential.load(out.pki.server_cert, out.pki.server_key)
+        self._opener: Opener | None = None  # the opening workers, started once as a running bridge starts them
+
+    def opener(self) -> Opener:
+        """One opening worker per core, started (and warmed) on first use."""
+        if self._opener is None:
+            self._opener = Opener(self.server, max_bytes=InSettings.max_bytes, workers=default_workers())
+            self._opener.open(self.out.bodies(b"warm\n", True, 4 * default_workers()))()
+        return self._opener
+
+    def close(self) -> None:
+        """Stop the opening workers."""
+        if self._opener is not None:
+            self._opener.close()
 
     def stomp_in(self, body: bytes, encrypt: bool, count: int, tag: str) -> float:
         """stomp-in as ``zmqsec bridge stomp-in`` runs it: batches taken from the broker, each message
-        decrypted (when encrypted), verified and validated (CRL, DN list), stored in a dirq incoming queue,
+        decrypted (when encrypted) and verified on one worker process per core, validated (CRL, DN list),
+        stored in a dirq incoming queue,
         the batch synced once, then acknowledged.  The queue is filled first (not timed).  Returns messages/s."""
         destination = f"{self.out.destination}.in.{tag}"
         self.out._fill(destination, self.out.bodies(body, encrypt, count))
-        server = Credential.load(self.out.pki.server_cert, self.out.pki.server_key)
         link = StompLink(self.out.settings)
         allowed = DnAllowList(frozenset({slash_dn(self.out.credential.certificate.subject)}))
-        bridge = StompInBridge(link, server, TrustStore.from_directory(self.out.pki.trust_dir),
-                               InSettings(destination=destination, allowed_dns=allowed),
-                               incoming=IncomingSpool(self.out.workdir / f"in-{tag}", self.out.workdir / f"in-{tag}.reject"))
+        bridge = StompInBridge(link, self.server, TrustStore.from_directory(self.out.pki.trust_dir),
+                               InSettings(destination=destination, allowed_dns=allowed, workers=default_workers()),
+                               incoming=IncomingSpool(self.out.workdir / f"in-{tag}", self.out.workdir / f"in-{tag}.reject"),
+                               opener=self.opener())
         try:
             t0 = time.perf_counter()
             stalled = time.monotonic() + 60

@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .bridge import run_bridge
+from .bridge_run import run_bridge
 from .broker import PrivateBroker
 from .config import BenchConfig
 from .memory import run_memory
