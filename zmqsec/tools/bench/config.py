@@ -36,6 +36,7 @@ class Profile:
     bridge_bodies: tuple[int, ...]
     bridge_messages: int  # per repetition, in-process bridge
     bridge_openssl_messages: int  # per repetition, openssl CLI (fewer: each message costs processes)
+    bridge_in_messages: int  # per repetition, stomp-in (more: it is fast enough for fixed costs to show)
     bridge_reps: int
     bridge_steady_s: float  # seconds of a steady input (STEADY_RATE msg/s) per mode, 1 KiB
     memory_readers: int
@@ -49,13 +50,15 @@ QUICK = Profile(
     name="quick", stream_payloads=(1024, 65536), stream_seconds=0.6, stream_reps=3, latency_rate=1000,
     latency_messages=600, rekey_readers=(10, 100, 1000), rekey_reps=3, rekey_sample=5,
     single_caps=((1000, 1, 2),), registry_reps=1, bridge_bodies=(1024, 65536), bridge_messages=60,
-    bridge_openssl_messages=10, bridge_reps=3, bridge_steady_s=4.0, memory_readers=1000, memory_messages=300, memory_rate=200,
+    bridge_openssl_messages=10, bridge_in_messages=300, bridge_reps=3, bridge_steady_s=4.0, memory_readers=1000,
+    memory_messages=300, memory_rate=200,
     replay_rate=100, replay_outage_s=5.0)
 FULL = Profile(
     name="full", stream_payloads=(1024, 65536), stream_seconds=3.0, stream_reps=5, latency_rate=1000,
     latency_messages=5000, rekey_readers=(10, 100, 1000, 10_000), rekey_reps=3, rekey_sample=5,
     single_caps=((10_000, 3, 3),), registry_reps=3, bridge_bodies=(1024, 65536), bridge_messages=300,
-    bridge_openssl_messages=60, bridge_reps=5, bridge_steady_s=20.0, memory_readers=10_000, memory_messages=2000, memory_rate=500,
+    bridge_openssl_messages=60, bridge_in_messages=3000, bridge_reps=5, bridge_steady_s=20.0,
+    memory_readers=10_000, memory_messages=2000, memory_rate=500,
     replay_rate=100, replay_outage_s=60.0)
 
 
