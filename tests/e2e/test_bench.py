@@ -58,6 +58,9 @@ def test_stream_has_both_payloads_journal_off_and_on_with_positive_figures(resul
         assert on["journal_off_msgs_per_s"] == rows[size, False]["zmqsec_msgs_per_s"]
         assert on["journal_bytes_per_message"] > size  # the journal really held every frame
         assert {t["target"] for t in data["targets"]} >= {f"journal on >= 0.9x the journal-off messages/s ({size} B)"}
+    latency = {f"latency {p} <= {goal} ms at 1,000 records/s (1024 B, journal {j})" for p, goal in (("p50", 5), ("p99", 10))
+               for j in ("off", "on")}
+    assert latency <= {t["target"] for t in data["targets"]}
 
 
 @pytest.mark.timeout(660)

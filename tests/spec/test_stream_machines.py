@@ -77,11 +77,44 @@ def test_nothing_is_delivered_before_a_checkpoint_vouches_for_it(pki):
 
 
 def test_checkpoint_flushes_on_time(pki):
-    sender = _sender(pki, "portal", checkpoint_interval=0.02)
+    """A frame waits at most ``checkpoint_interval`` for its checkpoint (here also the least interval)."""
+    sender = _sender(pki, "portal", checkpoint_interval=0.02, checkpoint_min_interval=0.02)
     sender.start(1.0)
     sender.publish(b"x", 1.0)
+    assert kinds(sender.actions.tick(1.0)) == [frames.CHECKPOINT]  # the first after a quiet spell: at once
+    sender.publish(b"y", 1.001)
     assert sender.tick(1.01) == []
-    assert kinds(sender.actions.tick(1.03)) == [frames.CHECKPOINT]
+    assert kinds(sender.actions.tick(1.021)) == [frames.CHECKPOINT]
+
+
+def test_checkpoints_go_out_as_often_as_the_least_interval_allows(pki):
+    """A frame after a quiet spell is signed at the publisher's next turn; later ones wait until
+    ``checkpoint_min_interval`` has passed since the previous checkpoint, never ``checkpoint_interval``."""
+    sender = _sender(pki, "portal", checkpoint_interval=0.02, checkpoint_min_interval=0.002)
+    sender.start(1.0)
+    sender.publish(b"first", 1.0)
+    assert kinds(sender.actions.tick(1.0001)) == [frames.CHECKPOINT]
+    sender.publish(b"second", 1.0005)
+    assert sender.next_deadline <= 1.0021 and sender.tick(1.0015) == []
+    assert kinds(sender.actions.tick(1.0022)) == [frames.CHECKPOINT]
+
+
+def test_slow_signatures_space_checkpoints_out_to_a_fifth_of_a_core():
+    """The gap between checkpoints is at least five times what a signature costs (measured), up to the
+    longest wait ``interval``."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from zmqsec.machines.checkpoints import Checkpointer
+
+    ticks = iter(x * 0.001 for x in range(1000))  # the clock advances 1 ms per reading: a 1 ms signature
+    points = Checkpointer(b"apel.jobs", b"\x01" * 16, ec.generate_private_key(ec.SECP256R1()), interval=0.02,
+                          maximum=256, min_interval=0.002, clock=lambda: next(ticks))
+    points.add(1, b"\x00" * 32, 5.0)
+    assert points.due(5.0) and points.sign(5.0) is not None
+    assert points.cost == pytest.approx(0.001) and points.gap == pytest.approx(0.005)
+    points.add(2, b"\x00" * 32, 5.001)
+    assert not points.due(5.0049) and points.due(5.005) and points.deadline == pytest.approx(5.005)
+    points.cost = 0.5  # a signature slower than any wait: the longest wait still bounds it
+    assert points.gap == 0.02 and points.deadline == pytest.approx(5.02)
 
 
 def _forger(pki, sender, wire):

@@ -34,6 +34,8 @@ PUBLISH = COMMON + CURVE_SERVER + [
     Option("rotation", "max_bytes", "int", 1 << 30, "payload bytes before the data key rotates"),
     Option("rotation", "reannounce_interval", "float", 1.0, "seconds between re-announcements of the current key"),
     Option("rotation", "checkpoint_interval", "float", 0.02, "seconds a message may wait for its signed checkpoint"),
+    Option("rotation", "checkpoint_min_interval", "float", 0.002, "seconds between two checkpoints at least (more "
+           "when a signature is slow: signing takes at most a fifth of a core); a message waits about this long"),
     Option("rotation", "checkpoint_max", "int", 256, "messages per checkpoint at most"),
     Option("rotation", "key_transport", "choice", "oaep", "RSA key transport for reader envelopes", choices=("oaep", "pkcs1v15")),
     Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
@@ -59,6 +61,7 @@ def rotation_policy(settings) -> RotationPolicy:
             max_age=settings["rotation.max_age"], max_messages=settings["rotation.max_messages"],
             max_bytes=settings["rotation.max_bytes"], reannounce_interval=settings["rotation.reannounce_interval"],
             checkpoint_interval=settings["rotation.checkpoint_interval"],
+            checkpoint_min_interval=settings["rotation.checkpoint_min_interval"],
             checkpoint_max=settings["rotation.checkpoint_max"],
             transport=KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else KeyTransport.PKCS1V15,
             group_size=settings["rotation.group_size"],

@@ -27,7 +27,8 @@ class RotationPolicy:
     max_messages: int = 1_000_000
     max_bytes: int = 1 << 30
     reannounce_interval: float = 1.0
-    checkpoint_interval: float = 0.02
+    checkpoint_interval: float = 0.02  # the longest a frame waits for its checkpoint
+    checkpoint_min_interval: float = 0.002  # the least time between checkpoints (more when signing is slow)
     checkpoint_max: int = 256
     transport: str = KeyTransport.OAEP
     group_size: int = 0  # 0: one envelope for every reader; N: reader groups of about N (docs/PROTOCOL.md §4.5)
@@ -39,6 +40,8 @@ class RotationPolicy:
         for name in ("max_age", "reannounce_interval", "checkpoint_interval", "group_reannounce_interval"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 <= self.checkpoint_min_interval <= self.checkpoint_interval:
+            raise ValueError("checkpoint_min_interval must be in 0..checkpoint_interval")
         if not 1 <= self.checkpoint_max <= 4096:
             raise ValueError("checkpoint_max must be in 1..4096")
         if self.max_messages < 1 or self.max_bytes < 1:

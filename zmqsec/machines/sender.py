@@ -121,7 +121,8 @@ class StreamSender:
         self._distribution = distribution_for(self.policy, self.stream_bytes, self.stream_id, self.credential,
                                               self.rng, self.wall_clock)
         self._checkpoints = Checkpointer(self.stream_bytes, self.stream_id, self.credential.key,
-                                         self.policy.checkpoint_interval, self.policy.checkpoint_max)
+                                         self.policy.checkpoint_interval, self.policy.checkpoint_max,
+                                         self.policy.checkpoint_min_interval)
         self._reannounce = Reannouncer(topic_for(self.stream, ANNOUNCEMENT), self.policy.reannounce_interval,
                                        self.policy.group_reannounce_interval)
         previous_id, previous_last = self.previous or (b"", 0)
@@ -240,7 +241,7 @@ class StreamSender:
 
     def flush(self, now: float) -> list[Action]:
         """Sign the digests of the frames sent since the last checkpoint."""
-        checkpoint = self._checkpoints.sign()
+        checkpoint = self._checkpoints.sign(now)
         if checkpoint is None:
             return []
         self.stats.checkpoints += 1

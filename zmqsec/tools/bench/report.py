@@ -48,6 +48,12 @@ def evaluate_targets(results: dict) -> list[dict]:
         if r.get("journal"):
             out.append({"target": f"journal on >= 0.9x the journal-off messages/s ({r['payload_bytes']} B)",
                         "goal": 0.9, "measured": r["journal_ratio"], "met": r["journal_ratio"] >= 0.9})
+        if r["payload_bytes"] == 1024:  # the stream issue's latency, at the latency rate
+            journal = "journal on" if r.get("journal") else "journal off"
+            for key, goal in (("p50_ms", 5.0), ("p99_ms", 10.0)):
+                out.append({"target": f"latency {key[:3]} <= {goal:.0f} ms at {r['latency_rate_per_s']:,} records/s "
+                                      f"(1024 B, {journal})",
+                            "goal": goal, "measured": r[key], "met": r[key] <= goal})
     replay = results.get("replay")
     if replay:
         out.append({"target": "replay catch-up >= 5x the live rate (1 KiB records)", "goal": 5.0,
