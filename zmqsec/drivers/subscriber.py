@@ -40,7 +40,7 @@ from zmqsec.machines.receiver import (
     Restarted,
     StreamReceiver,
 )
-from .watch import signature
+from .watch import DirectoryWatch
 
 log = logging.getLogger("zmqsec.reader")
 
@@ -109,7 +109,7 @@ class _Base:
     ) -> None:
         self.stream = stream
         self.trust_dir = Path(trust_dir)
-        self._trust_seen = signature(self.trust_dir)
+        self._trust_watch = DirectoryWatch(self.trust_dir)
         policy = policy or ReceiverPolicy()
         if replay and policy.repair_timeout <= 0:
             policy = dataclasses.replace(policy, repair_timeout=REPAIR_TIMEOUT)
@@ -163,14 +163,13 @@ class _Base:
         self.mender.tick(now)
         self.links.watch(now)
         self.events.refusals.flush()
-        current = signature(self.trust_dir)
-        if current != self._trust_seen:  # a new CRL or CA: later announcements are judged by it
+        if self._trust_watch.changed(now):  # a new CRL or CA: later announcements are judged by it
             try:
                 self.receiver.trust = TrustStore.from_directory(self.trust_dir)
-            except ZmqsecError as exc:
+            except ZmqsecError as exc:  # being rewritten: looked at again at the next tick
                 log.error("trust directory %s: %s; keeping the previous one", self.trust_dir, exc)
                 return
-            self._trust_seen = current
+            self._trust_watch.seen(now)
             log.info("trust directory %s reloaded", self.trust_dir)
 
     def _next_wait(self, deadline: float | None) -> float | None:

@@ -52,6 +52,49 @@ def directory_stamp(path: Path) -> tuple:
 
 
 @dataclass
+class DirectoryWatch:
+    """A directory watched at the cost of one stat per look: its own stamp (:func:`directory_stamp`) tells an
+    entry added, removed or renamed in (as our tools, fetch-crl and rpm write), and a full listing with every
+    entry's size and times (:func:`signature`) every ``full_every`` seconds tells a file rewritten in place
+    (and a second change within the file system's timestamp granularity, a few ms, of one already seen).
+    An IGTF trust directory holds hundreds of files: looking at each of them ten times a second, per reader,
+    cost thousands of stats a second."""
+
+    path: Path
+    full_every: float = 10.0
+    _stamp: tuple = field(default=(), init=False)
+    _listing: tuple = field(default=(), init=False)
+    _next_full: float = field(default=0.0, init=False)
+    _candidate: tuple = field(default=((), ()), init=False)
+    _pending: bool = field(default=False, init=False)
+
+    def __post_init__(self) -> None:
+        self._candidate = (directory_stamp(self.path), signature(self.path))
+        self.seen(time.monotonic())
+
+    def changed(self, now: float) -> bool:
+        """Has the directory changed since :meth:`seen`?  What it is at this look is what ``seen`` then takes in
+        (a change made while the caller reloads is seen at the next look)."""
+        if self._pending:  # told already, not yet taken in
+            return True
+        stamp = directory_stamp(self.path)
+        if stamp != self._stamp:
+            self._candidate, self._pending = (stamp, signature(self.path)), True
+            return True
+        if now < self._next_full:
+            return False
+        self._next_full = now + self.full_every
+        listing = signature(self.path)
+        self._candidate, self._pending = (stamp, listing), listing != self._listing
+        return self._pending
+
+    def seen(self, now: float) -> None:
+        """The directory as the look that told of the change found it is taken in."""
+        self._stamp, self._listing = self._candidate
+        self._next_full, self._pending = now + self.full_every, False
+
+
+@dataclass
 class RegistryWatch:
     """Reload the authorized reader set when the registry, the DN list or the trust directory change."""
 
@@ -61,43 +104,53 @@ class RegistryWatch:
     recheck_interval: float = 60.0  # certificates and CRLs expire without any file changing
     _seen: tuple = field(default=(), init=False)
     _loaded_at: float = field(default=0.0, init=False)
-    _trust: tuple = field(default=((), None), init=False)  # (directory signature, TrustStore)
+    _trust: TrustStore | None = field(default=None, init=False)
+    _trust_watch: DirectoryWatch | None = field(default=None, init=False)
     _cache: LoadCache = field(default_factory=LoadCache, init=False)
+
+    def __post_init__(self) -> None:
+        if self.trust_dir:
+            self._trust_watch = DirectoryWatch(self.trust_dir)
 
     def _signature(self) -> tuple:
         # The registry directory by its own stamp (a stat per reader file every 0.25 s would cost
         # more than the stream at 10,000 readers); a file overwritten in place is seen at the recheck.
-        return (directory_stamp(self.registry.directory), signature(self.registry.allowed_dns_path),
-                signature(self.trust_dir))
+        return directory_stamp(self.registry.directory), signature(self.registry.allowed_dns_path)
 
     def load(self) -> ReaderSet:
         """The authorized readers now.  With thousands of readers, only what changed is parsed and
         validated again (a revocation by registry removal costs a directory scan, not 10,000 validations)."""
-        recheck = time.monotonic() - self._loaded_at >= self.recheck_interval
-        self._seen, self._loaded_at = self._signature(), time.monotonic()
+        now = time.monotonic()
+        recheck = now - self._loaded_at >= self.recheck_interval
+        trust_changed = self._trust_watch is not None and self._trust_watch.changed(now)
+        self._seen, self._loaded_at = self._signature(), now
         if not self.trust_dir:
             readers = self.registry.load(cache=self._cache)
         else:
-            readers = self.registry.load(self._trust_store(self._seen[2], recheck), crl=self.crl, cache=self._cache)
+            readers = self.registry.load(self._trust_store(trust_changed or recheck), crl=self.crl, cache=self._cache)
+            self._trust_watch.seen(now)
         for refusal in readers.refused:
             log.warning("reader registry: %s refused [%s]: %s", refusal.path.name, refusal.reason, refusal.message)
         return readers
 
-    def _trust_store(self, trust_signature: tuple, recheck: bool) -> TrustStore:
+    def _trust_store(self, reread: bool) -> TrustStore:
         """The trust store, re-read when its directory changed and at every recheck (a CRL rewritten with
         the same size and times); kept as the same object -- and so are the cached verdicts -- while its
         certificates and CRLs are the same."""
-        held = self._trust[1]
-        if held is None or recheck or self._trust[0] != trust_signature:
+        held = self._trust
+        if held is None or reread:
             fresh = TrustStore.from_directory(self.trust_dir)
             if held is None or fresh.fingerprint != held.fingerprint:
                 held = fresh
-            self._trust = (trust_signature, held)
+            self._trust = held
         return held
 
     def changed(self) -> bool:
-        """Has anything the reader set depends on changed (or is a periodic re-check due)?"""
-        return self._signature() != self._seen or time.monotonic() - self._loaded_at >= self.recheck_interval
+        """Has anything the reader set depends on changed (or is a periodic re-check due)?  The trust
+        directory costs one stat per look (:class:`DirectoryWatch`)."""
+        now = time.monotonic()
+        return (self._signature() != self._seen or now - self._loaded_at >= self.recheck_interval
+                or (self._trust_watch is not None and self._trust_watch.changed(now)))
 
 
 CRL_WARNING = dt.timedelta(hours=6)  # a CRL this close to its nextUpdate is warned about
