@@ -21,7 +21,7 @@ from .journal import Entry, Journal, JournalError, JournalFull
 
 log = logging.getLogger("zmqsec.journal")
 
-POLL = 0.005  # seconds between looks at a background commit in flight, when idle
+POLL = 0.001  # seconds between looks at a background commit in flight, when idle (its checkpoints wait)
 
 
 class Recorder:
