@@ -720,3 +720,27 @@ def test_a_background_commit_sends_each_checkpoint_only_after_its_batch_is_durab
     finally:
         recorder.close()
         journal.close()
+
+
+def test_a_publisher_outrunning_its_journal_waits_for_it(pki, tmp_path, monkeypatch):
+    """Frames sent but not yet durable are bounded (MAX_UNCOMMITTED bytes): readers hold them until their
+    checkpoint, within a budget of their own, so the publisher waits for the commit rather than run ahead."""
+    monkeypatch.setattr(Recorder, "MAX_UNCOMMITTED", 4096)
+    sender = _sender(pki, checkpoint_max=256)
+    journal = Journal(tmp_path)
+    journal.open_run(STREAM, sender.stream_id, None)
+    recorder = Recorder(lambda parts: None, journal, background=True)
+    try:
+        most = 0
+        sends = [a for a in _stream(sender, 200, payload=100) if a.kind == frames.DATA]
+        size = len(sends[0].parts[1])
+        assert 200 * size > 4 * 4096  # four times the bound
+        for a in sends:
+            recorder.make_room()
+            recorder.data(a.parts, sender.stream_id, a.seq, a.epoch)
+            most = max(most, recorder.uncommitted)
+        assert recorder.waits > 0 and most <= 4096 + size  # over by one frame at most
+        assert recorder.commit() and recorder.uncommitted == 0
+        assert _served_seqs(tmp_path, sender.stream_id) == list(range(1, 201))
+    finally:
+        recorder.close()

@@ -140,6 +140,7 @@ class Publisher:
         number.  ``spool_item`` (name, SHA-256 of the payload) is recorded in the journal with it, so that a
         restarted publisher never publishes that item twice.  Raises :class:`JournalBlocked` while the journal
         cannot be written."""
+        self.recorder.make_room()  # a journal behind by MAX_UNCOMMITTED bytes: wait for it
         if self.recorder.blocked:
             raise JournalBlocked(f"stream {self.sender.stream}: the journal cannot be written; publishing waits")
         now = time.monotonic()

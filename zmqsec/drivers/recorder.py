@@ -31,6 +31,10 @@ class Recorder:
     # Seconds between group commits: checkpoints due meanwhile wait for the next one (and only one commit runs at a
     # time, so a slow disk groups more).  A record's latency with the journal on is about this plus one commit.
     COMMIT_EVERY = 0.002
+    # Frame bytes sent but not yet durable, at most: beyond it the publisher waits for the commit in flight.  Readers
+    # hold those frames until their checkpoint comes, within a budget of their own (64 MiB by default), so a
+    # publisher outrunning its journal must wait rather than push them over it.
+    MAX_UNCOMMITTED = 16 << 20
 
     def __init__(self, send, journal: Journal | None, clock=time.monotonic, *, background: bool = False) -> None:
         self._send, self.journal, self._clock = send, journal, clock
@@ -39,6 +43,9 @@ class Recorder:
         self._next_commit = 0.0
         self._pool = ThreadPoolExecutor(1, "zmqsec-journal") if background and journal is not None else None
         self._inflight: tuple[Future, tuple, int] | None = None  # (commit, its batch, checkpoints it covers)
+        self._pending_bytes = 0  # frame bytes in the journal's batch
+        self._inflight_bytes = 0  # and in the commit in flight
+        self.waits = 0  # times the publisher waited for the journal to catch up
 
     @property
     def blocked(self) -> bool:
@@ -59,6 +66,7 @@ class Recorder:
         self._send(parts)
         if self.journal is not None:
             self.journal.add(Entry(stream_id, "D", seq, seq, epoch, b"", b"", parts[0], parts[1], digest))
+            self._pending_bytes += len(parts[1])
 
     def control(self, parts: list[bytes]) -> None:
         """An announcement, group announcement or run frame: out now, into the batch."""
@@ -88,6 +96,26 @@ class Recorder:
         if self._held and self._inflight is None and self._clock() >= (self._retry_at or self._next_commit):
             self._start()
 
+    @property
+    def uncommitted(self) -> int:
+        """Data frame bytes sent and not yet durable (batch and commit in flight)."""
+        return self._pending_bytes + self._inflight_bytes
+
+    def make_room(self) -> None:
+        """Before a frame: while more than MAX_UNCOMMITTED bytes are not yet durable, wait for the commit in
+        flight (and start the next).  The journal's pace is then the publisher's: nothing it sends waits
+        longer for its checkpoint than a commit or two take."""
+        if self.journal is None or self.uncommitted <= self.MAX_UNCOMMITTED or self.blocked:
+            return
+        self.waits += 1
+        while self.uncommitted > self.MAX_UNCOMMITTED and not self.blocked:
+            if self._inflight is not None:
+                self._collect()  # waits for it
+            elif self._pending_bytes:
+                self._start()
+            else:
+                break
+
     def commit(self) -> bool:
         """Commit everything held now and wait for it; False (logged once) while the disk is full."""
         if self.journal is None:
@@ -109,6 +137,7 @@ class Recorder:
 
     def _start(self) -> None:
         batch, covered = self.journal.take(), len(self._held)
+        self._inflight_bytes, self._pending_bytes = self._pending_bytes, 0
         if self._pool is None:
             future: Future = Future()
             try:
@@ -125,16 +154,19 @@ class Recorder:
     def _collect(self) -> None:
         future, batch, covered = self._inflight
         self._inflight = None
+        written, self._inflight_bytes = self._inflight_bytes, 0
         try:
             future.result()
         except JournalFull as exc:
             self.journal.restore(batch)
+            self._pending_bytes += written
             if self._retry_at == 0.0:
                 log.error("%s; publishing stops until space returns (the outgoing spool keeps the records)", exc)
             self._retry_at = self._clock() + self.RETRY
             return
         except JournalError:
             self.journal.restore(batch)
+            self._pending_bytes += written
             raise
         if self._retry_at:
             log.info("journal %s: writing again; publishing resumes", self.journal.path)
