@@ -97,3 +97,28 @@ def test_the_bridge_figures_with_a_transaction_per_window_are_that_run_s():
     assert len(steady) == 2 and all(steady) and "(200), is **met**" in table
     for row in run["bridge_steady"]:
         assert f"at most {row['max_backlog']} messages" in table or f"and {row['max_backlog']} (sign+encrypt)" in table
+
+
+def test_the_latency_figures_are_that_run_s():
+    run = json.loads((ROOT / "bench" / "stream-latency.json").read_text())
+    assert f'"started": "{run["started"]}"' in PAGE and run["profile"] == "full"
+    table = PAGE.split("bench/stream-latency.json")[1].split("## Replay")[0]
+    for row in run["stream"]:
+        name = "zmqsec+journal" if row["journal"] else "zmqsec"
+        label = f"| {row['payload_bytes'] // 1024} KiB | {'on' if row['journal'] else 'off'} |"
+        line = next(line for line in table.splitlines() if line.startswith(label))
+        assert f"**{row['p50_ms']:.1f} ms** | **{row['p99_ms']:.1f} ms**" in line, line
+        assert f"{row['zmqsec_msgs_per_s']:,.0f} | {row['reader_peak_rss_mb'][name]:.0f} MB | {row['dropped'][name]} |" \
+            in line, line
+    verdicts = {t["target"]: t["met"] for t in run["targets"]}
+    assert verdicts["latency p50 <= 5 ms at 1,000 records/s (1024 B, journal off)"]
+    assert verdicts["latency p50 <= 5 ms at 1,000 records/s (1024 B, journal on)"]
+    assert verdicts["latency p99 <= 10 ms at 1,000 records/s (1024 B, journal off)"]
+    assert not verdicts["latency p99 <= 10 ms at 1,000 records/s (1024 B, journal on)"]
+    assert "p50 ≤ 5 ms, **met** with the journal\noff" in table and "**met** with the journal off (2.8 ms) and " \
+        "**missed** with\nit on (13.1 ms)" in table
+    ratios = {(r["payload_bytes"], r["journal"]): r for r in run["stream"]}
+    assert f"**{ratios[(1024, False)]['msgs_ratio']:.2f}** of its messages/s at 1 KiB and " \
+        f"**{ratios[(65536, False)]['mb_ratio']:.2f}**\n  of its MB/s at 64 KiB" in table
+    assert not verdicts["zmqsec >= 50% of plain pyzmq messages/s at 1 KiB"]
+    assert not verdicts["zmqsec >= 85% of plain pyzmq MB/s at 64 KiB"]
