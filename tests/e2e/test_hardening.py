@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kit import daemons
+from kit.ports import free_port
 from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME, MAX_DATA_FRAME, MAX_XPUB_MESSAGE
 
 # A stranger: connect to an XPUB, send one subscription message of SIZE bytes, and vanish without
@@ -261,8 +262,8 @@ def test_a_subscription_flood_does_not_hold_records_back(site):
 
 def test_a_relay_pushing_16_mb_frames_under_unknown_epochs_costs_a_reader_bounded_memory(site):
     """Finding 4: a relay injects 16 MB data frames under an epoch nobody announced and under a made-up run.
-    The reader holds at most its byte budget and records fed meanwhile arrive.  (Its memory also holds what
-    libzmq queued and it has not read yet: bounded in messages only, docs/PROTOCOL.md §9.1.)"""
+    The reader holds at most its byte budget, its receive queues at most theirs (64 MiB, default), and records
+    fed meanwhile arrive: it stays within a few hundred MB (it grew to 14.8 GB before, frames counted not bytes)."""
     source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
     logs = daemons.logs(site, "publisher", "portal")
     pub = daemons.publisher(site, source)
@@ -272,11 +273,12 @@ def test_a_relay_pushing_16_mb_frames_under_unknown_epochs_costs_a_reader_bounde
         _started(site, "portal", logs=logs)
         daemons.feed(site, 1, b"first %d")  # the live run's id, for the attacker to use
         daemons.wait(lambda: _report(report).get("bloat", 0) >= 20, what="the attack", logs=logs)
-        held = []
+        held, rss = [], []
         for i in range(20):
             daemons.feed(site, 1, b"during %d", start=i)
             time.sleep(0.25)
             held.append(daemons.status(site, "portal").get("held_bytes", 0))
+            rss.append(_rss_mb(sub))
         daemons.wait(lambda: daemons.status(site, "portal").get("stored") == 21, what="21 records", logs=logs)
         during = _report(report)
         s = daemons.status(site, "portal")
@@ -284,15 +286,155 @@ def test_a_relay_pushing_16_mb_frames_under_unknown_epochs_costs_a_reader_bounde
         daemons.stop(pub, sub, evil)
     assert not during.get("done") and during["bloat"] >= 100, during  # 1.6 GB and more were pushed at the reader
     assert max(held) <= 32 * 1024 * 1024, held
+    assert max(rss) < 400, f"the reader grew to {max(rss):.0f} MB"
     assert s["rejected"].get("no-key", 0) + s["rejected"].get("overloaded", 0) >= 50, s["rejected"]
+
+
+# A sender of N frames of SIZE bytes on an XPUB socket that keeps all it cannot send yet (SNDHWM above N), once
+# the reader has subscribed.
+_BIG_FRAMES = """
+import sys, time, zmq
+endpoint, count, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = zmq.Context().socket(zmq.XPUB)
+s.setsockopt(zmq.SNDHWM, count + 1)
+s.bind(endpoint)
+s.recv()  # the reader's subscription
+for i in range(count):
+    s.send(i.to_bytes(4, "big") + bytes(size - 4))
+print("sent", flush=True)
+time.sleep(60)
+"""
+
+
+def _links(endpoint: str, queue_bytes: int, largest: int):
+    from zmqsec.drivers.links import Links
+
+    def configure(socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.RCVTIMEO, 20_000)
+        socket.setsockopt(zmq.LINGER, 0)
+
+    return Links(zmq.Context.instance(), [endpoint], configure, topics=[b""], queue_bytes=queue_bytes,
+                 largest=largest)
+
+
+def test_a_links_receive_queue_is_sized_in_bytes(tmp_path):
+    """libzmq counts a receive queue in messages; a link bounds it in bytes (docs/PROTOCOL.md §9.1): a new link
+    takes frames up to its share (MAXMSGSIZE) in a queue of share // that (RCVHWM).  While the reader takes
+    nothing, what does not fit stays with the sender: the reader's memory grows by about its share, not by the
+    200 MB sent, and every frame comes through afterwards, in order."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sender = subprocess.Popen([sys.executable, "-c", _BIG_FRAMES, endpoint, "200", str(1 << 20)],
+                              stdout=subprocess.PIPE, text=True)
+    links = _links(endpoint, queue_bytes=8 << 20, largest=64 << 20)
+    link = links.links[0]
+    try:
+        assert (link.max_frame, link.queued_frames) == (8 << 20, 1)
+        assert link.socket.getsockopt(zmq.MAXMSGSIZE) == 8 << 20 and link.socket.getsockopt(zmq.RCVHWM) == 1
+        first = link.socket.recv()  # waits for the sender (zmq.Again after 20 s)
+        assert sender.stdout.readline() == "sent\n"
+        before = _rss_mb_of(os.getpid())
+        time.sleep(2.0)  # libzmq fills the queue, then stops reading the connection
+        grown = _rss_mb_of(os.getpid()) - before
+        received = [first] + [link.socket.recv() for _ in range(199)]
+    finally:
+        sender.kill()
+        links.close()
+    assert grown < 40, f"the reader grew by {grown:.0f} MB with 8 MiB of queue"
+    assert [int.from_bytes(f[:4], "big") for f in received] == list(range(200))
+
+
+# Numbered 1 KiB frames, 5,000 a second, on an XPUB once a reader subscribed; after SECONDS, one frame of BIG
+# bytes (number -1), then SECONDS more of small ones.
+_SMALL_THEN_BIG = """
+import sys, time, zmq
+endpoint, seconds, big = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+s = zmq.Context().socket(zmq.XPUB)
+s.setsockopt(zmq.SNDHWM, 1_000_000)
+s.bind(endpoint)
+s.recv()
+n = 0
+def small(until):
+    global n
+    while time.monotonic() < until:
+        for _ in range(50):
+            s.send(n.to_bytes(4, "big", signed=True) + bytes(1020))
+            n += 1
+        time.sleep(0.01)
+small(time.monotonic() + seconds)
+s.send((-1).to_bytes(4, "big", signed=True) + bytes(big - 4))
+print(n, flush=True)
+small(time.monotonic() + seconds)
+print(n, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_for_a_bigger_one():
+    """A link that has seen a window of 1 KiB frames hands over to a socket for frames up to MIN_FRAME_BOUND
+    (a queue of share // that): on the way, no frame is lost and none taken twice.  A 2 MB frame then is over
+    the bound: libzmq drops the connection, the link connects again for frames up to its share, and the small
+    frames after it come through.  (It narrows again after twice the window: it never took the big frame.)"""
+    from zmqsec.drivers.links import MIN_FRAME_BOUND
+
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sender = subprocess.Popen([sys.executable, "-c", _SMALL_THEN_BIG, endpoint, "6", str(2 << 20)],
+                              stdout=subprocess.PIPE, text=True)
+    links = _links(endpoint, queue_bytes=64 << 20, largest=64 << 20)
+    link = links.links[0]
+    taken: list[int] = []
+    narrowed_at = widened = None
+    try:
+        poller, polled = None, -1
+        deadline = time.monotonic() + 15  # the sender's 12 s, and time to take what it sent
+        while time.monotonic() < deadline:
+            now = time.monotonic()
+            links.watch(now)
+            if polled != links.generation:
+                polled, poller = links.generation, zmq.Poller()
+                for socket in links.sockets:
+                    poller.register(socket, zmq.POLLIN)
+            poller.poll(50)
+            for socket in link.sockets:
+                count = largest = 0
+                while count < 1000:
+                    try:
+                        frame = socket.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    count += 1
+                    largest = max(largest, len(frame))
+                    if link.fresh([frame]):
+                        taken.append(int.from_bytes(frame[:4], "big", signed=True))
+                if count:
+                    link.took(socket, count, largest, now)
+            if narrowed_at is None and link.narrowed:
+                narrowed_at = len(taken)
+                narrowed = (link.max_frame, link.queued_frames)
+            if widened is None and link.reconnects:
+                widened = link.status()
+        big_at = int(sender.stdout.readline())
+        end = int(sender.stdout.readline())
+    finally:
+        sender.kill()
+        links.close()
+    assert narrowed_at and narrowed == (MIN_FRAME_BOUND, (64 << 20) // MIN_FRAME_BOUND), narrowed
+    assert taken == sorted(set(taken)), "a frame taken twice or out of order"
+    assert set(range(big_at - 5000)) <= set(taken), "a frame lost on the handover"  # a second before the big one
+    assert -1 not in taken and widened and widened["max_frame"] == 64 << 20, widened
+    after = [n for n in taken if n >= big_at]  # frames in flight when the connection dropped are lost with it
+    assert after[-1] == end - 1 and len(after) > (end - big_at) // 2, (len(after), end - big_at)
+
+
+def _rss_mb_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"process {pid} has no VmRSS")
 
 
 def _rss_mb(proc: subprocess.Popen) -> float:
     """The process's resident memory now, in MB."""
-    for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"process {proc.pid} has no VmRSS")
+    return _rss_mb_of(proc.pid)
 
 
 def _rejected(site, name: str) -> dict:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from zmqsec.drivers import curve
 from zmqsec.drivers.spool import IncomingSpool
+from zmqsec.drivers.links import MAX_QUEUED_BYTES
 from zmqsec.drivers.mending import PositionFile
 from zmqsec.drivers.spooling import SpoolReader, recover
 from zmqsec.drivers.status import StatusFile, Stop
@@ -25,6 +26,9 @@ SUBSCRIBE = COMMON + CURVE_CLIENT + [
            "+ .state.json); with it a restarted reader resumes where it stopped"),
     Option("subscriber", "max_held_bytes", "int", ReceiverPolicy.max_held_bytes, "bytes of frames the reader holds "
            "at most while they wait for their key or checkpoint; beyond, frames are refused [overloaded]"),
+    Option("subscriber", "max_queued_bytes", "int", MAX_QUEUED_BYTES, "bytes of frames the reader's receive queues "
+           "(libzmq's, one per endpoint, an equal share each) hold at most before it takes them; a full queue stops "
+           "reading its connection"),
     Option("publishers", "dn", "list", help="DN of the publisher whose stream this is (repeatable); "
            "dn or dn_list is required", flag_name="publisher_dn"),
     Option("publishers", "dn_list", "path", help="SSM-style file of publisher DNs", flag_name="publisher_dn_list"),
@@ -53,6 +57,7 @@ def cmd_subscribe(args) -> int:
                             settings["certificates.capath"], allowed_publishers=allowed,
                             crl=CrlPolicy(settings["certificates.crl"]), curve=link_curve,
                             replay=list(settings["subscriber.replay"] or ()), positions=positions,
+                            max_queued_bytes=settings["subscriber.max_queued_bytes"],
                             policy=ReceiverPolicy(max_held_bytes=settings["subscriber.max_held_bytes"]))
     status = StatusFile(settings["status.status_file"], "subscriber", stream=settings["stream.name"],
                         interval=settings["status.status_interval"])

@@ -26,13 +26,22 @@ from .refusals import RefusalLog
 
 DRAIN = 10_000  # subscription messages taken per turn at most (a few µs each)
 # libzmq moves what a connection sent from its pipe into the socket's own queue and subscription trie, which
-# have no bound, each time it processes commands (every 100 receives): a pipe of a few messages keeps them from
-# outgrowing what we take, however fast a stranger sends (an 8 s flood of distinct subscriptions took a bare
-# XPUB and gate from 25 to 29 MB with 4, to 148 MB with 64; a publisher on libzmq's 1,000 grew by 400 MB in
-# 5 s).  Subscriptions wait in TCP meanwhile; none is dropped.
-RCVHWM = 4  # the XPUB's RCVHWM: set it before the socket binds
+# have no bound, each time it processes commands (every 100 receives, every poll), and keeps moving while its
+# I/O thread refills the pipe.  A pipe of one message makes the two take turns: one message per connection and
+# look, so a flood waits in TCP and not in our memory; none is dropped.  (On 2 cores, with two local strangers
+# sending distinct subscriptions for 8 s, a relay grew by 5 MB with 1, by 100 MB with 2 and by 170 MB with 4 (its
+# gate took 100,000 a second and fell ever further behind).)
+RCVHWM = 1  # the XPUB's RCVHWM: set it before the socket binds (rcvhwm())
+# Behind a ZAP handler (CURVE admitting listed clients only), libzmq 4.3 never hands over what a connection sends
+# through a pipe of one: 2 there, where ZAP has refused strangers before they could send anything.
+RCVHWM_ZAP = 2
 _EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED
 _EVENTS_PER_TURN = 1000
+
+
+def rcvhwm(admitting_listed_clients: bool) -> int:
+    """The RCVHWM of an XPUB whose subscriptions a gate takes."""
+    return RCVHWM_ZAP if admitting_listed_clients else RCVHWM
 
 
 def _source(frame: zmq.Frame) -> int:

@@ -9,10 +9,28 @@ libzmq ends a connection on a protocol error (a message over MAXMSGSIZE, a
 malformed greeting) and never reconnects it; :class:`Link` notices
 (``DISCONNECTED`` with no retry after it) and connects again, so one bad
 message from a relay costs a reconnection, not the path.
+
+libzmq's receive queue counts messages (``RCVHWM``), not bytes.  A link
+bounds it in bytes all the same: its socket takes messages up to
+``max_frame`` bytes (``MAXMSGSIZE``) and queues ``queue_bytes //
+max_frame`` of them, so the queue never holds more than its share.  A new
+link takes the largest frames its share allows, in a queue of a few; once it
+has seen ``WINDOW`` seconds of frames far smaller (data frames of a few KiB,
+announcements of a few hundred), it opens a socket for frames four times
+the largest it saw, with a queue of hundreds or more, reads the old one
+until the new one has been subscribed for a while, unsubscribes and
+empties it, then reads the new one, skipping the frames both carried:
+nothing is lost, taken twice or taken out of order.  A
+frame over the smaller bound makes libzmq drop the connection: the link
+opens a socket for the largest frames again, and waits twice as long before
+it narrows once more.  libzmq 4.3 cannot change the bound of a live
+connection safely (a pipe whose high-water mark changes while its writer is
+blocked may never wake up), hence a new socket rather than a new option.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -30,28 +48,106 @@ RECONNECT_AFTER = 1.0
 _RETRYING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECTED
 _WATCHED = _RETRYING | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 _EVENTS_PER_TURN = 100
+# The receive queues of all a reader's links together, in bytes, by default: with the 64 MiB the reader holds
+# (ReceiverPolicy.max_held_bytes), 128 MiB in all.
+MAX_QUEUED_BYTES = 64 * 1024 * 1024
+# A link's queue: at most this many frames, however small.
+MAX_QUEUED_FRAMES = 100_000
+# The smallest frame bound a link narrows to.
+MIN_FRAME_BOUND = 256 * 1024
+# How long a link looks at its frames before it narrows its bound: first, and at most (it doubles after each
+# frame over a narrowed bound).
+WINDOW = 2.0
+MAX_WINDOW = 300.0
+# A narrowed socket takes over once it has been subscribed this long; the old one is read until it stays empty
+# this long after it unsubscribed.
+OVERLAP = 0.5
+# Frames taken during a handover are taken once: remembered by digest, this many at most.
+_MAX_REMEMBERED = 200_000
 
 
 class Link:
-    """One endpoint's SUB socket and what its monitor said."""
+    """One endpoint's SUB socket (and, while it hands over to a narrower one, the one before) and what its monitor
+    said.  ``configure(socket)`` sets a new socket up before it connects (CURVE, LINGER); the link subscribes it to
+    ``topics`` and sets its MAXMSGSIZE and RCVHWM from ``queue_bytes``, never above ``largest``."""
 
-    def __init__(self, socket: zmq.Socket, endpoint: str) -> None:
-        self.socket, self.endpoint = socket, endpoint
+    def __init__(self, context: zmq.Context, endpoint: str, configure: Callable[[zmq.Socket], None],
+                 topics: list[bytes], queue_bytes: int, largest: int) -> None:
+        self.context, self.endpoint, self._configure, self.topics = context, endpoint, configure, topics
+        self.queue_bytes = queue_bytes
+        self.widest = max(1, min(largest, queue_bytes))  # the frame bound of a new link
+        self.multicast = check_endpoint(endpoint) in MULTICAST
         # connecting, connected, disconnected; multicast links have no connection to watch
-        self.state = "multicast" if check_endpoint(endpoint) in MULTICAST else "connecting"
+        self.state = "multicast" if self.multicast else "connecting"
         self.dropped_at: float | None = None  # disconnected, and libzmq has not retried since
         self.last_frame: float | None = None  # wall-clock time of the last message taken from this link
         self.frames = 0
         self.connects = 0
         self.reconnects = 0  # by us, after libzmq gave the connection up (a protocol error)
-        address = f"inproc://zmqsec-link-{id(self)}"
+        self.narrowed = 0  # sockets opened for smaller frames
+        self.generation = 0  # counts the sockets opened: pollers watch the current ones
+        self._window = WINDOW
+        self._window_start: float | None = None
+        self._window_largest = self._previous_largest = 0
+        self._old: zmq.Socket | None = None  # the socket handing over, read until it is empty
+        self._subscribed_at: float | None = None  # the new socket's handshake, during a handover
+        self._unsubscribed_at: float | None = None
+        self._old_frame_at = 0.0
+        self._seen: set[bytes] | None = None  # digests of the frames taken during a handover
+        self.socket, self._monitor = self._open(self.widest)
+
+    def _open(self, max_frame: int) -> tuple[zmq.Socket, zmq.Socket]:
+        socket = self.context.socket(zmq.SUB)
+        self._configure(socket)
+        for topic in self.topics:
+            socket.setsockopt(zmq.SUBSCRIBE, topic)
+        # libzmq's pgm receiver stalls for good behind a short queue (16 frames did, 100 not): multicast links
+        # keep the longest, bounded in frames only (docs/PROTOCOL.md §9.1).
+        frames = MAX_QUEUED_FRAMES if self.multicast else max(1, min(MAX_QUEUED_FRAMES, self.queue_bytes // max_frame))
+        socket.setsockopt(zmq.MAXMSGSIZE, max_frame)
+        socket.setsockopt(zmq.RCVHWM, frames)
+        self.max_frame, self.queued_frames = max_frame, frames
+        self.generation += 1
+        address = f"inproc://zmqsec-link-{id(self)}-{self.generation}"
         socket.monitor(address, _WATCHED)
-        self._monitor = socket.context.socket(zmq.PAIR)
-        self._monitor.connect(address)
-        connect(socket, endpoint)
+        monitor = self.context.socket(zmq.PAIR)
+        monitor.connect(address)
+        connect(socket, self.endpoint)
+        return socket, monitor
+
+    @property
+    def sockets(self) -> list[zmq.Socket]:
+        """The socket to read: during a handover, the old one until it has closed (the new one's frames wait in
+        its queue meanwhile, and those the old one carried too are skipped: :meth:`fresh`)."""
+        return [self.socket] if self._old is None else [self._old]
+
+    def fresh(self, parts: list[bytes]) -> bool:
+        """False for a frame taken already from the old socket of a handover."""
+        if self._seen is None:
+            return True
+        digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
+        if self._old is not None:  # the old socket's frames, to skip on the new one
+            if len(self._seen) < _MAX_REMEMBERED:
+                self._seen.add(digest)
+            return True
+        if digest in self._seen:
+            return False
+        self._seen = None  # the new socket's first frame the old one did not carry: the rest follow it
+        return True
+
+    def took(self, socket: zmq.Socket, count: int, largest: int, now: float) -> None:
+        """``count`` messages were taken from ``socket`` in a turn, the largest of ``largest`` bytes."""
+        self.frames += count
+        self.last_frame = time.time()
+        if socket is self._old:
+            self._old_frame_at = now
+        if self._window_start is None:
+            self._window_start = now
+        self._window_largest = max(self._window_largest, largest)
 
     def watch(self, now: float) -> None:
-        """Take the monitor's news; reconnect a connection libzmq gave up on."""
+        """Take the monitor's news; reconnect a connection libzmq gave up on; narrow the frame bound, or hand
+        over to a narrower socket."""
         for _ in range(_EVENTS_PER_TURN):
             try:
                 event = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))["event"]
@@ -60,59 +156,126 @@ class Link:
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.state, self.dropped_at = "connected", None
                 self.connects += 1
-            elif event == zmq.EVENT_DISCONNECTED and self.state != "multicast":
+                if self._old is not None and self._subscribed_at is None:
+                    self._subscribed_at = now
+            elif event == zmq.EVENT_DISCONNECTED and not self.multicast:
                 self.state, self.dropped_at = "disconnected", now
             elif event & _RETRYING:
                 self.dropped_at = None
         if self.dropped_at is not None and now - self.dropped_at >= RECONNECT_AFTER:
-            self.dropped_at = None
-            self.reconnects += 1
-            log.warning("endpoint %s: connection dropped and not retried (a protocol error: a message over the "
-                        "size bound, or a malformed one); connecting again", self.endpoint)
-            try:
-                self.socket.disconnect(self.endpoint)
-            except zmq.ZMQError:
-                pass  # libzmq forgot the endpoint already
-            connect(self.socket, self.endpoint)
+            self._reconnect(now)
+        elif self._old is not None:
+            self._hand_over(now)
+        elif self._window_start is not None and now - self._window_start >= self._window:
+            self._narrow(now)
 
-    def took(self, count: int) -> None:
-        """``count`` messages were taken from this link."""
-        self.frames += count
-        self.last_frame = time.time()
+    def _reconnect(self, now: float) -> None:
+        self.dropped_at = None
+        self.reconnects += 1
+        if self.max_frame < self.widest:  # most likely a frame over the narrowed bound: take any frame again
+            log.warning("endpoint %s: connection dropped (a frame over the %d bytes this link took lately, or a "
+                        "malformed one); connecting again for frames up to %d bytes", self.endpoint, self.max_frame,
+                        self.widest)
+            self._window = min(MAX_WINDOW, self._window * 2)
+            self._close_old()
+            self._seen = None
+            self._close(self.socket, self._monitor)
+            self._window_start, self._window_largest = None, 0
+            self.state = "connecting"
+            self.socket, self._monitor = self._open(self.widest)
+            return
+        log.warning("endpoint %s: connection dropped and not retried (a protocol error: a message over the "
+                    "size bound, or a malformed one); connecting again", self.endpoint)
+        try:
+            self.socket.disconnect(self.endpoint)
+        except zmq.ZMQError:
+            pass  # libzmq forgot the endpoint already
+        connect(self.socket, self.endpoint)
+
+    def _narrow(self, now: float) -> None:
+        """After a window of frames: if four times the largest of this window and the last fits a bound a quarter
+        of the current one at most, hand over to a socket with that bound (and a queue four times as long)."""
+        largest = max(self._window_largest, self._previous_largest)
+        self._previous_largest, self._window_largest, self._window_start = self._window_largest, 0, now
+        bound = max(MIN_FRAME_BOUND, 4 * largest)
+        if self.multicast or self.state != "connected" or bound * 4 > self.max_frame:
+            return  # a multicast link has no dropped connection to tell a frame over the bound by
+        self.narrowed += 1
+        log.info("endpoint %s: frames of %d bytes at most lately; taking frames up to %d bytes, %d in the queue",
+                 self.endpoint, largest, bound, self.queue_bytes // bound)
+        self._old = self.socket
+        self._old.disable_monitor()
+        self._monitor.close(0)
+        self._subscribed_at = self._unsubscribed_at = None
+        self._seen = set()
+        self.socket, self._monitor = self._open(bound)  # the link stays connected through the old socket
+
+    def _hand_over(self, now: float) -> None:
+        """The old socket unsubscribes once the new one has been subscribed for OVERLAP, and closes once it has
+        been empty for OVERLAP after that."""
+        if self._subscribed_at is None or now - self._subscribed_at < OVERLAP:
+            return
+        if self._unsubscribed_at is None:
+            self._unsubscribed_at = now
+            for topic in self.topics:
+                self._old.setsockopt(zmq.UNSUBSCRIBE, topic)
+            return
+        if now - max(self._unsubscribed_at, self._old_frame_at) >= OVERLAP:
+            self._close_old()
+
+    def _close_old(self) -> None:
+        if self._old is not None:
+            self._old.close(0)
+            self._old = None
+            self.generation += 1
+
+    @staticmethod
+    def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:
+        try:
+            socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        if monitor is not None:
+            monitor.close(0)
+        socket.close(0)
 
     def status(self) -> dict:
         """What the status file shows of this link."""
         last = None if self.last_frame is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_frame))
         return {"state": self.state, "last_frame": last, "frames": self.frames, "connects": self.connects,
-                "reconnects": self.reconnects}
+                "reconnects": self.reconnects, "max_frame": self.max_frame, "queued_frames": self.queued_frames}
 
     def close(self) -> None:
-        """Close the socket and its monitor."""
-        self.socket.disable_monitor()
-        self._monitor.close()
-        self.socket.close()
+        """Close the sockets and the monitor."""
+        self._close_old()
+        self._close(self.socket, self._monitor)
 
 
 class Links:
-    """The reader's links: a SUB socket of ``context`` per endpoint, each set up by ``configure(socket)`` before it
-    connects.  The sockets are blocking ones (an asyncio reader waits on them with zmq.asyncio.Poller)."""
+    """The reader's links: a SUB socket of ``context`` per endpoint, each set up by ``configure(socket)`` and
+    subscribed to ``topics`` before it connects, with an equal share of ``queue_bytes`` for its receive queue;
+    ``largest`` is the biggest frame a link takes.  The sockets are blocking ones (an asyncio reader waits on them
+    with zmq.asyncio.Poller)."""
 
-    def __init__(self, context: zmq.Context, endpoints: list[str], configure: Callable[[zmq.Socket], None]) -> None:
+    def __init__(self, context: zmq.Context, endpoints: list[str], configure: Callable[[zmq.Socket], None], *,
+                 topics: list[bytes], queue_bytes: int, largest: int) -> None:
         if isinstance(context, zmq.asyncio.Context):
             context = zmq.Context.shadow(context.underlying)
-        self.links: list[Link] = []
-        for endpoint in endpoints:
-            socket = context.socket(zmq.SUB)
-            configure(socket)
-            self.links.append(Link(socket, endpoint))
+        share = queue_bytes // max(1, len(endpoints))
+        self.links = [Link(context, endpoint, configure, topics, share, largest) for endpoint in endpoints]
 
     @property
     def sockets(self) -> list[zmq.Socket]:
-        """The SUB sockets, one per endpoint."""
-        return [link.socket for link in self.links]
+        """The SUB sockets to read."""
+        return [socket for link in self.links for socket in link.sockets]
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever a link opens or closes a socket: a poller of :attr:`sockets` is out of date."""
+        return sum(link.generation for link in self.links)
 
     def watch(self, now: float) -> None:
-        """Every link's monitor news; reconnect where libzmq gave up."""
+        """Every link's monitor news; reconnect where libzmq gave up; narrow the bounds the frames allow."""
         for link in self.links:
             link.watch(now)
 

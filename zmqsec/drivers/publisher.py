@@ -85,7 +85,7 @@ class Publisher:
         self.socket = self._context.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.XPUB_VERBOSER, 1)  # every subscription and unsubscription (the gate counts them)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-        self.socket.setsockopt(zmq.RCVHWM, gate.RCVHWM)  # subscriptions: what bounds libzmq's queue of them
+        self.socket.setsockopt(zmq.RCVHWM, gate.rcvhwm(bool(curve and curve.clients is not None)))  # subscriptions
         self.socket.setsockopt(zmq.LINGER, 2000)
         self.socket.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, epgm/norm endpoints only
         self.socket.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)  # what a subscriber sends us is a subscription

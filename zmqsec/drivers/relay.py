@@ -65,7 +65,7 @@ class Relay:
             sock.setsockopt(zmq.SNDHWM, hwm)
             sock.setsockopt(zmq.RCVHWM, hwm)
             sock.setsockopt(zmq.LINGER, 0)
-        self.downstream.setsockopt(zmq.RCVHWM, gate.RCVHWM)  # subscriptions: what bounds libzmq's queue of them
+        self.downstream.setsockopt(zmq.RCVHWM, gate.rcvhwm(bool(curve_out and curve_out.clients is not None)))
         self.downstream.setsockopt(zmq.RATE, multicast_rate)  # kbit/s, multicast outputs only
         # An oversized message drops that one connection, not the process (docs/PROTOCOL.md §9).
         self.downstream.setsockopt(zmq.MAXMSGSIZE, MAX_XPUB_MESSAGE)

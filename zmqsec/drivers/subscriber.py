@@ -25,7 +25,7 @@ from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.machines.positions import Positions
 
 from .curve import CurveClient, apply_client
-from .links import Links
+from .links import MAX_QUEUED_BYTES, Links
 from .mending import Mender
 from .refusals import RefusalLog
 from zmqsec.protocol.groups import reader_bits, reader_topics
@@ -46,6 +46,7 @@ log = logging.getLogger("zmqsec.reader")
 
 TICK = 0.1  # seconds between housekeeping passes while waiting
 DRAIN = 1000  # messages taken from a socket per turn at most
+MAX_FRAME = MAX_ANNOUNCEMENT_FRAME + 4096  # MAXMSGSIZE: libzmq drops a connection sending a bigger message
 REPAIR_TIMEOUT = 30.0  # with replay servers: how long a hole may hold back later records
 
 
@@ -105,6 +106,7 @@ class _Base:
         curve: CurveClient | None = None,
         replay: list[str] = (),
         positions: Positions | None = None,
+        max_queued_bytes: int = MAX_QUEUED_BYTES,
         context: zmq.Context,
     ) -> None:
         self.stream = stream
@@ -124,15 +126,12 @@ class _Base:
         topics = reader_topics(stream, credential.certificate)  # not the other reader groups' keys
 
         def configure(socket: zmq.Socket) -> None:
-            socket.setsockopt(zmq.RCVHWM, 100_000)
-            socket.setsockopt(zmq.MAXMSGSIZE, MAX_ANNOUNCEMENT_FRAME + 4096)
             socket.setsockopt(zmq.LINGER, 0)
             if curve:
                 apply_client(socket, curve)
-            for topic in topics:
-                socket.setsockopt(zmq.SUBSCRIBE, topic)
 
-        self.links = Links(context, list(endpoints), configure)
+        self.links = Links(context, list(endpoints), configure, topics=topics, queue_bytes=max_queued_bytes,
+                           largest=MAX_FRAME)
         self._next_tick = 0.0
         self.mender.start(time.monotonic())
 
@@ -192,17 +191,21 @@ class _Base:
     def _drain(self) -> None:
         """What is waiting on each link, at most DRAIN messages from each per turn: a flood on one path
         starves neither the others nor the replay servers, the housekeeping or the status file."""
+        now = time.monotonic()
         for link in self.links.links:
-            taken = 0
-            while taken < DRAIN:
-                try:
-                    parts = link.socket.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                taken += 1
-                self._process(parts)
-            if taken:
-                link.took(taken)
+            for socket in link.sockets:  # two while a link hands over to a narrower socket: the old first
+                taken = largest = 0
+                while taken < DRAIN:
+                    try:
+                        parts = socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    taken += 1
+                    largest = max(largest, sum(map(len, parts)))
+                    if link.fresh(parts):
+                        self._process(parts)
+                if taken:
+                    link.took(socket, taken, largest, now)
 
 
 class Subscriber(_Base):
@@ -211,9 +214,7 @@ class Subscriber(_Base):
     def __init__(self, stream: str, endpoints: list[str], credential: Credential, trust_dir, *,
                  context: zmq.Context | None = None, **options) -> None:
         super().__init__(stream, endpoints, credential, trust_dir, context=context or zmq.Context.instance(), **options)
-        self._poller = zmq.Poller()
-        for sock in (*self.links.sockets, *self.mender.sockets):
-            self._poller.register(sock, zmq.POLLIN)
+        self._polled = -1
 
     def receive(self, timeout: float | None = None) -> Delivered | None:
         """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
@@ -222,6 +223,10 @@ class Subscriber(_Base):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while (wait := self._next_wait(deadline)) is not None:
+            if self._polled != self.links.generation:  # a link opened or closed a socket
+                self._polled, self._poller = self.links.generation, zmq.Poller()
+                for sock in (*self.links.sockets, *self.mender.sockets):
+                    self._poller.register(sock, zmq.POLLIN)
             if self._poller.poll(max(1, int(wait * 1000))):
                 self._drain()
         return self._ready()
@@ -249,9 +254,7 @@ class AsyncSubscriber(_Base):
                  context: zmq.asyncio.Context | None = None, **options) -> None:
         super().__init__(stream, endpoints, credential, trust_dir, context=context or zmq.asyncio.Context.instance(),
                          **options)
-        self._poller = zmq.asyncio.Poller()
-        for sock in self.links.sockets:
-            self._poller.register(sock, zmq.POLLIN)
+        self._polled = -1
 
     async def receive(self, timeout: float | None = None) -> Delivered | None:
         """The next verified message, waiting up to ``timeout`` seconds (None: until one arrives); None if time ran out.
@@ -260,6 +263,10 @@ class AsyncSubscriber(_Base):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while (wait := self._next_wait(deadline)) is not None:
+            if self._polled != self.links.generation:  # a link opened or closed a socket
+                self._polled, self._poller = self.links.generation, zmq.asyncio.Poller()
+                for sock in self.links.sockets:
+                    self._poller.register(sock, zmq.POLLIN)
             if await self._poller.poll(max(1, int(wait * 1000))):
                 self._drain()
         return self._ready()
