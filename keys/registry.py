@@ -25,6 +25,7 @@ from zmqsec.errors import RejectReason
 
 from .dn import DnAllowList, slash_dn
 from .errors import CertificateRejected, KeyFileError, RegistryError
+from .hashdir import name_hash
 from .pemfiles import cert_pem, load_certificate, write_public
 from .trust import TrustStore, Usage
 
@@ -90,13 +91,19 @@ class LoadCache:
 
     Certificates are re-parsed only when their file changes; a reader accepted by
     a trust store is not validated again by the same store (same object) until its
-    certificate, a CA or a CRL of the store expires.  A new trust store (a new CRL
-    arrived) validates everything again.  Refusals are always re-examined.
+    certificate, a CA or a CRL of the store expires.  A new trust store with the
+    same CA certificates (a new CRL arrived) validates again only the readers
+    whose serial number a changed CRL of their issuer lists (every reader of that
+    issuer where the CRL is not current and signed by it; everyone where the
+    issuer has issued a CA of the store); other CA certificates or other
+    validation options validate everything again.  Refusals are always
+    re-examined.
     """
 
     parsed: dict = field(default_factory=dict)  # file name -> (stat key, Reader)
     accepted: dict = field(default_factory=dict)  # fingerprint -> accepted until (UTC)
     trust: TrustStore | None = None
+    options: dict = field(default_factory=dict)  # the validation options the verdicts were given under
 
 
 class ReaderRegistry:
@@ -146,8 +153,10 @@ class ReaderRegistry:
         refused: list[Refusal] = []
         seen: set[str] = set()
         now = at or dt.datetime.now(dt.timezone.utc)
+        if cache is not None and cache.options != validate_options:
+            cache.accepted, cache.trust, cache.options = {}, trust, dict(validate_options)
         if cache is not None and cache.trust is not trust:
-            cache.accepted, cache.trust = {}, trust
+            cache.accepted, cache.trust = self._verdicts_kept(cache, trust, now), trust
         for name in self._names():
             try:
                 reader = self._parse(name, cache)
@@ -179,6 +188,26 @@ class ReaderRegistry:
             present = {p.name for p in (*(r.path for r in readers), *(r.path for r in refused))}
             cache.parsed = {name: v for name, v in cache.parsed.items() if name in present}
         return ReaderSet(tuple(readers), tuple(refused))
+
+    @staticmethod
+    def _verdicts_kept(cache: LoadCache, trust: TrustStore | None, now: dt.datetime) -> dict:
+        """The accepted verdicts of ``cache.trust`` that ``trust`` would give again (TrustStore.crl_changes_since),
+        valid until the certificate or something of ``trust`` expires."""
+        if cache.trust is None or trust is None:
+            return {}
+        changes = trust.crl_changes_since(cache.trust, now)
+        if changes is None:
+            return {}
+        kept = {}
+        for _, reader in cache.parsed.values():
+            cert = reader.certificate
+            if now >= cache.accepted.get(reader.fingerprint, now):
+                continue  # not accepted, or the verdict has expired: judged again
+            serials = changes.get(name_hash(cert.issuer), frozenset())
+            if serials is None or cert.serial_number in serials:
+                continue
+            kept[reader.fingerprint] = min(cert.not_valid_after_utc, trust.valid_until)
+        return kept
 
     def _parse(self, name: str, cache: LoadCache | None) -> Reader:
         if cache is None:

@@ -301,6 +301,36 @@ class TrustStore:
         moments += [crl.next_update_utc for group in self.crls.values() for crl in group if crl.next_update_utc]
         return min(moments, default=dt.datetime.max.replace(tzinfo=dt.timezone.utc))
 
+    def crl_changes_since(self, older: "TrustStore", at: dt.datetime) -> dict[str, frozenset[int] | None] | None:
+        """What replacing ``older`` by this store means for the verdicts ``older`` gave on leaf certificates.
+
+        None: judge every certificate again (the CA certificates differ, or a CA whose CRLs changed issued
+        another CA of the store, which they may revoke with every leaf under it).  Otherwise, by subject hash of
+        each CA whose CRLs changed: the serial numbers its CRLs list now (the only leaves it issued whose verdict
+        may have changed), or None where every leaf it issued is to be judged again (its CRLs now are not all
+        signed by it and current, or it has none).
+        """
+        def ders(items) -> set[bytes]:
+            return {item.public_bytes(serialization.Encoding.DER) for item in items}
+
+        if ders(self.ca_certificates) != ders(older.ca_certificates):
+            return None
+        changes: dict[str, frozenset[int] | None] = {}
+        for key in self.crls.keys() | older.crls.keys():
+            crls = self.crls.get(key, ())
+            if ders(crls) == ders(older.crls.get(key, ())):
+                continue
+            issuers = self.cas.get(key, ()) or older.cas.get(key, ())
+            if any(ca.issuer == issuer.subject and not _self_issued(ca) for issuer in issuers
+                   for ca in self.ca_certificates):
+                return None
+            current = bool(crls) and all(
+                any(crl.issuer == issuer.subject and _crl_signed_by(crl, issuer) for issuer in issuers)
+                and crl.last_update_utc <= at and (crl.next_update_utc is None or at <= crl.next_update_utc)
+                for crl in crls)
+            changes[key] = frozenset(entry.serial_number for crl in crls for entry in crl) if current else None
+        return changes
+
     # -- chain building -------------------------------------------------
 
     def _issuer_candidates(self, cert: x509.Certificate, untrusted: Iterable[x509.Certificate]) -> list[tuple[x509.Certificate, bool]]:

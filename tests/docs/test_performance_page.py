@@ -122,3 +122,17 @@ def test_the_latency_figures_are_that_run_s():
         f"**{ratios[(65536, False)]['mb_ratio']:.2f}**\n  of its MB/s at 64 KiB" in table
     assert not verdicts["zmqsec >= 50% of plain pyzmq messages/s at 1 KiB"]
     assert not verdicts["zmqsec >= 85% of plain pyzmq MB/s at 64 KiB"]
+
+
+def test_the_crl_revocation_figures_are_that_run_s():
+    run = json.loads((ROOT / "bench" / "crl-revocation.json").read_text())
+    assert f'"started": "{run["started"]}"' in PAGE and run["profile"] == "full" and run["sections"] == ["memory"]
+    text = PAGE.split("by a new CRL: missed in that run, met since")[1].split("Other costs")[0]
+    revocation = run["revocation"]
+    assert revocation["readers"] == 10_000 and revocation["crl_revocation_to_new_key_s"] <= 0.5
+    assert f"**{revocation['crl_revocation_to_new_key_s']:.2f} s** by a new CRL" in text
+    samples = revocation["crl_samples"]
+    assert f"(samples {min(samples):.2f}–{max(samples):.2f} s)" in text.replace("\n  ", " ")
+    assert f"{revocation['revocation_to_new_key_s']:.2f} s by deleting" in text
+    crl = [t["met"] for t in run["targets"] if "on the CRL" in t["target"]]
+    assert crl == [True], run["targets"]

@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 
 from kit.opensslpeer import run
-from kit.pki import Pki
+from kit.pki import Pki, new_ca
 from zmqsec.keys.ca import Role
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.errors import RegistryError
 from zmqsec.keys.registry import ReaderRegistry, fingerprint
-from zmqsec.keys.trust import TrustStore
+from zmqsec.keys.trust import CrlPolicy, TrustStore
 
 
 @pytest.fixture
@@ -135,3 +135,86 @@ def test_the_publishers_watch_sees_every_revocation_despite_its_caches(ca, reade
     shutil.copyfile(other.cert_path, paths["portal"])
     os.utime(paths["portal"], ns=(st.st_atime_ns, st.st_mtime_ns))
     assert [r.dn.rsplit("=", 1)[1] for r in watch.load()] == ["portal.example.orh"]
+
+
+def test_a_new_crl_validates_again_only_the_readers_it_lists(ca, tmp_path):
+    """Verdicts kept across trust stores with the same CAs: a new CRL re-checks only the certificates whose
+    serial it lists (refusals are re-examined at every load anyway); a CRL that does not verify, or another CA,
+    re-checks everything."""
+    from unittest import mock
+
+    from zmqsec.keys.ca import generate_key
+    from zmqsec.keys.registry import LoadCache
+
+    shared = generate_key()
+    pki = Pki.under(ca, tmp_path / "pki")
+    for i in range(12):
+        pki.issue(f"r{i}", Role.READER, key=shared)
+    registry = ReaderRegistry(tmp_path / "readers")
+    for issued in pki.certs.values():
+        registry.add(issued.certificate)
+    serial = {name: issued.certificate.serial_number for name, issued in pki.certs.items()}
+    checked: list[int] = []
+    validate = TrustStore.validate
+
+    def counting(store, cert, **options):
+        checked.append(cert.serial_number)
+        return validate(store, cert, **options)
+
+    cache = LoadCache()
+    with mock.patch.object(TrustStore, "validate", counting):
+        assert len(registry.load(TrustStore.from_directory(ca.trust_dir), cache=cache)) == 12
+        assert len(checked) == 12
+        ca.revoke(pki.certs["r3"].certificate)
+        checked.clear()
+        readers = registry.load(TrustStore.from_directory(ca.trust_dir), cache=cache)
+        assert serial["r3"] not in {r.certificate.serial_number for r in readers} and len(readers) == 11
+        assert checked == [serial["r3"]]
+        ca.revoke(pki.certs["r5"].certificate)  # the new CRL lists r3 (refused: looked at again) and r5
+        checked.clear()
+        assert len(registry.load(TrustStore.from_directory(ca.trust_dir), cache=cache)) == 10
+        assert sorted(checked) == sorted([serial["r3"], serial["r5"]])
+
+        # A CRL of the same issuer name signed by another key: every reader of that CA is checked, and refused.
+        other = new_ca(tmp_path / "other", "/C=UK/O=zmqsec test/CN=Test CA")
+        checked.clear()
+        forged = TrustStore.from_certificates([ca.certificate], [other.current_crl()])
+        assert len(registry.load(forged, cache=cache)) == 0 and len(checked) == 12
+        # Another CA beside the first: everything is checked again.
+        good = TrustStore.from_certificates([ca.certificate], [ca.current_crl()])
+        assert len(registry.load(good, cache=cache)) == 10
+        checked.clear()
+        another = new_ca(tmp_path / "another", "/C=UK/O=zmqsec test/CN=Another CA")
+        both = TrustStore.from_certificates([ca.certificate, another.certificate], [ca.current_crl()])
+        assert len(registry.load(both, cache=cache)) == 10 and len(checked) == 12
+        # Other validation options: everything is checked again.
+        checked.clear()
+        assert len(registry.load(both, crl=CrlPolicy.IF_PRESENT, cache=cache)) == 10 and len(checked) == 12
+
+
+def test_a_crl_revoking_an_intermediate_ca_refuses_every_reader_under_it_at_once(tmp_path):
+    """The verdicts kept across a new CRL (above) are not kept for readers under an intermediate CA that the
+    new CRL of its issuer revokes: with every link's CRL checked, all of them are refused, as openssl does."""
+    from kit.opensslpeer import OpensslCA, install
+    from zmqsec.keys.pemfiles import load_certificate
+    from zmqsec.keys.registry import LoadCache
+
+    root = OpensslCA(tmp_path / "root", "/DC=org/DC=example/CN=Example Root CA")
+    issuing = OpensslCA(tmp_path / "issuing", "/DC=org/DC=example/CN=Example Issuing CA", parent=root)
+    registry = ReaderRegistry(tmp_path / "readers")
+    leaves = [issuing.issue(f"r{i}", f"reader{i}.example.org", "v3_encrypt") for i in range(3)]
+    for leaf in leaves:
+        registry.add(load_certificate(leaf))
+
+    def store(name: str) -> TrustStore:
+        install(tmp_path / name, root.cert, issuing.cert, root.gencrl(), issuing.gencrl())
+        return TrustStore.from_directory(tmp_path / name)
+
+    cache = LoadCache()
+    assert len(registry.load(store("before"), crl_all=True, cache=cache)) == 3
+    root.revoke(issuing.cert)
+    after = store("after")
+    assert len(registry.load(after, crl_all=True, cache=cache)) == 0
+    for leaf in leaves:
+        out = run("verify", "-CApath", str(tmp_path / "after"), "-crl_check_all", str(leaf), check=False)
+        assert out.returncode != 0 and b"revoked" in out.stdout + out.stderr
