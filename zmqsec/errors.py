@@ -27,6 +27,7 @@ class RejectReason(enum.StrEnum):
     BAD_FIELD = "bad-field"
     BAD_SUBSCRIPTION = "bad-subscription"
     TOO_MANY_SUBSCRIPTIONS = "too-many-subscriptions"
+    SHUT_OUT = "shut-out"
     # key announcements (§4)
     KEY_CONFIRMATION = "key-confirmation"
     HEADER_MISMATCH = "header-mismatch"

@@ -442,9 +442,11 @@ def _rejected(site, name: str) -> dict:
 
 
 def test_distinct_subscriptions_from_a_stranger_cost_a_publisher_bounded_memory(site):
-    """Finding 2: a stranger sends distinct short subscriptions as fast as it can.  The publisher counts them,
-    closes the connection each time it holds 4,096 (libzmq then frees them), logs it all in a few lines, and
-    its memory stays flat (before: 1.1 million subscriptions in 6 s, 164 MB); records fed meanwhile arrive."""
+    """Finding 2: a stranger (at 127.0.0.2; the reader is at 127.0.0.1) sends distinct short subscriptions as
+    fast as it can.  The publisher counts them,
+    closes the connection each time it holds 4,096 (libzmq then frees them) and shuts its address out for a
+    while, logs it all in a few lines, and its memory stays flat (before: 1.1 million subscriptions in 6 s,
+    164 MB); records fed meanwhile arrive."""
     source = daemons.endpoint("tcp", site.dir)
     logs = daemons.logs(site, "publisher", "portal")
     pub = daemons.publisher(site, source)
@@ -454,7 +456,7 @@ def test_distinct_subscriptions_from_a_stranger_cost_a_publisher_bounded_memory(
         _started(site, "portal", logs=logs)
         log_before = (site.dir / "publisher.log").stat().st_size
         rss_before = _rss_mb(pub)
-        stranger, report = _adversary(site, "subscriptions", source, "distinct", seconds=8)
+        stranger, report = _adversary(site, "subscriptions", source, "distinct", seconds=8, source="127.0.0.2")
         daemons.wait(lambda: _report(report).get("sent", 0) > 0, what="the flood", logs=logs)
         rss = []
         for i in range(20):
@@ -474,17 +476,19 @@ def test_distinct_subscriptions_from_a_stranger_cost_a_publisher_bounded_memory(
         daemons.stop(pub, sub, *[p for p in (stranger,) if p])
     assert alive and not during.get("done") and done["sent"] >= 100_000, done
     assert done.get("disconnected", 0) >= 2, done  # the stranger saw its connection closed
-    assert rejected["bad-subscription"] >= 2 * 4096, rejected
+    assert rejected["bad-subscription"] >= 2 * 4096 and rejected.get("shut-out", 0) >= 1, rejected
     assert max(rss) - rss_before < 40, f"publisher RSS {rss_before:.0f} MB before, then {[round(r) for r in rss]} MB"
     assert log.count(b"[bad-subscription]") <= 4 and log.count(b"[too-many-subscriptions]") <= 4, log[-2000:]
     daemons.in_stream_order(site, "portal", [f"during {i}" for i in range(20)])
 
 
 def test_a_relay_passes_only_zmqsec_subscriptions_upstream_and_bounds_each_connection(site):
-    """Finding 2 at a relay: two strangers send distinct subscriptions to a relay's output, one of them
+    """Finding 2 at a relay: two strangers (at 127.0.0.2) send distinct subscriptions to a relay's output, one of them
     foreign ones, the other well-formed group topics.  The relay counts the foreign ones and passes none of
-    them upstream (the publisher sees none), closes each stranger's connection at 4,096 distinct ones, and
-    keeps its memory and the publisher's flat.  The publisher never closes the relay's connection (a reader's
+    them upstream (the publisher sees none), closes each stranger's connection at 4,096 distinct ones and then
+    shuts their address out for a while (libzmq's XSUB connects again at once and sends every subscription it
+    ever made again: without that, the relay grew by 500 MB in a 30 s flood on 2 cores), and keeps its memory
+    and the publisher's flat.  The publisher never closes the relay's connection (a reader's
     subscription stays nowhere upstream), and the reader behind the relay gets every record fed meanwhile."""
     source, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
     logs = daemons.logs(site, "publisher", "relay", "central")
@@ -495,7 +499,7 @@ def test_a_relay_passes_only_zmqsec_subscriptions_upstream_and_bounds_each_conne
     try:
         _started(site, "central", logs=logs)
         rss_before = {"relay": _rss_mb(relay), "publisher": _rss_mb(pub)}
-        strangers = [_adversary(site, "subscriptions", relayed, mode, seconds=8, report_name=mode)
+        strangers = [_adversary(site, "subscriptions", relayed, mode, seconds=8, report_name=mode, source="127.0.0.2")
                      for mode in ("distinct", "distinct-valid")]
         reports = [report for _, report in strangers]
         daemons.wait(lambda: all(_report(r).get("sent", 0) > 0 for r in reports), what="the floods", logs=logs)
@@ -509,14 +513,14 @@ def test_a_relay_passes_only_zmqsec_subscriptions_upstream_and_bounds_each_conne
         daemons.wait(lambda: all(_report(r).get("done") for r in reports), timeout=30, what="the end of the floods",
                      logs=logs)
         done = [_report(r) for r in reports]
-        daemons.wait(lambda: _rejected(site, "relay").get("too-many-subscriptions", 0) >= 4,
+        daemons.wait(lambda: _rejected(site, "relay").get("too-many-subscriptions", 0) >= 2,
                      what="over-subscribed connections closed", logs=logs)
         at_relay, at_publisher = _rejected(site, "relay"), _rejected(site, "publisher")
         alive = relay.poll() is None and pub.poll() is None
     finally:
         daemons.stop(pub, relay, sub, *[p for p, _ in strangers])
     assert alive and all(d["sent"] >= 50_000 and d.get("disconnected", 0) >= 2 for d in done), done
-    assert at_relay["bad-subscription"] >= 2 * 4096, at_relay
+    assert at_relay["bad-subscription"] >= 2 * 4096 and at_relay.get("shut-out", 0) >= 1, at_relay
     assert at_publisher == {}, at_publisher  # nothing foreign came through, and the relay was never cut
     for name, before in rss_before.items():
         assert max(rss[name]) - before < 40, f"{name} RSS {before:.0f} MB before, up to {max(rss[name]):.0f} MB"

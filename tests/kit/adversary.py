@@ -22,6 +22,7 @@ that forwards the stream and attacks its readers:
   over), as fast as it can, for ``--seconds``.
 
 It counts the times the daemon closed its connection (``disconnected``); libzmq connects again by itself.
+``--source`` connects from another local address (127.0.0.2, say), as a stranger on another host would.
 
 What it did (counts, and ``done`` once the attack is over) goes to FILE as JSON every 0.2 s and at the end.
 Forwarding goes on after the attack until SIGTERM.
@@ -158,12 +159,14 @@ def _group_topic(i: int) -> bytes:
     return TOPIC + b"G" + bits.encode() + b"."
 
 
-def subscriptions(endpoint: str, mode: str, report: Report, seconds: float) -> None:
+def subscriptions(endpoint: str, mode: str, report: Report, seconds: float, source: str | None = None) -> None:
     state = _stopper()
     sock = zmq.Context.instance().socket(zmq.XSUB)
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.LINGER, 0)
     monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    if source:  # libzmq's "tcp://SOURCE:0;HOST:PORT": connect from another local address
+        endpoint = endpoint.replace("tcp://", f"tcp://{source}:0;", 1)
     sock.connect(endpoint)
     time.sleep(0.3)  # connected (a subscription sent earlier would only queue)
     until, i = time.monotonic() + seconds, 0
@@ -201,12 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--report", type=Path, required=True)
         p.add_argument("--seconds", type=float, default=10.0)
     r.add_argument("--count", type=int, default=10_000)
+    s.add_argument("--source", help="the local address to connect from (tcp), as a stranger on another host")
     args = parser.parse_args(argv)
     report = Report(args.report)
     if args.role == "relay":
         relay(args.upstream, args.downstream, args.mode, report, args.count, args.seconds)
     else:
-        subscriptions(args.endpoint, args.mode, report, args.seconds)
+        subscriptions(args.endpoint, args.mode, report, args.seconds, args.source)
     return 0
 
 

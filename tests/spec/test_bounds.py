@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from zmqsec.drivers.refusals import RefusalLog
-from zmqsec.machines.subscriptions import SubscriptionBook, Verdict
+from zmqsec.machines.subscriptions import ShutOut, SubscriptionBook, Verdict
 from zmqsec.protocol.frames import relayable, subscription_ok
 from zmqsec.protocol.groups import reader_topics
 from zmqsec.protocol.primitives import MAX_SUBSCRIPTION
@@ -68,6 +68,22 @@ def test_messages_without_a_connection_are_judged_but_not_counted():
     book = SubscriptionBook(lambda prefix: subscription_ok(prefix, STREAM), limit=1)
     assert [book.take(None, b"\x01" + bytes([i])) for i in range(3)] == [Verdict.FOREIGN] * 3
     assert book.take(None, b"\x01") is Verdict.PASS
+
+
+def test_an_address_whose_connection_was_cut_is_shut_out_for_a_period_that_doubles_while_it_goes_on():
+    shut = ShutOut(first=1.0, longest=8.0, forgiven=60.0)
+    assert not shut.shut("192.0.2.7", 0.0)
+    assert shut.cut("192.0.2.7", 0.0) == 1.0
+    assert shut.shut("192.0.2.7", 0.5) and not shut.shut("192.0.2.7", 1.0) and not shut.shut("198.51.100.1", 0.5)
+    assert [shut.cut("192.0.2.7", t) for t in (1.0, 3.0, 7.0, 15.0, 23.0)] == [2.0, 4.0, 8.0, 8.0, 8.0]
+    assert shut.shut("192.0.2.7", 30.9) and not shut.shut("192.0.2.7", 31.0)
+    # Forgiven 60 s after the last period ended: the next cut starts afresh, and the table forgets it.
+    shut.forget(90.9)
+    assert len(shut) == 1
+    shut.forget(91.0)
+    assert len(shut) == 0
+    assert shut.cut("192.0.2.7", 91.0) == 1.0
+    assert ShutOut(forgiven=60.0).cut("192.0.2.7", 0.0) == 1.0
 
 
 def test_refusals_are_logged_once_per_reason_and_interval_with_their_count(caplog):

@@ -7,20 +7,25 @@ and closes.  zmqsec's subscriptions are passed on, each distinct message once
 per connection and turn; others are counted [``bad-subscription``] and logged once in a while.
 A connection that sends more distinct subscriptions than the limit is shut
 down [``too-many-subscriptions``]: libzmq then drops it with everything it
-subscribed, which is the only way to give that memory back.
+subscribed, which is the only way to give that memory back.  Its address is
+then shut out for a while (:class:`ShutOut`): a new connection from it is
+closed as soon as the monitor reports it [``shut-out``], before the peer can
+send its whole subscription set again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket as stdsocket
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from zmqsec.errors import RejectReason
-from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SubscriptionBook, Verdict
+from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, ShutOut, SubscriptionBook, Verdict
 
 from .refusals import RefusalLog
 
@@ -61,6 +66,24 @@ def _peer(frame: zmq.Frame) -> str:
         return ""
 
 
+@contextlib.contextmanager
+def _connection(fd: int) -> Iterator[stdsocket.socket | None]:
+    """The socket behind libzmq's descriptor ``fd`` (a duplicate, closed on exit), or None if it is not one."""
+    try:
+        dup = os.dup(fd)
+    except OSError:
+        yield None
+        return
+    try:
+        sock = stdsocket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)
+        yield None
+        return
+    with sock:
+        yield sock
+
+
 class SubscriptionGate:
     """Takes what the peers of the XPUB ``socket`` send: see the module docstring."""
 
@@ -72,6 +95,9 @@ class SubscriptionGate:
         self.cut = 0  # connections shut down for holding too many subscriptions
         self._open: set[int] = set()  # accepted connections (file descriptors) libzmq has not closed
         self._cutting: set[int] = set()  # shut down, not yet reported closed
+        self.shut_out = ShutOut()
+        self.refused_on_arrival = 0  # connections closed on arrival, from an address shut out
+        self._forget_at = 0.0
         address = f"inproc://zmqsec-gate-{id(self)}"
         socket.monitor(address, _EVENTS)
         self._monitor = socket.context.socket(zmq.PAIR)
@@ -112,35 +138,58 @@ class SubscriptionGate:
 
     def rejected(self) -> dict[str, int]:
         """The refusal counters, for a status file."""
-        counts = {RejectReason.BAD_SUBSCRIPTION: self.foreign, RejectReason.TOO_MANY_SUBSCRIPTIONS: self.cut}
+        counts = {RejectReason.BAD_SUBSCRIPTION: self.foreign, RejectReason.TOO_MANY_SUBSCRIPTIONS: self.cut,
+                  RejectReason.SHUT_OUT: self.refused_on_arrival}
         return {str(reason): count for reason, count in counts.items() if count}
 
     def _cut(self, connection: int, peer: str) -> None:
-        """Shut the connection's descriptor down (libzmq sees it end), if it is still that connection's."""
+        """Shut the connection's descriptor down (libzmq sees it end), if it is still that connection's, and
+        shut its address out for a while."""
         if connection < 0 or connection in self._cutting:
             return
-        try:
-            sock = stdsocket.socket(fileno=os.dup(connection))
-        except OSError:
-            return
-        try:
-            if sock.family in (stdsocket.AF_INET, stdsocket.AF_INET6):
-                if sock.getpeername()[0] != peer:
-                    return  # the descriptor is somebody else's by now
-            elif connection not in self._open:
-                return  # ipc: only a connection the monitor saw accepted
-            sock.shutdown(stdsocket.SHUT_RDWR)
-        except OSError:
-            return
-        finally:
-            sock.close()
+        with _connection(connection) as sock:
+            if sock is None:
+                return
+            try:
+                if sock.family in (stdsocket.AF_INET, stdsocket.AF_INET6):
+                    if sock.getpeername()[0] != peer:
+                        return  # the descriptor is somebody else's by now
+                elif connection not in self._open:
+                    return  # ipc: only a connection the monitor saw accepted
+                sock.shutdown(stdsocket.SHUT_RDWR)
+            except OSError:
+                return
         self._cutting.add(connection)
         self.cut += 1
+        period = f"; {peer} shut out for {self.shut_out.cut(peer, time.monotonic()):.0f} s" if peer else ""
         self.refusals.refused(RejectReason.TOO_MANY_SUBSCRIPTIONS, f"a connection from {peer or 'a local peer'} "
-                              f"sent more than {self.book.limit} distinct subscriptions; connection closed")
+                              f"sent more than {self.book.limit} distinct subscriptions; connection closed{period}")
+
+    def _refuse_if_shut_out(self, connection: int, now: float) -> None:
+        """Close a connection just accepted from an address that is shut out."""
+        if not len(self.shut_out):
+            return
+        with _connection(connection) as sock:
+            if sock is None or sock.family not in (stdsocket.AF_INET, stdsocket.AF_INET6):
+                return
+            try:
+                peer = sock.getpeername()[0]
+                if not self.shut_out.shut(peer, now):
+                    return
+                sock.shutdown(stdsocket.SHUT_RDWR)
+            except OSError:
+                return
+        self._cutting.add(connection)
+        self.refused_on_arrival += 1
+        self.refusals.refused(RejectReason.SHUT_OUT, f"a connection from {peer}, shut out after a connection cut "
+                              "for too many subscriptions; closed on arrival")
 
     def _watch(self) -> None:
         """Take the monitor's news of connections opened and closed."""
+        now = time.monotonic()
+        if now >= self._forget_at:
+            self._forget_at = now + 10.0
+            self.shut_out.forget(now)
         for _ in range(_EVENTS_PER_TURN):
             try:
                 message = parse_monitor_message(self._monitor.recv_multipart(zmq.NOBLOCK))
@@ -151,6 +200,7 @@ class SubscriptionGate:
                 self._open.add(fd)
                 self._cutting.discard(fd)
                 self.book.opened(fd)
+                self._refuse_if_shut_out(fd, now)
             else:
                 self._open.discard(fd)
                 self._cutting.discard(fd)

@@ -62,3 +62,42 @@ class SubscriptionBook:
                 return Verdict.CUT
             held.add(prefix)
         return Verdict.PASS if self.accepts(prefix) else Verdict.FOREIGN
+
+
+SHUT_OUT_FIRST = 1.0  # seconds an address is shut out after its first connection cut
+SHUT_OUT_MAX = 60.0  # the longest period; each cut within FORGIVEN of the last period's end doubles it
+FORGIVEN = 60.0  # seconds after a period ends without a cut, after which the address starts afresh
+
+
+class ShutOut:
+    """Addresses whose connection was cut, and until when a new connection from them is closed on arrival.
+
+    A cut connection's peer (libzmq's XSUB, say) connects again at once and sends everything it ever
+    subscribed to again, as fast as it can, and libzmq takes it into its subscription trie faster than the
+    gate can count it (a relay flooded so on 2 cores grew by 500 MB in 30 s).  Closing its connections on
+    arrival for a while, doubling while it goes on, stops that.  Connections already open are not touched;
+    a new one from an honest peer behind the same address (a NAT) is closed too while the period lasts.
+    """
+
+    def __init__(self, first: float = SHUT_OUT_FIRST, longest: float = SHUT_OUT_MAX, forgiven: float = FORGIVEN) -> None:
+        self.first, self.longest, self.forgiven = first, longest, forgiven
+        self._until: dict[str, tuple[float, float]] = {}  # address -> (shut out until, period)
+
+    def cut(self, address: str, now: float) -> float:
+        """A connection from ``address`` was cut at ``now``: returns the period it is shut out for."""
+        until, period = self._until.get(address, (0.0, 0.0))
+        period = min(2 * period, self.longest) if period and now < until + self.forgiven else self.first
+        self._until[address] = (now + period, period)
+        return period
+
+    def shut(self, address: str, now: float) -> bool:
+        """Whether a new connection from ``address`` is to be closed at ``now``."""
+        entry = self._until.get(address)
+        return entry is not None and now < entry[0]
+
+    def forget(self, now: float) -> None:
+        """Drop the addresses forgiven by ``now`` (the table holds only recent offenders)."""
+        self._until = {a: e for a, e in self._until.items() if now < e[0] + self.forgiven}
+
+    def __len__(self) -> int:
+        return len(self._until)
