@@ -10,9 +10,10 @@ how an operator grants and revokes access on a live stream.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import os
-import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,12 @@ from .errors import CertificateRejected, KeyFileError, RegistryError
 from .hashdir import name_hash
 from .pemfiles import cert_pem, load_certificate, write_public
 from .trust import TrustStore, Usage
+
+
+def stat_key(path: str | os.PathLike) -> tuple:
+    """What says a certificate file is unchanged since it was parsed (ctime: no copy can preserve it)."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
@@ -140,6 +147,7 @@ class ReaderRegistry:
         *,
         at: dt.datetime | None = None,
         cache: LoadCache | None = None,
+        prejudge: Callable | None = None,
         **validate_options,
     ) -> ReaderSet:
         """Snapshot the authorized readers.
@@ -147,6 +155,8 @@ class ReaderRegistry:
         Unparseable files, DNs missing from the allow-list and (given ``trust``)
         certificates that fail validation for encryption are refused, each with
         its reason, rather than aborting: one bad file must not stop a stream.
+        ``prejudge(registry, names, cache, trust, at, now, options)`` may fill
+        ``cache`` first (zmqsec.drivers.coldload: in worker processes).
         """
         allow = self._allow_list()
         readers: list[Reader] = []
@@ -157,7 +167,10 @@ class ReaderRegistry:
             cache.accepted, cache.trust, cache.options = {}, trust, dict(validate_options)
         if cache is not None and cache.trust is not trust:
             cache.accepted, cache.trust = self._verdicts_kept(cache, trust, now), trust
-        for name in self._names():
+        names = self._names()
+        if prejudge is not None and cache is not None and trust is not None:
+            prejudge(self, names, cache, trust, at, now, validate_options)
+        for name in names:
             try:
                 reader = self._parse(name, cache)
             except (KeyFileError, OSError) as exc:
@@ -212,8 +225,7 @@ class ReaderRegistry:
     def _parse(self, name: str, cache: LoadCache | None) -> Reader:
         if cache is None:
             return Reader(load_certificate(self.directory / name), self.directory / name)
-        st = os.stat(os.path.join(self.directory, name))
-        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)  # ctime: no copy can preserve it
+        key = stat_key(os.path.join(self.directory, name))
         hit = cache.parsed.get(name)
         if hit is not None and hit[0] == key:
             return hit[1]

@@ -256,6 +256,32 @@ def _read_hashed_directory(path: Path) -> tuple[dict, dict, tuple[str, ...]]:
     return {k: tuple(v) for k, v in cas.items()}, {k: tuple(v) for k, v in crls.items()}, tuple(problems)
 
 
+class _Memo:
+    """Answers about a store's own certificates and CRLs, which every leaf under them asks again:
+    (id(crl), id(issuer)) or id(cert) -> (the objects, kept alive so that no id is reused, answer)."""
+
+    LIMIT = 4096  # untrusted intermediates are remembered too: stay bounded
+
+    def __init__(self) -> None:
+        self._answers: dict = {}
+
+    def _remember(self, key, objects: tuple, compute) -> bool:
+        hit = self._answers.get(key)
+        if hit is not None:
+            return hit[1]
+        if len(self._answers) >= self.LIMIT:
+            self._answers.clear()
+        answer = compute()
+        self._answers[key] = (objects, answer)
+        return answer
+
+    def crl_signed_by(self, crl: x509.CertificateRevocationList, issuer: x509.Certificate) -> bool:
+        return self._remember((id(crl), id(issuer)), (crl, issuer), lambda: _crl_signed_by(crl, issuer))
+
+    def self_issued(self, cert: x509.Certificate) -> bool:
+        return self._remember(id(cert), (cert,), lambda: _self_issued(cert))
+
+
 @dataclass(frozen=True)
 class TrustStore:
     """Trusted CA certificates and their CRLs, indexed by subject hash as OpenSSL does."""
@@ -286,6 +312,10 @@ class TrustStore:
     def ca_certificates(self) -> list[x509.Certificate]:
         """Every trusted CA certificate, in one list."""
         return [c for group in self.cas.values() for c in group]
+
+    @functools.cached_property
+    def _memo(self) -> "_Memo":
+        return _Memo()
 
     @functools.cached_property
     def fingerprint(self) -> bytes:
@@ -369,7 +399,7 @@ class TrustStore:
                         depth=len(chain) - 1)
                 return chain
             chain.append(issuer)
-            if _self_issued(issuer):
+            if self._memo.self_issued(issuer):
                 if not any(c == issuer for c in self.cas.get(name_hash(issuer.subject), ())):
                     raise errors.UnknownIssuer(
                         f"{_describe(issuer)}: root CA is not in the trust directory {self.source}", depth=len(chain) - 1)
@@ -426,7 +456,7 @@ class TrustStore:
 
     def _check_crl(self, cert: x509.Certificate, issuer: x509.Certificate, depth: int, at: dt.datetime, policy: CrlPolicy) -> None:
         candidates = [c for c in self.crls.get(name_hash(issuer.subject), ()) if c.issuer == issuer.subject]
-        signed = [c for c in candidates if _crl_signed_by(c, issuer)]
+        signed = [c for c in candidates if self._memo.crl_signed_by(c, issuer)]
         if not signed:
             if candidates:
                 raise errors.BadSignature(f"CRL of {_describe(issuer)}: signature does not verify", depth=depth)

@@ -136,3 +136,15 @@ def test_the_crl_revocation_figures_are_that_run_s():
     assert f"{revocation['revocation_to_new_key_s']:.2f} s by deleting" in text
     crl = [t["met"] for t in run["targets"] if "on the CRL" in t["target"]]
     assert crl == [True], run["targets"]
+
+
+def test_the_start_up_figures_are_that_run_s():
+    run = json.loads((ROOT / "bench" / "cold-load.json").read_text())
+    before = json.loads((ROOT / "bench" / "crl-revocation.json").read_text())["memory"]
+    assert f'"started": "{run["started"]}"' in PAGE and run["profile"] == "full" and run["sections"] == ["memory"]
+    text = " ".join(PAGE.split("**Start-up, with the registry judged on every core.**")[1].split("## ")[0].split())
+    memory = run["memory"]
+    assert memory["publisher_readers"] == 10_000 and memory["publisher_setup_s"] < before["publisher_setup_s"]
+    assert f"**{memory['publisher_setup_s']:.1f} s** (`publisher_setup_s`; {before['publisher_setup_s']:.1f} s" in text
+    assert f"peaked at {memory['publisher_10k_readers_rss_mb']:.0f} MB ({before['publisher_10k_readers_rss_mb']:.0f} MB)" \
+        in text

@@ -218,3 +218,46 @@ def test_a_crl_revoking_an_intermediate_ca_refuses_every_reader_under_it_at_once
     for leaf in leaves:
         out = run("verify", "-CApath", str(tmp_path / "after"), "-crl_check_all", str(leaf), check=False)
         assert out.returncode != 0 and b"revoked" in out.stdout + out.stderr
+
+
+def test_a_large_cold_load_is_judged_in_worker_processes_with_the_same_verdicts(ca, tmp_path, monkeypatch):
+    """From PARALLEL_FROM certificates to judge, a load parses and validates them in one worker process per
+    core; it gives the same readers and refusals as a load in one process, and validates again in this
+    process only what the workers refused (for the refusal's message)."""
+    import os
+    from unittest import mock
+
+    from zmqsec.drivers import coldload
+    from zmqsec.keys.ca import generate_key
+    from zmqsec.keys.registry import LoadCache
+
+    assert len(os.sched_getaffinity(0)) >= 2, "a load spreads over the cores only where there are two"
+    monkeypatch.setattr(coldload, "PARALLEL_FROM", 20)
+    shared = generate_key()
+    pki = Pki.under(ca, tmp_path / "pki")
+    for i in range(40):
+        pki.issue(f"r{i:02d}", Role.READER, key=shared)
+    pki.issue("signer", Role.PUBLISHER)  # no key encipherment: refused
+    registry = ReaderRegistry(tmp_path / "readers")
+    for issued in pki.certs.values():
+        registry.add(issued.certificate)
+    ca.revoke(pki.certs["r07"].certificate)
+    (tmp_path / "readers" / "garbage.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\nnot one\n")
+    trust = TrustStore.from_directory(ca.trust_dir)
+
+    alone = registry.load(trust, cache=LoadCache())
+    checked: list[int] = []
+    validate = TrustStore.validate
+
+    def counting(store, cert, **options):
+        checked.append(cert.serial_number)
+        return validate(store, cert, **options)
+
+    with mock.patch.object(TrustStore, "validate", counting):
+        spread = registry.load(trust, cache=LoadCache(), prejudge=coldload.prejudge)
+    assert [r.fingerprint for r in spread] == [r.fingerprint for r in alone] and len(spread) == 39
+    assert sorted((r.path.name, r.reason) for r in spread.refused) == sorted((r.path.name, r.reason)
+                                                                             for r in alone.refused)
+    assert {r.path.name for r in spread.refused} >= {"garbage.pem"} and len(spread.refused) == 3
+    refused_serials = {pki.certs["r07"].certificate.serial_number, pki.certs["signer"].certificate.serial_number}
+    assert set(checked) <= refused_serials, "this process validated what the workers had accepted"

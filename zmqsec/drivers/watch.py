@@ -17,6 +17,8 @@ from zmqsec.keys.dn import DnAllowList, slash_dn
 from zmqsec.keys.registry import LoadCache, ReaderRegistry, ReaderSet
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 
+from . import coldload
+
 log = logging.getLogger("zmqsec.publisher")
 log_signers = logging.getLogger("zmqsec.bridge.in")
 
@@ -127,7 +129,8 @@ class RegistryWatch:
         if not self.trust_dir:
             readers = self.registry.load(cache=self._cache)
         else:
-            readers = self.registry.load(self._trust_store(trust_changed or recheck), crl=self.crl, cache=self._cache)
+            readers = self.registry.load(self._trust_store(trust_changed or recheck), crl=self.crl, cache=self._cache,
+                                         prejudge=coldload.prejudge)
             self._trust_watch.seen(now)
         for refusal in readers.refused:
             log.warning("reader registry: %s refused [%s]: %s", refusal.path.name, refusal.reason, refusal.message)
