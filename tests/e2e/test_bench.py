@@ -121,3 +121,13 @@ def test_memory_and_plots(results):
     for name in ("stream.png", "replay.png", "rekey.png", "bridge.png", "memory.png"):
         assert (directory / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     assert all(t["met"] in (True, False, None) for t in data["targets"])
+
+
+@pytest.mark.timeout(660)
+def test_start_times_a_real_publisher_on_every_core_and_on_one(results):
+    data, _ = results
+    start = data["start"]
+    assert start["readers"] == 2500 and start["cores"] >= 2, start
+    assert start["start_s"] > 0 and start["one_core_start_s"] > 0 and start["peak_rss_mb"] > 0, start
+    assert abs(start["speedup"] - start["one_core_start_s"] / start["start_s"]) < 0.05, start
+    assert "after_start" in data["load_average"]

@@ -16,13 +16,15 @@ comparison a ratio of figures taken in the same run (docs/performance.md explain
   process per sign, encrypt, decrypt and verify (APEL SSM's way), the broker's own ceiling,
   cryptography's S/MIME builders beside the bridge's signing, and stomp-out under a steady input;
 * **memory** -- peak RSS of a publisher holding many readers, and of a reader.
+* **start** -- ``zmqsec publish`` started on 100,000 readers (quick: 2,500): time to its first epoch key
+  and peak RSS, on every core and pinned to one.
 
 Results go to a JSON file with PNG plots beside it (matplotlib: ``pip install 'zmqsec[tools]'``).
 
 Modules: ``config`` (profiles, names), ``pki``, ``grouping``, ``systems`` and ``workers`` (the two
 systems in processes of their own), one module per section (``stream``, ``replay``, ``rekey``,
 ``bridge`` with ``bridge_in``, ``bridge_steady``, ``broker`` and ``bridge_run``, which runs them,
-``memory``), ``report`` (results.json), ``plots``, and ``runner``, which runs the sections in turn.
+``memory``, ``start``), ``report`` (results.json), ``plots``, and ``runner``, which runs the sections in turn.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from zmqsec.errors import ZmqsecError
 STREAM = "bench"
 PLAIN, ZMQSEC, JOURNALED = "plain", "zmqsec", "zmqsec+journal"
 SINGLE, GROUPED = "single-envelope", "grouped"
-SECTIONS = ("stream", "replay", "rekey", "bridge", "memory")
+SECTIONS = ("stream", "replay", "rekey", "bridge", "memory", "start")
 
 
 class BenchError(ZmqsecError):
@@ -44,6 +44,7 @@ class Profile:
     memory_rate: int
     replay_rate: int  # records/s of the live stream while the replay section's reader is stopped
     replay_outage_s: float
+    start_readers: int = 100_000  # registry of the start section
 
 
 QUICK = Profile(
@@ -52,7 +53,7 @@ QUICK = Profile(
     single_caps=((1000, 1, 2),), registry_reps=1, bridge_bodies=(1024, 65536), bridge_messages=60,
     bridge_openssl_messages=10, bridge_in_messages=300, bridge_reps=3, bridge_steady_s=4.0, memory_readers=1000,
     memory_messages=300, memory_rate=200,
-    replay_rate=100, replay_outage_s=5.0)
+    replay_rate=100, replay_outage_s=5.0, start_readers=2500)
 FULL = Profile(
     name="full", stream_payloads=(1024, 65536), stream_seconds=3.0, stream_reps=5, latency_rate=1000,
     latency_messages=5000, rekey_readers=(10, 100, 1000, 10_000), rekey_reps=3, rekey_sample=5,

@@ -15,6 +15,7 @@ from .bridge_run import run_bridge
 from .broker import PrivateBroker
 from .config import BenchConfig
 from .memory import run_memory
+from .start import run_start
 from .pki import SHARED_READER_KEYS, make_pki
 from .plots import write_plots
 from .rekey import run_rekey
@@ -73,6 +74,9 @@ def run(config: BenchConfig) -> dict:
         if "memory" in config.sections:
             results["memory"], results["revocation"] = run_memory(profile, pki, config.group_size)
             results["load_average"]["after_memory"] = load()
+        if "start" in config.sections:
+            results["start"] = run_start(profile)
+            results["load_average"]["after_start"] = load()
         results["targets"] = evaluate_targets(results)
         results["duration_s"] = time.perf_counter() - t0
         results = round_figures(results)
