@@ -64,15 +64,24 @@ def evaluate_targets(results: dict) -> list[dict]:
     for r in rows:
         out.append({"target": f"revoking one of 10,000 readers in effect within 1 s ({r['mode']})", "goal": 1.0,
                     "measured": r["rekey_s"], "met": r["rekey_s"] <= 1.0})
-    revocation = results.get("revocation")
-    if revocation and revocation["readers"] == 10_000:
-        out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: registry "
-                              f"removal to new key, {revocation['mode']})", "goal": 1.0,
-                    "measured": revocation["revocation_to_new_key_s"], "met": revocation["revocation_to_new_key_s"] <= 1.0})
-        out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: certificate "
-                              f"on the CRL to new key, {revocation['mode']})", "goal": 1.0,
-                    "measured": revocation["crl_revocation_to_new_key_s"],
-                    "met": revocation["crl_revocation_to_new_key_s"] <= 1.0})
+    revocations = results.get("revocation") or []
+    for revocation in [revocations] if isinstance(revocations, dict) else revocations:  # a dict in older files
+        n = revocation["readers"]
+        if n == 10_000:
+            out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: registry "
+                                  f"removal to new key, {revocation['mode']})", "goal": 1.0,
+                        "measured": revocation["revocation_to_new_key_s"],
+                        "met": revocation["revocation_to_new_key_s"] <= 1.0})
+            out.append({"target": "revoking one of 10,000 readers in effect within 1 s (running publisher: certificate "
+                                  f"on the CRL to new key, {revocation['mode']})", "goal": 1.0,
+                        "measured": revocation["crl_revocation_to_new_key_s"],
+                        "met": revocation["crl_revocation_to_new_key_s"] <= 1.0})
+        goal = {10_000: 0.5, 100_000: 2.0}.get(n)
+        if goal is not None:
+            out.append({"target": f"revocation by a new CRL at {n:,} readers <= {goal} s (running publisher, "
+                                  f"{revocation['mode']})", "goal": goal,
+                        "measured": revocation["crl_revocation_to_new_key_s"],
+                        "met": revocation["crl_revocation_to_new_key_s"] <= goal})
     start = results.get("start")
     if start and start["readers"] == 100_000:
         out.append({"target": "publisher start at 100,000 readers <= 60 s", "goal": 60.0, "measured": start["start_s"],

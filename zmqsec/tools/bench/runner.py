@@ -72,10 +72,12 @@ def run(config: BenchConfig) -> dict:
                     results.update(run_bridge(profile, pki, broker.host, broker.port, workdir))
             results["load_average"]["after_bridge"] = load()
         if "memory" in config.sections:
-            results["memory"], results["revocation"] = run_memory(profile, pki, config.group_size)
+            results["memory"], revocation = run_memory(profile, pki, config.group_size)
+            results.setdefault("revocation", []).append(revocation)
             results["load_average"]["after_memory"] = load()
         if "start" in config.sections:
-            results["start"] = run_start(profile)
+            results["start"], revocation = run_start(profile, config.group_size)
+            results.setdefault("revocation", []).append(revocation)
             results["load_average"]["after_start"] = load()
         results["targets"] = evaluate_targets(results)
         results["duration_s"] = time.perf_counter() - t0

@@ -1,8 +1,10 @@
 """The start section: ``zmqsec publish`` started on a registry of many readers (the full profile:
-100,000), timed until its status file shows every reader and the first epoch key, with the peak
-resident memory of the publisher and its worker processes; once as it runs (its first registry load
-judged on every core) and once pinned to one core with ``taskset`` (the load then stays in one
-process), side by side."""
+100,000) in grouped mode, timed until its status file shows every reader and the first epoch key,
+with the peak resident memory of the publisher and its worker processes; once as it runs (its first
+registry load judged on every core) and once pinned to one core with ``taskset`` (the load then stays
+in one process), side by side.  Then revocations on the running publisher, as in the memory section:
+a registry file deleted, a certificate put on the CA's CRL, each timed until the status file shows
+the new epoch."""
 
 from __future__ import annotations
 
@@ -18,13 +20,17 @@ from pathlib import Path
 
 from zmqsec.keys.ca import CertificateAuthority, KeyType, Role, generate_key
 from zmqsec.keys.dn import parse_slash_dn
+from zmqsec.keys.pemfiles import load_certificate
 
-from .config import STREAM, BenchError, Profile
+from .config import GROUPED, STREAM, BenchError, Profile
+from .grouping import auto_group_size
+from .stats import median
 
 log = logging.getLogger("zmqsec.bench")
 
 SHARED_KEYS = 3
 TIMEOUT = 900.0  # seconds a start may take before the section gives up
+REVOCATIONS = 3  # of each kind
 
 
 def _scratch() -> Path:
@@ -46,7 +52,8 @@ def _site(directory: Path, readers: int) -> dict:
         issued = ca.issue(role=Role.READER, cn=f"reader-{i:06d}.start", key=keys[i % SHARED_KEYS],
                           out_dir=directory / "readers")
         os.link(issued.cert_path, registry / issued.cert_path.name)
-    return {"trust": ca.trust_dir, "registry": registry, "cert": publisher.cert_path, "key": publisher.key_path}
+    return {"ca": ca, "trust": ca.trust_dir, "registry": registry, "cert": publisher.cert_path,
+            "key": publisher.key_path}
 
 
 def _tree_rss_mb(pid: int) -> float:
@@ -63,14 +70,42 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _start(site: dict, readers: int, directory: Path, pin: bool) -> dict:
+def _state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _revoke(site: dict, status: Path, proc: subprocess.Popen, names: list[str]) -> tuple[list[float], list[float]]:
+    """Alternately a registry file deleted and a certificate put on the CRL, each timed until a new epoch."""
+    removals, crls = [], []
+    for i in range(REVOCATIONS):
+        for kind, times, name in (("registry", removals, names[2 * i]), ("crl", crls, names[2 * i + 1])):
+            before = _state(status).get("epoch", 0)
+            t0 = time.monotonic()
+            path = site["registry"] / name
+            if kind == "registry":
+                path.unlink()
+            else:
+                site["ca"].revoke(load_certificate(path))
+            while _state(status).get("epoch", 0) <= before:
+                if proc.poll() is not None or time.monotonic() - t0 > TIMEOUT:
+                    raise BenchError(f"start: revoking by {kind} did not rekey within {TIMEOUT:.0f} s")
+                time.sleep(0.01)
+            times.append(time.monotonic() - t0)
+    return removals, crls
+
+
+def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool, revoke: list[str] = ()) -> dict:
     status = directory / "publisher.json"
     status.unlink(missing_ok=True)
     (directory / "outgoing").mkdir(exist_ok=True)
     command = [sys.executable, "-m", "zmqsec.cli", "--log-level", "WARNING", "publish", "--stream", STREAM,
                "--endpoint", f"ipc://{directory}/start.ipc", "--certificate", str(site["cert"]),
                "--key", str(site["key"]), "--capath", str(site["trust"]), "--registry", str(site["registry"]),
-               "--outgoing", str(directory / "outgoing"), "--status-file", str(status), "--status-interval", "0.2"]
+               "--outgoing", str(directory / "outgoing"), "--status-file", str(status), "--status-interval", "0.05",
+               "--group-size", str(group_size)]
     if pin:
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     t0 = time.monotonic()
@@ -79,12 +114,12 @@ def _start(site: dict, readers: int, directory: Path, pin: bool) -> dict:
     try:
         while True:
             peak = max(peak, _tree_rss_mb(proc.pid))
-            try:
-                state = json.loads(status.read_text())
-            except (OSError, ValueError):
-                state = {}
+            state = _state(status)
             if state.get("readers") == readers and state.get("epoch", 0) >= 1:
-                return {"start_s": time.monotonic() - t0, "peak_rss_mb": peak, "rss_mb": _tree_rss_mb(proc.pid)}
+                started = {"start_s": time.monotonic() - t0, "peak_rss_mb": peak, "rss_mb": _tree_rss_mb(proc.pid)}
+                if revoke:
+                    started["removals"], started["crls"] = _revoke(site, status, proc, list(revoke))
+                return started
             if proc.poll() is not None or time.monotonic() - t0 > TIMEOUT:
                 raise BenchError(f"start: the publisher with {readers} readers did not start within {TIMEOUT:.0f} s "
                                  f"(status {state}): {proc.stderr.read().decode(errors='replace')[-2000:] if proc.poll() is not None else ''}")
@@ -98,23 +133,31 @@ def _start(site: dict, readers: int, directory: Path, pin: bool) -> dict:
             proc.wait()
 
 
-def run_start(profile: Profile) -> dict:
-    """The start row (see the module docstring)."""
+def run_start(profile: Profile, group_size: int | None = None) -> tuple[dict, dict]:
+    """The start row and a revocation row (see the module docstring)."""
     n = profile.start_readers
+    g = group_size or auto_group_size(n)
     directory = _scratch()
     try:
         t = time.perf_counter()
         site = _site(directory, n)
         log.info("start: %d reader certificates issued in %.0f s", n, time.perf_counter() - t)
         cores = len(os.sched_getaffinity(0))
-        spread = _start(site, n, directory, pin=False)
-        log.info("start: %d readers, %d cores: %.1f s, peak %.0f MB", n, cores, spread["start_s"], spread["peak_rss_mb"])
-        one = _start(site, n, directory, pin=True) if shutil.which("taskset") else None
+        one = _start(site, n, directory, g, pin=True) if shutil.which("taskset") else None
         if one:
             log.info("start: %d readers, one core: %.1f s, peak %.0f MB", n, one["start_s"], one["peak_rss_mb"])
-        return {"readers": n, "cores": cores, "start_s": spread["start_s"], "peak_rss_mb": spread["peak_rss_mb"],
-                "rss_after_start_mb": spread["rss_mb"],
+        victims = sorted(p.name for p in site["registry"].iterdir())[-2 * REVOCATIONS:]
+        spread = _start(site, n, directory, g, pin=False, revoke=victims)
+        log.info("start: %d readers, %d cores: %.1f s, peak %.0f MB", n, cores, spread["start_s"], spread["peak_rss_mb"])
+        log.info("start: %d readers, revocation to new key: %s s by registry, %s s by CRL", n,
+                 spread["removals"], spread["crls"])
+        return {"readers": n, "mode": GROUPED, "group_size": g, "cores": cores, "start_s": spread["start_s"],
+                "peak_rss_mb": spread["peak_rss_mb"], "rss_after_start_mb": spread["rss_mb"],
                 "one_core_start_s": one and one["start_s"], "one_core_peak_rss_mb": one and one["peak_rss_mb"],
-                "speedup": one and one["start_s"] / spread["start_s"]}
+                "speedup": one and one["start_s"] / spread["start_s"]}, {
+                "readers": n, "mode": GROUPED, "group_size": g,
+                "revocation_to_new_key_s": median(spread["removals"]), "samples": spread["removals"],
+                "crl_revocation_to_new_key_s": median(spread["crls"]), "crl_samples": spread["crls"],
+                "repetitions": REVOCATIONS}
     finally:
         shutil.rmtree(directory, ignore_errors=True)
