@@ -211,15 +211,18 @@ class ReaderRegistry:
         changes = trust.crl_changes_since(cache.trust, now)
         if changes is None:
             return {}
-        kept = {}
+        kept, store_until = {}, trust.valid_until
+        every = any(serials is None for serials in changes.values())
+        listed = frozenset().union(*(serials for serials in changes.values() if serials is not None))
         for _, reader in cache.parsed.values():
             cert = reader.certificate
             if now >= cache.accepted.get(reader.fingerprint, now):
                 continue  # not accepted, or the verdict has expired: judged again
-            serials = changes.get(name_hash(cert.issuer), frozenset())
-            if serials is None or cert.serial_number in serials:
-                continue
-            kept[reader.fingerprint] = min(cert.not_valid_after_utc, trust.valid_until)
+            if every or cert.serial_number in listed:  # only then is the issuer worth its hash
+                serials = changes.get(name_hash(cert.issuer), frozenset())
+                if serials is None or cert.serial_number in serials:
+                    continue
+            kept[reader.fingerprint] = min(cert.not_valid_after_utc, store_until)
         return kept
 
     def _parse(self, name: str, cache: LoadCache | None) -> Reader:
