@@ -109,7 +109,9 @@ def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool
     if pin:
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     t0 = time.monotonic()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    log_path = directory / "publisher.log"
+    with open(log_path, "wb") as err:  # a file, not a pipe: nobody reads it while the publisher runs
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=err)
     peak, state = 0.0, {}
     try:
         while True:
@@ -121,8 +123,9 @@ def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool
                     started["removals"], started["crls"] = _revoke(site, status, proc, list(revoke))
                 return started
             if proc.poll() is not None or time.monotonic() - t0 > TIMEOUT:
+                tail = log_path.read_bytes()[-2000:].decode(errors="replace")
                 raise BenchError(f"start: the publisher with {readers} readers did not start within {TIMEOUT:.0f} s "
-                                 f"(status {state}): {proc.stderr.read().decode(errors='replace')[-2000:] if proc.poll() is not None else ''}")
+                                 f"(status {state}): {tail}")
             time.sleep(0.1)
     finally:
         proc.terminate()
