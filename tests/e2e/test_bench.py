@@ -131,3 +131,9 @@ def test_start_times_a_real_publisher_on_every_core_and_on_one(results):
     assert start["start_s"] > 0 and start["one_core_start_s"] > 0 and start["peak_rss_mb"] > 0, start
     assert abs(start["speedup"] - start["one_core_start_s"] / start["start_s"]) < 0.05, start
     assert "after_start" in data["load_average"]
+    # Revocations on that running publisher: a row of the revocation list, each sample a rekey it saw.
+    rows = [r for r in data["revocation"] if r["readers"] == 2500]
+    assert len(rows) == 1 and rows[0]["mode"] == start["mode"] == "grouped", data["revocation"]
+    assert len(rows[0]["samples"]) == len(rows[0]["crl_samples"]) == rows[0]["repetitions"] == 3, rows
+    assert all(t > 0 for t in rows[0]["samples"] + rows[0]["crl_samples"]), rows
+    assert [r["readers"] for r in data["revocation"]] == [data["settings"]["memory_readers"], 2500]

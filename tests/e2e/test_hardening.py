@@ -584,3 +584,73 @@ def test_daemons_survive_generated_subscriptions_and_frames_of_every_size(site):
     assert alive == [True, True, True]
     assert sum(rejected.values()) >= 100, rejected
     daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
+
+
+def test_a_shut_out_address_keeps_its_open_connections_and_connects_again_once_the_period_ends():
+    """The gate over real sockets: a connection from 127.0.0.2 sends more distinct subscriptions than the limit
+    and is cut; another connection from 127.0.0.2, open before the cut, keeps receiving; a new connection from
+    127.0.0.2 is closed on arrival [shut-out] while the period lasts, and one made after it is taken."""
+    import logging
+
+    from zmq.utils.monitor import recv_monitor_message
+
+    from zmqsec.drivers import gate as gate_module
+    from zmqsec.drivers.refusals import RefusalLog
+    from zmqsec.machines.subscriptions import ShutOut
+
+    ctx = zmq.Context()
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.XPUB_VERBOSER, 1)
+    xpub.setsockopt(zmq.RCVHWM, gate_module.RCVHWM)
+    port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    gate = gate_module.SubscriptionGate(xpub, lambda prefix: True, RefusalLog(logging.getLogger("test"), "test"),
+                                        limit=8)
+    gate.shut_out = ShutOut(first=1.5)
+    peers = []
+
+    def peer() -> tuple[zmq.Socket, zmq.Socket]:
+        sock = ctx.socket(zmq.XSUB)
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+        sock.setsockopt(zmq.RECONNECT_IVL, 5000)  # one attempt within the test's windows
+        sock.connect(f"tcp://127.0.0.2:0;127.0.0.1:{port}")
+        peers.append((sock, monitor))
+        return sock, monitor
+
+    def events(monitor: zmq.Socket, seconds: float) -> list[int]:
+        seen, end = [], time.monotonic() + seconds
+        while time.monotonic() < end:
+            gate.take()
+            if monitor.poll(10):
+                seen.append(recv_monitor_message(monitor)["event"])
+        return seen
+
+    try:
+        honest, honest_events = peer()
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED in events(honest_events, 1.0)
+        honest.send(b"\x01topic")
+        stranger, stranger_events = peer()
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED in events(stranger_events, 1.0)
+        for i in range(20):
+            stranger.send(b"\x01" + i.to_bytes(2, "big"))
+        assert zmq.EVENT_DISCONNECTED in events(stranger_events, 1.0) and gate.cut == 1
+        stranger.close(linger=0)
+        late, late_events = peer()  # within the 1.5 s period: closed on arrival
+        assert zmq.EVENT_DISCONNECTED in events(late_events, 0.5) and gate.rejected()["shut-out"] >= 1
+        late.close(linger=0)
+        xpub.send(b"topic for the honest peer")
+        assert honest.poll(2000) and honest.recv() == b"topic for the honest peer"  # never touched
+        time.sleep(1.5)
+        after, after_events = peer()  # the period is over
+        seen = events(after_events, 1.0)
+        assert zmq.EVENT_HANDSHAKE_SUCCEEDED in seen and zmq.EVENT_DISCONNECTED not in seen, seen
+        after.send(b"\x01later")
+        events(after_events, 0.3)
+        xpub.send(b"later, for the peer after the period")
+        assert after.poll(2000) and after.recv() == b"later, for the peer after the period"
+    finally:
+        gate.close()
+        for sock, monitor in peers:
+            monitor.close(linger=0)
+            sock.close(linger=0)
+        xpub.close(linger=0)
+        ctx.term()

@@ -232,6 +232,7 @@ def test_a_large_cold_load_is_judged_in_worker_processes_with_the_same_verdicts(
     from zmqsec.keys.registry import LoadCache
 
     assert len(os.sched_getaffinity(0)) >= 2, "a load spreads over the cores only where there are two"
+    assert coldload.PARALLEL_FROM == 2000  # what docs/performance.md says; 20 here, to keep the test small
     monkeypatch.setattr(coldload, "PARALLEL_FROM", 20)
     shared = generate_key()
     pki = Pki.under(ca, tmp_path / "pki")
@@ -261,3 +262,19 @@ def test_a_large_cold_load_is_judged_in_worker_processes_with_the_same_verdicts(
     assert {r.path.name for r in spread.refused} >= {"garbage.pem"} and len(spread.refused) == 3
     refused_serials = {pki.certs["r07"].certificate.serial_number, pki.certs["signer"].certificate.serial_number}
     assert set(checked) <= refused_serials, "this process validated what the workers had accepted"
+
+
+def test_a_trust_store_checks_a_crl_signature_once_for_all_the_certificates_under_it(ca, tmp_path, monkeypatch):
+    from zmqsec.keys import trust as trust_module
+    from zmqsec.keys.trust import Usage
+
+    pki = Pki.under(ca, tmp_path / "pki", a=Role.READER, b=Role.READER, c=Role.READER)
+    calls = []
+    check = trust_module._crl_signed_by
+    monkeypatch.setattr(trust_module, "_crl_signed_by", lambda crl, issuer: calls.append(1) or check(crl, issuer))
+    store = TrustStore.from_directory(ca.trust_dir)
+    for issued in pki.certs.values():
+        store.validate(issued.certificate, usage=Usage.ENCRYPT)
+    assert len(calls) == 1
+    TrustStore.from_directory(ca.trust_dir).validate(pki.certs["a"].certificate, usage=Usage.ENCRYPT)
+    assert len(calls) == 2  # a new store checks again

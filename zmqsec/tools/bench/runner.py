@@ -15,12 +15,12 @@ from .bridge_run import run_bridge
 from .broker import PrivateBroker
 from .config import BenchConfig
 from .memory import run_memory
-from .start import run_start
 from .pki import SHARED_READER_KEYS, make_pki
 from .plots import write_plots
 from .rekey import run_rekey
 from .replay import run_replay
 from .report import evaluate_targets, load, machine, round_figures, write_results
+from .start import run_start
 from .stream import run_stream
 
 log = logging.getLogger("zmqsec.bench")
