@@ -33,6 +33,7 @@ class RejectReason(enum.StrEnum):
     HEADER_MISMATCH = "header-mismatch"
     NOT_A_RECIPIENT = "not-a-recipient"
     NO_GROUP_KEY = "no-group-key"
+    NO_TREE_KEY = "no-tree-key"
     STALE_EPOCH = "stale-epoch"
     STALE_GROUP_KEY = "stale-group-key"
     STALE_RESTART = "stale-restart"

@@ -43,7 +43,7 @@ body_fields = st.lists(st.one_of(st.integers(-5, 2**64 - 1), st.binary(max_size=
 
 
 @FUZZ
-@given(st.sampled_from([b"D", b"K", b"S", b"X"]), body_fields)
+@given(st.sampled_from([b"D", b"K", b"S", b"X", b"G01.", b"T0110.", b"R"]), body_fields)
 def test_structured_garbage_bodies(kind, fields):
     try:
         frames.decode([b"apel\x00" + kind, msgpack.packb(fields)])

@@ -40,6 +40,10 @@ PUBLISH = COMMON + CURVE_SERVER + [
     Option("rotation", "key_transport", "choice", "oaep", "RSA key transport for reader envelopes", choices=("oaep", "pkcs1v15")),
     Option("rotation", "group_size", "int", 0, "0: one envelope wraps each key for every reader; N: readers in groups of "
            "about N with their own group keys, so a rekey sends each reader a bounded announcement (large registries)"),
+    Option("rotation", "mode", "choice", "auto", "how each epoch key reaches the readers: single (one envelope for "
+           "every reader), groups (reader groups of about group_size), tree (a key tree: a revocation sends each "
+           "remaining reader one small update, docs/PROTOCOL.md §4.6); auto: groups if group_size is set, else single",
+           choices=("auto", "single", "groups", "tree"), flag_name="rotation_mode"),
     Option("rotation", "group_reannounce_interval", "float", 4.0, "seconds between re-announcements of the group keys "
            "(keep it under the readers' 5 s key wait, or multicast joiners lose their first frames)"),
     Option("messaging", "path", "path", help="outgoing spool: each message in it is published, then removed", flag_name="outgoing"),
@@ -65,6 +69,7 @@ def rotation_policy(settings) -> RotationPolicy:
             checkpoint_max=settings["rotation.checkpoint_max"],
             transport=KeyTransport.OAEP if settings["rotation.key_transport"] == "oaep" else KeyTransport.PKCS1V15,
             group_size=settings["rotation.group_size"],
+            mode="" if settings["rotation.mode"] == "auto" else settings["rotation.mode"],
             group_reannounce_interval=settings["rotation.group_reannounce_interval"])
     except ValueError as exc:
         raise ConfigError(f"{settings.source}: [rotation] {exc}") from None

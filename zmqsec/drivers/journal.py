@@ -84,9 +84,13 @@ class Entry:
 
 
 
-def describe(parts: list[bytes]) -> Entry:
-    """Index a frame by what replay looks it up by; raises :class:`frames.FrameError` for a bad frame."""
+def describe(parts: list[bytes]) -> Entry | None:
+    """Index a frame by what replay looks it up by, or None for a frame no replay serves (key tree messages:
+    a reader gets its path anew by subscribing, docs/PROTOCOL.md §4.6); raises :class:`frames.FrameError` for a
+    bad frame."""
     frame = frames.decode(parts)
+    if isinstance(frame, frames.TreeAnnouncement):
+        return None
     topic, body = bytes(parts[0]), bytes(parts[1])
     if isinstance(frame, frames.DataFrame):
         return Entry(frame.stream_id, "D", frame.seq, frame.seq, frame.epoch, b"", b"", topic, body)
@@ -171,11 +175,14 @@ class Journal:
         self._batch.append(entry)
 
     def add_parts(self, parts: list[bytes]) -> None:
-        """One frame, indexed from its bytes (relays); a frame that does not decode is not kept."""
+        """One frame, indexed from its bytes (relays); a frame that does not decode, or that no replay serves,
+        is not kept."""
         try:
-            self.add(describe(parts))
+            entry = describe(parts)
         except frames.FrameError:
-            pass
+            return
+        if entry is not None:
+            self.add(entry)
 
     def spooled(self, name: str, data_digest: bytes, stream_id: bytes, seq: int) -> None:
         """A spool item travels in the current batch: the journal remembers it, so it is never published twice."""

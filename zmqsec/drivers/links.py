@@ -279,6 +279,13 @@ class Links:
         for link in self.links:
             link.watch(now)
 
+    def resubscribe(self, topic: bytes) -> None:
+        """Subscribe every socket to ``topic`` anew: the publisher sees a new subscription (through relays too)."""
+        for link in self.links:
+            for socket in {id(s): s for s in (link.socket, *link.sockets)}.values():
+                socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+                socket.setsockopt(zmq.SUBSCRIBE, topic)
+
     def status(self) -> dict:
         """Each endpoint's connection state and last frame, for the status file."""
         return {link.endpoint: link.status() for link in self.links}

@@ -28,9 +28,10 @@ from .curve import CurveClient, apply_client
 from .links import MAX_QUEUED_BYTES, Links
 from .mending import Mender
 from .refusals import RefusalLog
-from zmqsec.protocol.groups import reader_bits, reader_topics
+from zmqsec.protocol.groups import leaf_topic, reader_bits, reader_topics
 from zmqsec.protocol.primitives import MAX_ANNOUNCEMENT_FRAME
 from zmqsec.machines.receiver import (
+    CatchUp,
     Delivered,
     Gap,
     GroupKeyAccepted,
@@ -39,6 +40,7 @@ from zmqsec.machines.receiver import (
     Rejected,
     Restarted,
     StreamReceiver,
+    TreeKeysAccepted,
 )
 from .watch import DirectoryWatch
 
@@ -60,6 +62,7 @@ class _Events:
         self.epoch = 0
         self.repairing = False  # replay servers are configured
         self.refusals = RefusalLog(log, f"stream {stream}")  # one line per reason and interval, whatever floods in
+        self.catch_up = False  # keys of our key tree path are missing: ask for our path again
 
     def handle(self, events) -> None:
         """Queue deliveries; log, count and pass on everything else."""
@@ -87,6 +90,11 @@ class _Events:
             elif isinstance(event, GroupKeyAccepted):
                 log.info("stream %s: key of reader group %r generation %d accepted", self.stream,
                          event.tag.decode(), event.generation)
+            elif isinstance(event, TreeKeysAccepted):
+                log.info("stream %s: %d key(s) of our key tree path accepted (generation %d)", self.stream,
+                         event.keys, event.generation)
+            elif isinstance(event, CatchUp):
+                self.catch_up = True
 
 
 class _Base:
@@ -124,6 +132,7 @@ class _Base:
         self.mender = Mender(self.receiver, list(replay), tags=reader_bits(credential.certificate), positions=positions,
                              context=sync_context, curve=curve)
         topics = reader_topics(stream, credential.certificate)  # not the other reader groups' keys
+        self._leaf_topic = leaf_topic(stream, credential.certificate)
 
         def configure(socket: zmq.Socket) -> None:
             socket.setsockopt(zmq.LINGER, 0)
@@ -153,6 +162,10 @@ class _Base:
     def _handle(self, events, now: float) -> None:
         self.mender.handle(events, now)
         self.events.handle(events)
+        if self.events.catch_up:  # a new subscription to our leaf topic: the publisher sends our path (§4.6)
+            self.events.catch_up = False
+            log.info("stream %s: keys of our key tree path missing; asking for our path", self.stream)
+            self.links.resubscribe(self._leaf_topic)
 
     def _housekeeping(self, now: float) -> None:
         if now < self._next_tick:

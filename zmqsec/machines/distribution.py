@@ -2,6 +2,8 @@
 recipients of each epoch envelope.
 
 * :class:`SingleEnvelope` wraps the epoch key for every reader certificate.
+* :class:`.keytree.TreeDistribution` wraps the epoch key once, under the root of a key tree
+  whose updates cost about log N wraps (§4.6).
 * :class:`ReaderGroups` splits the readers into groups of about ``group_size``; each group has a
   group key in its own envelope on its own topic, changed only when the group's membership
   changes, and the epoch key is wrapped once per group key (§4.5).
@@ -20,18 +22,19 @@ from zmqsec.crypto.enveloped import CertificateRecipient, Kek, Recipient
 from zmqsec.errors import ZmqsecError
 from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.protocol.announce import GroupKey, make_group_announcement
-from zmqsec.protocol.frames import encode
+from zmqsec.protocol.frames import GROUP, encode
 from zmqsec.protocol.groups import group_bits, partition
 from zmqsec.protocol.primitives import KEY_BYTES, MAX_GENERATION
 
 
 @dataclass
 class Wrapping:
-    """What one rekey needs: announcements that must precede the epoch's own (new group keys),
-    and the recipients of the epoch envelope."""
+    """What one rekey needs: announcements that must precede the epoch's own (new group keys, or key tree
+    updates: frames of ``kind``), and the recipients of the epoch envelope."""
 
     announcements: list[list[bytes]]
     recipients: list[Recipient]
+    kind: bytes = GROUP
 
 
 class KeyDistribution(Protocol):
@@ -41,6 +44,29 @@ class KeyDistribution(Protocol):
 
     def rekey(self, readers: ReaderSet, now: float) -> Wrapping:
         """The wrapping of a new epoch key for ``readers``."""
+
+    def subscribed(self, topics: list[bytes]) -> None:
+        """Subscriptions to ``topics`` arrived (a mode that answers them keeps what it owes)."""
+
+    def due(self, now: float) -> list[list[bytes]]:
+        """Messages owed to subscribers now, besides re-announcements (a key tree's path envelopes)."""
+
+    @property
+    def deadline(self) -> float | None:
+        """When :meth:`due` next has something."""
+
+
+class _NothingOwed:
+    """For modes whose subscribers are owed only re-announcements."""
+
+    deadline = None
+
+    def subscribed(self, topics: list[bytes]) -> None:
+        """Nothing to keep."""
+
+    def due(self, now: float) -> list[list[bytes]]:
+        """Nothing owed."""
+        return []
 
 
 class _Recipients:
@@ -66,7 +92,7 @@ class _Recipients:
             del self._by_fingerprint[gone]
 
 
-class SingleEnvelope:
+class SingleEnvelope(_NothingOwed):
     """Every epoch key wrapped for every reader certificate, in one envelope."""
 
     def __init__(self, transport: str) -> None:
@@ -90,7 +116,7 @@ class Group:
 
 
 @dataclass
-class ReaderGroups:
+class ReaderGroups(_NothingOwed):
     """Readers in groups of about ``group_size``, each with a group key (docs/PROTOCOL.md §4.5)."""
 
     stream: bytes
@@ -129,10 +155,3 @@ class ReaderGroups:
             out.append(message)
         self.groups = groups
         return Wrapping(out, [Kek(g.key.key_id, g.key.key) for g in groups.values()])
-
-
-def distribution_for(policy, stream: bytes, stream_id: bytes, credential, rng, wall_clock) -> KeyDistribution:
-    """The key distribution a rotation policy asks for."""
-    if policy.group_size:
-        return ReaderGroups(stream, stream_id, credential, policy.group_size, policy.transport, rng, wall_clock)
-    return SingleEnvelope(policy.transport)

@@ -99,7 +99,27 @@ class RunLinked:
     previous_last_seq: int
 
 
-Event = Delivered | Rejected | Gap | Missing | Restarted | KeyAccepted | GroupKeyAccepted | RunLinked
+@dataclass(frozen=True)
+class TreeKeysAccepted:
+    """Keys of our key tree path arrived (docs/PROTOCOL.md §4.6): ``keys`` new ones, the newest of generation
+    ``generation``."""
+
+    stream_id: bytes
+    generation: int
+    keys: int
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """We miss keys of our key tree path (an update went by while we were away): ask the publisher for our path
+    again, by subscribing to our leaf topic anew (docs/PROTOCOL.md §4.6)."""
+
+    stream: bytes
+    stream_id: bytes
+
+
+Event = (Delivered | Rejected | Gap | Missing | Restarted | KeyAccepted | GroupKeyAccepted | RunLinked
+         | TreeKeysAccepted | CatchUp)
 
 
 @dataclass(frozen=True)
@@ -115,5 +135,8 @@ class ReceiverPolicy:
     max_streams: int = 8  # unknown stream identities buffered at once
     max_candidates: int = 4  # different frames claiming one sequence number
     keep_group_keys: int = 4  # group keys kept (ours change when our group's membership does)
-    max_awaiting_group: int = 4  # epoch announcements held until our group's key arrives
+    max_awaiting_group: int = 4  # epoch announcements held until our group's (or key tree path's) key arrives
+    keep_tree_keys: int = 256  # key tree keys kept: our path (up to 34) over several generations
+    catch_up_after: float = 0.25  # an announcement waits this long for a tree key before we ask for our path
+    catch_up_gap: float = 1.0  # we ask for our path at most this often per run
     repair_timeout: float = 0.0  # a hole is waited for this long while replay repairs it (0: no replay)

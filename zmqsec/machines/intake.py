@@ -1,6 +1,6 @@
-"""Key announcements into a run's keyring (docs/PROTOCOL.md §4.4, §4.5): verified first, opened only then.
+"""Key announcements into a run's keyring (docs/PROTOCOL.md §4.4-§4.6): verified first, opened only then.
 
-Epoch announcements and group key announcements arrive on their own topics;
+Epoch announcements, group key and key tree announcements arrive on their own topics;
 each is checked once (a re-announcement of something already judged costs
 nothing), its signature and publisher certificate before any private-key
 operation, and its key confirmed before it is kept.
@@ -12,7 +12,8 @@ import datetime as dt
 from collections import OrderedDict
 from collections.abc import Callable
 
-from zmqsec.errors import RejectReason
+from zmqsec.crypto import cms, enveloped
+from zmqsec.errors import RejectReason, Scope
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.protocol.announce import (
@@ -20,13 +21,14 @@ from zmqsec.protocol.announce import (
     Publisher,
     open_announcement,
     open_group_announcement,
+    open_tree_announcement,
     signed_header,
     verify_announcement,
 )
-from zmqsec.protocol.frames import Announcement, GroupAnnouncement
+from zmqsec.protocol.frames import Announcement, GroupAnnouncement, TreeAnnouncement, stream_name
 from zmqsec.protocol.groups import kek_id
 
-from .events import Event, GroupKeyAccepted, KeyAccepted, Rejected
+from .events import Event, GroupKeyAccepted, KeyAccepted, Rejected, TreeKeysAccepted
 from .keyring import announcement_id
 from .runs import Run, Runs
 
@@ -38,8 +40,9 @@ class KeyIntake:
     """Judges announcements for every run of a reader."""
 
     def __init__(self, credential, trust: TrustStore, runs: Runs, *, allowed_publishers: DnAllowList | None,
-                 crl: CrlPolicy, wall_clock: Callable[[], dt.datetime]) -> None:
+                 crl: CrlPolicy, wall_clock: Callable[[], dt.datetime], tree_bits: bytes = b"") -> None:
         self.credential, self.trust, self.runs = credential, trust, runs
+        self.tree_bits = tree_bits  # our key tree leaf: the nodes whose tags prefix it are our path (§4.6)
         self.allowed_publishers, self.crl, self.wall_clock = allowed_publishers, crl, wall_clock
         # The header each opened announcement's key record holds, by its signature (which binds the envelope):
         # a recorded genuine announcement re-sent under another header is refused with no cryptography at all,
@@ -103,8 +106,10 @@ class KeyIntake:
                                           run.keyring.group_keys_from(publisher.certificate))
         except AnnouncementRejected as exc:
             if exc.reason == RejectReason.NO_GROUP_KEY:
-                # Our group's key may still be on its way (it has its own topic): hold, do not remember.
+                # Our group's key may still be on its way (it has its own topic): hold, do not remember.  In key
+                # tree mode, if it does not come soon, we ask for our path (§4.6).
                 run.keyring.wait_for_group_key(frame, fingerprint, now)
+                run.keyring.tree_wanted = run.keyring.tree_wanted or now
                 return [], None
             run.keyring.remember(fingerprint, False)
             self._learn(frame, exc.signed_header)
@@ -159,3 +164,45 @@ class KeyIntake:
         self._learn(frame, signed_header(frame))
         run.keyring.add_group_key(group, publisher.certificate)
         return [GroupKeyAccepted(run.stream_id, group.tag, group.generation)], run.keyring.take_waiting()
+
+    def tree(self, frame: TreeAnnouncement, now: float,
+             replayed: bool = False) -> tuple[list[Event], list[tuple[Announcement, float]]]:
+        """A key tree announcement for a node of our path: the events, and the epoch announcements
+        to retry now.  An update wrapped under keys we do not hold costs no cryptography: we missed an earlier
+        update, and ask for our path (§4.6)."""
+        if (replay := self._reheaded(frame)) is not None:
+            return [replay], []
+        fingerprint = announcement_id(frame)
+        known = self.runs.get(frame.stream_id)
+        if known is not None and known.keyring.settled(fingerprint, True):
+            return [], []  # judged before: a copy from another path costs nothing
+        try:
+            wrapped = enveloped.recipients(frame.envelope)
+        except cms.CmsError as exc:
+            return [Rejected(exc.reason, f"tree announcement: {exc}", frame.stream_id, scope=Scope.ENVELOPE)], []
+        held = known.keyring.tree_key_ids() if known is not None else set()
+        if not wrapped.key_transport and held.isdisjoint(wrapped.kek_ids):
+            if known is not None:
+                known.keyring.tree_wanted = known.keyring.tree_wanted or now
+            return [Rejected(RejectReason.NO_TREE_KEY, f"tree node {frame.tag.decode()!r} generation "
+                             f"{frame.generation}: wrapped under keys we do not hold (an update missed, or revoked)",
+                             frame.stream_id)], []
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return [publisher], []
+        run = self.runs.open(frame, now, replayed)
+        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
+            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
+                             f"{publisher.dn}", run.stream_id)], []
+        try:
+            got = open_tree_announcement(frame, self.credential, run.keyring.group_keys_from(publisher.certificate))
+        except AnnouncementRejected as exc:
+            run.keyring.remember(fingerprint, False)
+            self._learn(frame, exc.signed_header)
+            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], []
+        run.keyring.remember(fingerprint, True)
+        self._learn(frame, signed_header(frame))
+        new = run.keyring.add_tree_keys(got, self.tree_bits, stream_name(frame.topic), run.stream_id,
+                                        publisher.certificate)
+        run.keyring.tree_wanted = None
+        return [TreeKeysAccepted(run.stream_id, got.generation, new)], run.keyring.take_waiting()

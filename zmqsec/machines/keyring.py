@@ -1,5 +1,6 @@
-"""The keys a reader holds for one publisher run (docs/PROTOCOL.md §4.4, §4.5): epoch keys, the
-group keys of its reader group, and the verdicts on announcements it already examined."""
+"""The keys a reader holds for one publisher run (docs/PROTOCOL.md §4.4-§4.6): epoch keys, the
+group keys of its reader group, the keys of its key tree path, and the verdicts on announcements it
+already examined."""
 
 from __future__ import annotations
 
@@ -8,16 +9,18 @@ from collections import OrderedDict
 
 import msgpack
 
-from zmqsec.protocol.announce import GroupKey
+from zmqsec.protocol.announce import GroupKey, TreeKeys
 from zmqsec.protocol.datacipher import DataKey
-from zmqsec.protocol.frames import Announcement, GroupAnnouncement, encode
+from zmqsec.protocol.frames import Announcement, GroupAnnouncement, TreeAnnouncement, encode
+from zmqsec.protocol.primitives import tree_derive
+from zmqsec.protocol.tree import NodeKey
 
 from .events import ReceiverPolicy
 
 VERDICTS_KEPT = 64  # announcement verdicts remembered per run (re-announcements cost nothing)
 
 
-def announcement_id(frame: Announcement | GroupAnnouncement) -> bytes:
+def announcement_id(frame: Announcement | GroupAnnouncement | TreeAnnouncement) -> bytes:
     """Identifies an announcement by everything it carries, header included (msgpack delimits every field):
     a copy under another topic or epoch/generation is another announcement, and its refusal poisons nothing."""
     return hashlib.sha256(msgpack.packb(encode(frame))).digest()
@@ -38,6 +41,9 @@ class Keyring:
         self.policy = policy
         self._epochs: dict[int, DataKey] = {}
         self._groups: dict[bytes, tuple[GroupKey, object]] = {}  # KEK id -> (key, signer certificate)
+        self._tree: dict[bytes, tuple[NodeKey, object]] = {}  # KEK id -> (key of our path, signer certificate)
+        self.tree_wanted: float | None = None  # since when we miss a key of our key tree path
+        self.tree_asked = float("-inf")  # when we last asked for our path
         self._verdicts: OrderedDict[bytes, bool] = OrderedDict()
         self._awaiting_group: list[tuple[Announcement, bytes, float]] = []
         self._reported: OrderedDict[bytes, None] = OrderedDict()  # announcements refused for want of a group key
@@ -99,8 +105,52 @@ class Keyring:
             del self._groups[min(self._groups, key=lambda kid: self._groups[kid][0].generation)]
 
     def group_keys_from(self, signer) -> dict[bytes, bytes]:
-        """KEK id -> key of the group keys ``signer`` sent: another allowed publisher cannot shadow them."""
-        return {kid: g.key for kid, (g, s) in self._groups.items() if s == signer}
+        """KEK id -> key of the group keys and key tree keys ``signer`` sent: another allowed publisher cannot
+        shadow them."""
+        keys = {kid: g.key for kid, (g, s) in self._groups.items() if s == signer}
+        keys.update((kid, k.key) for kid, (k, s) in self._tree.items() if s == signer)
+        return keys
+
+    # -- key tree keys (§4.6) ------------------------------------------------------------
+
+    def catch_up_due(self, now: float) -> bool:
+        """Have we missed a key of our path for ``catch_up_after``, and not asked for it for ``catch_up_gap``?
+        (True once per ask.)"""
+        policy = self.policy
+        if (self.tree_wanted is None or now - self.tree_wanted < policy.catch_up_after
+                or now - self.tree_asked < policy.catch_up_gap):
+            return False
+        self.tree_wanted, self.tree_asked = None, now
+        return True
+
+    def tree_key_ids(self) -> set[bytes]:
+        """The KEK ids of the key tree keys held."""
+        return set(self._tree)
+
+    def add_tree_keys(self, got: TreeKeys, bits: bytes, name: bytes, stream_id: bytes, signer) -> int:
+        """Hold the keys of our path (tags that are prefixes of our tree ``bits``) that ``got`` carries or lets us
+        derive.  Past ``keep_tree_keys``, superseded keys (a newer one of the same node is held) go first, lowest
+        generation first: the keys in use (our leaf's may be old) stay.  Returns how many were new."""
+        keys = list(got.keys)
+        node = keys[0]
+        for tag, generation in got.derived:  # each from the one before, starting with the first key carried
+            node = NodeKey(tag, generation, tree_derive(node.key, name, stream_id, tag, generation))
+            keys.append(node)
+        new = 0
+        for key in keys:
+            if bits.startswith(key.tag) and key.kek_id not in self._tree:
+                self._tree[key.kek_id] = (key, signer)
+                new += 1
+        excess = len(self._tree) - self.policy.keep_tree_keys
+        if excess > 0:
+            newest: dict[bytes, int] = {}
+            for key, _ in self._tree.values():
+                newest[key.tag] = max(newest.get(key.tag, 0), key.generation)
+            by_age = sorted(self._tree, key=lambda kid: (self._tree[kid][0].generation == newest[self._tree[kid][0].tag],
+                                                          self._tree[kid][0].generation))
+            for kid in by_age[:excess]:
+                del self._tree[kid]
+        return new
 
     def wait_for_group_key(self, frame: Announcement, fingerprint: bytes, now: float) -> None:
         """Hold an epoch announcement wrapped only for group keys we do not have yet."""

@@ -24,14 +24,26 @@ from collections import Counter
 from zmqsec.errors import RejectReason
 from zmqsec.keys.dn import DnAllowList
 from zmqsec.keys.pemfiles import Credential
+from zmqsec.keys.registry import fingerprint
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.protocol.checkpoint import checkpoint_valid, run_valid
 from zmqsec.protocol.datacipher import OpenFailed
-from zmqsec.protocol.frames import Announcement, Checkpoint, DataFrame, FrameError, GroupAnnouncement, RunFrame, decode
+from zmqsec.protocol.frames import (
+    Announcement,
+    Checkpoint,
+    DataFrame,
+    FrameError,
+    GroupAnnouncement,
+    RunFrame,
+    TreeAnnouncement,
+    decode,
+)
 from zmqsec.protocol.groups import reader_bits
 from zmqsec.protocol.primitives import frame_digest
+from zmqsec.protocol.tree import tree_bits
 
 from .events import (
+    CatchUp,
     Delivered,
     Event,
     Gap,
@@ -42,12 +54,27 @@ from .events import (
     Rejected,
     Restarted,
     RunLinked,
+    TreeKeysAccepted,
 )
 from .intake import KeyIntake
 from .runs import Run, Runs
 
 __all__ = ["StreamReceiver", "ReceiverPolicy", "Delivered", "Rejected", "Gap", "Restarted", "KeyAccepted",
-           "GroupKeyAccepted", "RunLinked", "Missing", "Event"]
+           "GroupKeyAccepted", "RunLinked", "Missing", "TreeKeysAccepted", "CatchUp", "Event"]
+
+
+def count(counters: Counter, events: list[Event]) -> list[Event]:
+    """Count ``events`` by name: delivered, rejected:<reason>, gap (sequence numbers), restart."""
+    for event in events:
+        if type(event) is Delivered:
+            counters["delivered"] += 1
+        elif isinstance(event, Rejected):
+            counters[f"rejected:{event.name}"] += 1
+        elif isinstance(event, Gap):
+            counters["gap"] += event.count
+        elif isinstance(event, Restarted):
+            counters["restart"] += 1
+    return events
 
 
 class StreamReceiver:
@@ -67,7 +94,8 @@ class StreamReceiver:
         self.policy = policy or ReceiverPolicy()
         self.runs = Runs(self.policy)
         self.intake = KeyIntake(credential, trust, self.runs, allowed_publishers=allowed_publishers, crl=crl,
-                                wall_clock=wall_clock or (lambda: dt.datetime.now(dt.timezone.utc)))
+                                wall_clock=wall_clock or (lambda: dt.datetime.now(dt.timezone.utc)),
+                                tree_bits=tree_bits(fingerprint(credential.certificate)))
         self.counters: Counter = Counter()  # every event counted by name, in one place (_counted)
         self._bits = reader_bits(credential.certificate)  # which reader groups are ours
 
@@ -92,8 +120,8 @@ class StreamReceiver:
         if isinstance(frame, RunFrame):
             return self._counted(self._on_run(frame))
         self.counters["announcement-bytes"] += len(parts[0]) + len(parts[1])  # what key distribution costs a reader
-        if isinstance(frame, GroupAnnouncement):
-            return self._counted(self._on_group(frame, now, replayed))
+        if isinstance(frame, (GroupAnnouncement, TreeAnnouncement)):
+            return self._counted(self._on_keys(frame, now, replayed))
         return self._counted(self._on_announcement(frame, now, replayed))
 
     def resume(self, stream: bytes, stream_id: bytes, last_seq: int) -> None:
@@ -113,9 +141,11 @@ class StreamReceiver:
 
     def tick(self, now: float) -> list[Event]:
         """Expire frames that waited too long for a key or a checkpoint, and announcements that waited
-        for our group's key."""
+        for our group's key; ask for our key tree path when keys of it are missing."""
         events: list[Event] = []
         for run in list(self.runs.runs.values()):
+            if run.keyring.catch_up_due(now):
+                events.append(CatchUp(run.name, run.stream_id))
             events += run.sequencer.expire(now)
             events += [Rejected(RejectReason.NOT_A_RECIPIENT, f"epoch {frame.epoch}: wrapped only for reader groups "
                                 "whose keys we do not hold (not authorized, or revoked)", run.stream_id)
@@ -145,17 +175,7 @@ class StreamReceiver:
         return self.runs.held_bytes
 
     def _counted(self, events: list[Event]) -> list[Event]:
-        counters = self.counters
-        for event in events:  # by name: delivered, rejected:<reason>, gap (sequence numbers), restart
-            if type(event) is Delivered:
-                counters["delivered"] += 1
-            elif isinstance(event, Rejected):
-                counters[f"rejected:{event.name}"] += 1
-            elif isinstance(event, Gap):
-                counters["gap"] += event.count
-            elif isinstance(event, Restarted):
-                counters["restart"] += 1
-        return events
+        return count(self.counters, events)
 
     # -- data and checkpoints -------------------------------------------------------------
 
@@ -239,12 +259,14 @@ class StreamReceiver:
             events += self._apply_checkpoint(run, checkpoint, now)
         return events
 
-    def _on_group(self, frame: GroupAnnouncement, now: float, replayed: bool = False) -> list[Event]:
-        """A group key: only ours is opened; then epoch announcements that waited for it are retried."""
-        if not self._bits.startswith(frame.tag):
-            self.counters["other-group"] += 1  # multicast carries every group; not ours is not an error
+    def _on_keys(self, frame: GroupAnnouncement | TreeAnnouncement, now: float, replayed: bool = False) -> list[Event]:
+        """A group key or key tree announcement: only our group's or our path's is opened; then the epoch
+        announcements that waited for it are retried."""
+        group = isinstance(frame, GroupAnnouncement)
+        if not (self._bits if group else self.intake.tree_bits).startswith(frame.tag):
+            self.counters["other-group" if group else "other-tree-node"] += 1  # multicast carries all: not an error
             return []
-        events, waiting = self.intake.group(frame, now, replayed)
+        events, waiting = (self.intake.group if group else self.intake.tree)(frame, now, replayed)
         for announcement, arrived in waiting:
             events += self._on_announcement(announcement, arrived, replayed)
         return events

@@ -9,6 +9,9 @@ from zmqsec.crypto.enveloped import KeyTransport
 from zmqsec.protocol.datacipher import DataKey
 
 
+SINGLE_MODE, GROUPS_MODE, TREE_MODE = "single", "groups", "tree"  # [rotation] mode (docs/PROTOCOL.md §4)
+
+
 class RekeyCause(enum.Enum):
     """Why a new epoch began."""
 
@@ -33,8 +36,15 @@ class RotationPolicy:
     transport: str = KeyTransport.OAEP
     group_size: int = 0  # 0: one envelope for every reader; N: reader groups of about N (docs/PROTOCOL.md §4.5)
     group_reannounce_interval: float = 4.0  # under a reader's key_timeout (5 s): a multicast joiner loses nothing
+    mode: str = ""  # SINGLE_MODE, GROUPS_MODE or TREE_MODE (§4.6); "": groups if group_size, else single
 
     def __post_init__(self) -> None:
+        if self.mode not in ("", SINGLE_MODE, GROUPS_MODE, TREE_MODE):
+            raise ValueError(f"mode must be {SINGLE_MODE}, {GROUPS_MODE} or {TREE_MODE}, not {self.mode!r}")
+        if self.mode == GROUPS_MODE and not self.group_size:
+            raise ValueError("mode groups needs a group_size")
+        if self.mode in (SINGLE_MODE, TREE_MODE) and self.group_size:
+            raise ValueError(f"mode {self.mode} takes no group_size")
         if self.group_size < 0:
             raise ValueError("group_size must be 0 (single envelope) or positive")
         for name in ("max_age", "reannounce_interval", "checkpoint_interval", "group_reannounce_interval"):

@@ -26,13 +26,25 @@ from zmqsec.keys.registry import ReaderSet
 from zmqsec.protocol.announce import make_announcement
 from zmqsec.protocol.datacipher import DataKey
 from zmqsec.protocol.checkpoint import sign_run
-from zmqsec.protocol.frames import ANNOUNCEMENT, CHECKPOINT, DATA, GROUP, RUN, encode, encode_data, stream_name, topic_for
+from zmqsec.protocol.frames import (
+    ANNOUNCEMENT,
+    CHECKPOINT,
+    DATA,
+    GROUP,
+    RUN,
+    TREE,
+    encode,
+    encode_data,
+    stream_name,
+    topic_for,
+)
 from zmqsec.protocol.primitives import KEY_BYTES, MAX_EPOCH, MAX_PAYLOAD, STREAM_ID_BYTES, frame_digest
 
 from .checkpoints import Checkpointer
-from .distribution import distribution_for
+from .distribution import KeyDistribution, ReaderGroups, SingleEnvelope
+from .keytree import TreeDistribution
 from .reannounce import Reannouncer
-from .rotation import Epoch, RekeyCause, RotationPolicy
+from .rotation import TREE_MODE, Epoch, RekeyCause, RotationPolicy
 
 __all__ = ["StreamSender", "RotationPolicy", "RekeyCause", "Send", "Rekeyed", "Suspended", "SenderStats", "NoReaders",
            "PayloadTooLarge"]
@@ -47,7 +59,7 @@ class PayloadTooLarge(ZmqsecError):
 
 
 class Send(NamedTuple):
-    """Send one frame: its kind (``frames.DATA``, ``ANNOUNCEMENT``, ``GROUP``, ``CHECKPOINT``, ``RUN``) and its
+    """Send one frame: its kind (``frames.DATA``, ``ANNOUNCEMENT``, ``GROUP``, ``TREE``, ``CHECKPOINT``, ``RUN``) and its
     two ZeroMQ message parts; ``seq`` and ``epoch`` are a data frame's (0 for the other kinds).  A named tuple:
     one is made per message."""
 
@@ -95,7 +107,17 @@ class SenderStats:
     announcement_bytes: int = 0  # the current epoch announcement
     groups: int = 0  # reader groups (0 in single-envelope mode)
     group_rekeys: int = 0  # group keys made
+    tree_messages: int = 0  # key tree updates and path envelopes sent (tree mode, docs/PROTOCOL.md §4.6)
     last_rekey_bytes: int = 0  # every announcement byte the last rekey emitted
+
+
+def distribution_for(policy, stream: bytes, stream_id: bytes, credential, rng, wall_clock) -> KeyDistribution:
+    """The key distribution a rotation policy asks for."""
+    if policy.mode == TREE_MODE:
+        return TreeDistribution(stream, stream_id, credential, policy.transport, rng, wall_clock)
+    if policy.group_size:
+        return ReaderGroups(stream, stream_id, credential, policy.group_size, policy.transport, rng, wall_clock)
+    return SingleEnvelope(policy.transport)
 
 
 @dataclass
@@ -152,12 +174,17 @@ class StreamSender:
         groups = self._distribution.groups
         self._reannounce.groups_changed(groups, now)
         self._reannounce.epoch_sent(now)
-        out: list[Action] = [Send(GROUP, m) for m in wrapping.announcements] + [Send(ANNOUNCEMENT, announcement)]
+        out: list[Action] = ([Send(wrapping.kind, m) for m in wrapping.announcements]
+                             + [Send(ANNOUNCEMENT, announcement)])
         emitted = sum(len(p) for a in out for p in a.parts)
         s = self.stats
         s.epoch, s.readers, s.rekeys, s.announcements = number, len(self.readers), s.rekeys + 1, s.announcements + 1
         s.last_rekey_cause, s.announcement_bytes, s.last_rekey_bytes = cause.value, len(announcement[1]), emitted
-        s.groups, s.group_rekeys = len(groups), s.group_rekeys + len(wrapping.announcements)
+        s.groups = len(groups)
+        if wrapping.kind == TREE:
+            s.tree_messages += len(wrapping.announcements)
+        else:
+            s.group_rekeys += len(wrapping.announcements)
         return out + [Rekeyed(number, len(self.readers), len(groups), cause, emitted)]
 
     def _suspend(self, reason: str) -> list[Action]:
@@ -187,16 +214,21 @@ class StreamSender:
 
     def subscription_seen(self, now: float, topics: list[bytes] | None = None) -> list[Action]:
         """New subscriptions (XPUB) to ``topics`` (None: to everything): re-announce the current epoch
-        and the group keys they match, so a new reader can decrypt at once."""
-        self._reannounce.subscribed([b""] if topics is None else topics)
+        and the group keys they match (or a reader's key tree path), so a new reader can decrypt at once."""
+        topics = [b""] if topics is None else topics
+        self._reannounce.subscribed(topics)
+        self._distribution.subscribed(topics)
         return self._pending(now)
 
     def _pending(self, now: float) -> list[Action]:
         if self._epoch is None:
             return []
+        paths = self._distribution.due(now)
+        self.stats.tree_messages += len(paths)
         messages = self._reannounce.due(self._distribution.groups, self._epoch.announcement, now)
         self.stats.announcements += len(messages)
-        out: list[Action] = [Send(ANNOUNCEMENT if m is self._epoch.announcement else GROUP, m) for m in messages]
+        out: list[Action] = [Send(TREE, m) for m in paths]
+        out += [Send(ANNOUNCEMENT if m is self._epoch.announcement else GROUP, m) for m in messages]
         if messages and messages[-1] is self._epoch.announcement:
             out.append(Send(RUN, self._run))  # late joiners and archives learn where this run comes from
             if self._last_checkpoint is not None:
@@ -265,6 +297,8 @@ class StreamSender:
             return None
         deadlines = self._reannounce.deadlines(self._distribution.groups)
         deadlines.append(self._epoch.started + self.policy.max_age)
+        if (paths := self._distribution.deadline) is not None:
+            deadlines.append(paths)
         if (checkpoint := self._checkpoints.deadline) is not None:
             deadlines.append(checkpoint)
         return min(deadlines)

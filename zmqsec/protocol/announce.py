@@ -22,15 +22,28 @@ from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore, Usage
 
 from zmqsec.crypto import cms, enveloped, signed
-from .frames import ANNOUNCEMENT, Announcement, GroupAnnouncement, group_topic, stream_name, topic_for
+from .frames import (
+    ANNOUNCEMENT,
+    Announcement,
+    GroupAnnouncement,
+    TreeAnnouncement,
+    group_topic,
+    stream_name,
+    topic_for,
+    tree_topic,
+)
 from .groups import kek_id
 from .primitives import (
+    MAX_TREE_BITS,
     KeyRecordError,
     decode_group_record,
     decode_key_record,
+    decode_tree_record,
     encode_group_record,
     encode_key_record,
+    encode_tree_record,
 )
+from .tree import NodeKey
 
 
 class AnnouncementRejected(ZmqsecError):
@@ -125,8 +138,42 @@ def make_group_announcement(
     return GroupAnnouncement(topic, stream_id, group.generation, envelope, signature)
 
 
+@dataclass(frozen=True)
+class TreeKeys:
+    """What a tree announcement carried: the keys in it, and the nodes whose keys follow from the first of them,
+    each from the one before (:func:`zmqsec.protocol.primitives.tree_derive`)."""
+
+    tag: bytes
+    generation: int
+    keys: tuple[NodeKey, ...]
+    derived: tuple[tuple[bytes, int], ...]
+
+
+def make_tree_announcement(
+    stream: str | bytes,
+    stream_id: bytes,
+    to: bytes,
+    keys: Sequence[NodeKey],
+    derived: Sequence[tuple[bytes, int]],
+    recipients: Sequence[enveloped.Recipient],
+    credential: Credential,
+    *,
+    clock: Callable[[], dt.datetime] | None = None,
+) -> TreeAnnouncement:
+    """Wrap tree node keys for the readers under node ``to`` (``recipients``: that node's key, for an update; a
+    reader's certificate, for its path) and sign the envelope.  Its topic carries the first 32 bits of ``to``,
+    its generation is the first key's."""
+    topic = tree_topic(stream, to[:MAX_TREE_BITS])
+    generation = keys[0].generation
+    record = encode_tree_record(stream_name(topic), stream_id, to, generation,
+                                [(k.tag, k.generation, k.key) for k in keys], derived)
+    envelope = enveloped.envelope(record, recipients)
+    signature = signed.sign(envelope, credential, clock=clock)
+    return TreeAnnouncement(topic, stream_id, generation, envelope, signature)
+
+
 def verify_announcement(
-    announcement: Announcement | GroupAnnouncement,
+    announcement: Announcement | GroupAnnouncement | TreeAnnouncement,
     trust: TrustStore,
     *,
     allowed_publishers: DnAllowList | None = None,
@@ -146,10 +193,10 @@ def verify_announcement(
     return Publisher(verified.signer, verified.signing_time)
 
 
-def signed_header(announcement: Announcement | GroupAnnouncement) -> tuple:
+def signed_header(announcement: Announcement | GroupAnnouncement | TreeAnnouncement) -> tuple:
     """The announcement's header as its key record must repeat it: (stream name, stream id, epoch) or
     (stream name, stream id, tag, generation)."""
-    if isinstance(announcement, GroupAnnouncement):
+    if isinstance(announcement, (GroupAnnouncement, TreeAnnouncement)):
         return (stream_name(announcement.topic), announcement.stream_id, announcement.tag, announcement.generation)
     return stream_name(announcement.topic), announcement.stream_id, announcement.epoch
 
@@ -197,3 +244,28 @@ def open_group_announcement(announcement: GroupAnnouncement, credential: Credent
         raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "group announcement header does not match the signed "
                                    "key record", signed_header=(name, stream_id, tag, generation))
     return GroupKey(tag, generation, key)
+
+
+def open_tree_announcement(announcement: TreeAnnouncement, credential: Credential | None,
+                           keks: Mapping[bytes, bytes] | None = None) -> TreeKeys:
+    """Decrypt a verified tree announcement with our key or a tree key we hold (key id -> key), and confirm the
+    keys inside."""
+    what = f"tree node {announcement.tag.decode()!r} generation {announcement.generation}"
+    try:
+        record = enveloped.open_envelope(announcement.envelope, credential, keks=keks)
+    except cms.NotARecipient:
+        raise AnnouncementRejected(RejectReason.NOT_A_RECIPIENT,
+                                   f"{what}: the envelope holds no key for us (not authorized, or revoked)") from None
+    except cms.CmsError as exc:
+        raise AnnouncementRejected(exc.reason, f"{what}: {exc}", Scope.ENVELOPE) from None
+    try:
+        name, stream_id, tag, generation, keys, derived = decode_tree_record(record)
+    except KeyRecordError as exc:
+        raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"{what}: {exc}") from None
+    if (name, stream_id, tag[:MAX_TREE_BITS], generation) != signed_header(announcement):
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, "tree announcement header does not match the signed "
+                                   "key record", signed_header=(name, stream_id, tag[:MAX_TREE_BITS], generation))
+    if generation != keys[0][1]:
+        raise AnnouncementRejected(RejectReason.KEY_CONFIRMATION, f"{what}: the record's generation is not its first "
+                                   "key's")
+    return TreeKeys(tag, generation, tuple(NodeKey(*k) for k in keys), tuple(derived))

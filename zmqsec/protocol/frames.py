@@ -6,9 +6,11 @@ is two parts, a topic and a msgpack body::
     topic = stream name || 0x00 || kind            kind: D data, K key announcement, S checkpoint
     topic = stream name || 0x00 || G || tag || .   G group key announcement, tag = 0..16 ASCII bits
     topic = stream name || 0x00 || R               R run frame (where this publisher run comes from)
+    topic = stream name || 0x00 || T || tag || .   T key tree announcement, tag = 0..32 ASCII bits
     D body = [1, stream_id, epoch, seq, ciphertext]
     K body = [1, stream_id, epoch, envelope, signature]
     G body = [1, stream_id, generation, envelope, signature]
+    T body = [1, stream_id, generation, envelope, signature]
     S body = [1, stream_id, first_seq, digests, signature]
     R body = [1, stream_id, previous_stream_id, previous_last_seq, signature]
 
@@ -35,12 +37,15 @@ from .primitives import (
     MAX_GROUP_BITS,
     MAX_SEQ,
     MAX_TOPIC_BYTES,
+    MAX_TREE_BITS,
     STREAM_ID_BYTES,
     VERSION,
 )
 
-DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN = b"D", b"K", b"S", b"G", b"R"
-KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN)
+DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN, TREE = b"D", b"K", b"S", b"G", b"R", b"T"
+KINDS = (DATA, ANNOUNCEMENT, CHECKPOINT, GROUP, RUN, TREE)
+_TAGGED = {GROUP: MAX_GROUP_BITS, TREE: MAX_TREE_BITS}  # kinds whose topic ends in a tag of ASCII bits and '.'
+
 _TAG_END = b"."
 
 
@@ -118,7 +123,24 @@ class RunFrame:
     signature: bytes
 
 
-Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement | RunFrame
+@dataclass(frozen=True, slots=True)
+class TreeAnnouncement:
+    """Keys of the key tree (docs/PROTOCOL.md §4.6) for the readers under the node ``tag``: wrapped under that
+    node's key (an update), or for one reader's certificate (its path)."""
+
+    topic: bytes  # stream name + b"\0T" + tag + b"."
+    stream_id: bytes
+    generation: int  # the update that made the first key it carries
+    envelope: bytes  # DER CMS EnvelopedData of a tree key record
+    signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+
+    @property
+    def tag(self) -> bytes:
+        """The tag of the node whose readers it is for, taken from the topic."""
+        return group_tag(self.topic)
+
+
+Frame = DataFrame | Announcement | Checkpoint | GroupAnnouncement | RunFrame | TreeAnnouncement
 
 
 def topic_for(stream: str | bytes, kind: bytes) -> bytes:
@@ -136,9 +158,16 @@ def group_topic(stream: str | bytes, tag: bytes) -> bytes:
     return topic_for(stream, GROUP) + tag + _TAG_END
 
 
+def tree_topic(stream: str | bytes, tag: bytes) -> bytes:
+    """The topic of the tree announcements for the readers under node ``tag`` (the '.' ends the tag)."""
+    if len(tag) > MAX_TREE_BITS or tag.strip(b"01"):
+        raise ValueError(f"a tree node tag is 0..{MAX_TREE_BITS} ASCII bits")
+    return topic_for(stream, TREE) + tag + _TAG_END
+
+
 def subscription_ok(prefix: bytes, stream: bytes) -> bool:
     """Is ``prefix`` what a zmqsec peer of ``stream`` subscribes to (docs/PROTOCOL.md §9.1): everything, the
-    whole stream, one frame kind, or one reader group's topic?  Publishers apply nothing else."""
+    whole stream, one frame kind, one reader group's or one tree node's topic?  Publishers apply nothing else."""
     head = stream + b"\x00"
     if prefix in (b"", head):
         return True
@@ -147,8 +176,8 @@ def subscription_ok(prefix: bytes, stream: bytes) -> bool:
     rest = prefix[len(head):]
     if rest in (DATA, ANNOUNCEMENT, CHECKPOINT, RUN):
         return True
-    return (rest[:1] == GROUP and rest[-1:] == _TAG_END and len(rest) - 2 <= MAX_GROUP_BITS
-            and not rest[1:-1].strip(b"01"))
+    bits = _TAGGED.get(rest[:1])
+    return bits is not None and rest[-1:] == _TAG_END and len(rest) - 2 <= bits and not rest[1:-1].strip(b"01")
 
 
 def relayable(prefix: bytes, streams: Collection[bytes] = ()) -> bool:
@@ -168,7 +197,8 @@ def stream_name(topic: bytes) -> bytes:
 
 
 def group_tag(topic: bytes) -> bytes:
-    """The tag of a group announcement topic (between ``\\0G`` and the final ``.``); the topic is not checked."""
+    """The tag of a group or tree announcement topic (between ``\\0G``/``\\0T`` and the final ``.``); the topic is
+    not checked."""
     return topic[topic.index(b"\x00") + 2:-1]
 
 
@@ -183,7 +213,7 @@ def encode(frame: Frame) -> list[bytes]:
         return encode_data(frame.topic, frame.stream_id, frame.epoch, frame.seq, frame.ciphertext)
     if isinstance(frame, Announcement):
         body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
-    elif isinstance(frame, GroupAnnouncement):
+    elif isinstance(frame, (GroupAnnouncement, TreeAnnouncement)):
         body = [VERSION, frame.stream_id, frame.generation, frame.envelope, frame.signature]
     elif isinstance(frame, RunFrame):
         body = [VERSION, frame.stream_id, frame.previous_stream_id, frame.previous_last_seq, frame.signature]
@@ -219,13 +249,14 @@ def decode(parts: list[bytes]) -> Frame:
     kind, rest = topic[end + 1:end + 2], topic[end + 2:]
     if kind not in KINDS:
         raise FrameError(RejectReason.UNKNOWN_KIND, f"unknown frame kind {kind!r}")
-    if kind == GROUP:
-        tag = rest[:-1]
-        if rest[-1:] != _TAG_END or len(tag) > MAX_GROUP_BITS or tag.strip(b"01"):
-            raise FrameError(RejectReason.BAD_TOPIC, f"group topic must end in 0..{MAX_GROUP_BITS} ASCII bits and '.'")
+    if kind in _TAGGED:
+        tag, bits = rest[:-1], _TAGGED[kind]
+        if rest[-1:] != _TAG_END or len(tag) > bits or tag.strip(b"01"):
+            what = "group" if kind == GROUP else "tree"
+            raise FrameError(RejectReason.BAD_TOPIC, f"{what} topic must end in 0..{bits} ASCII bits and '.'")
     elif rest:
         raise FrameError(RejectReason.BAD_TOPIC, "topic is not <stream name> NUL <kind>")
-    limit = MAX_ANNOUNCEMENT_FRAME if kind in (ANNOUNCEMENT, GROUP) else MAX_DATA_FRAME
+    limit = MAX_ANNOUNCEMENT_FRAME if kind in (ANNOUNCEMENT, GROUP, TREE) else MAX_DATA_FRAME
     if len(body) > limit:
         raise FrameError(RejectReason.OVERSIZED, f"frame body of {len(body)} bytes exceeds {limit}")
     try:
@@ -245,8 +276,9 @@ def decode(parts: list[bytes]) -> Frame:
     if kind == DATA:
         return DataFrame(topic, stream_id, _uint(fields[2], MAX_EPOCH, "epoch"), _uint(fields[3], MAX_SEQ, "seq"),
                          _bin(fields[4], "ciphertext", limit=MAX_DATA_FRAME))
-    if kind in (ANNOUNCEMENT, GROUP):
-        cls, limit = (Announcement, MAX_EPOCH) if kind == ANNOUNCEMENT else (GroupAnnouncement, MAX_GENERATION)
+    if kind in (ANNOUNCEMENT, GROUP, TREE):
+        cls, limit = {ANNOUNCEMENT: (Announcement, MAX_EPOCH), GROUP: (GroupAnnouncement, MAX_GENERATION),
+                      TREE: (TreeAnnouncement, MAX_GENERATION)}[kind]
         return cls(topic, stream_id, _uint(fields[2], limit, "epoch" if kind == ANNOUNCEMENT else "generation"),
                    _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
                    _bin(fields[4], "signature", limit=1024 * 1024))

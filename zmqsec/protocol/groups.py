@@ -16,8 +16,9 @@ from cryptography import x509
 
 from zmqsec.keys.registry import Reader, fingerprint
 
-from .frames import ANNOUNCEMENT, CHECKPOINT, DATA, RUN, group_topic, topic_for
-from .primitives import MAX_GROUP_BITS
+from .frames import ANNOUNCEMENT, CHECKPOINT, DATA, RUN, group_topic, topic_for, tree_topic
+from .primitives import MAX_GROUP_BITS, MAX_TREE_BITS
+from .tree import tree_bits
 
 
 def reader_bits(certificate: x509.Certificate) -> bytes:
@@ -53,12 +54,19 @@ def kek_id(tag: bytes, generation: int) -> bytes:
 
 
 def reader_topics(stream: str | bytes, certificate: x509.Certificate) -> list[bytes]:
-    """The subscriptions of a reader: data, checkpoints, epoch announcements, run frames and its possible
-    group topics.
+    """The subscriptions of a reader: data, checkpoints, epoch announcements, run frames, its possible
+    group topics and the topics of the key tree nodes its path may have (docs/PROTOCOL.md §4.6).
 
     A message reaches the reader iff its topic starts with one of these (ZeroMQ prefix matching;
-    the '.' that ends a group tag keeps one group's topic from matching another's).
+    the '.' that ends a tag keeps one group's or node's topic from matching another's).
     """
-    bits = reader_bits(certificate)
+    bits, path = reader_bits(certificate), tree_bits(fingerprint(certificate))
     return ([topic_for(stream, kind) for kind in (DATA, CHECKPOINT, ANNOUNCEMENT, RUN)]
-            + [group_topic(stream, bits[:n]) for n in range(MAX_GROUP_BITS + 1)])
+            + [group_topic(stream, bits[:n]) for n in range(MAX_GROUP_BITS + 1)]
+            + [tree_topic(stream, path[:n]) for n in range(MAX_TREE_BITS + 1)])
+
+
+def leaf_topic(stream: str | bytes, certificate: x509.Certificate) -> bytes:
+    """The topic of the reader's key tree leaf: a new subscription to it asks the publisher for the reader's
+    path envelope (docs/PROTOCOL.md §4.6)."""
+    return tree_topic(stream, tree_bits(fingerprint(certificate))[:MAX_TREE_BITS])

@@ -43,9 +43,14 @@ LABEL_CHECKPOINT = b"zmqsec/v1/checkpoint"
 LABEL_KEY_CHECK = b"zmqsec/v1/key-check"
 LABEL_GROUP_KEY_CHECK = b"zmqsec/v1/group-key-check"
 LABEL_RUN = b"zmqsec/v1/run"
+LABEL_TREE_KEY_CHECK = b"zmqsec/v1/tree-key-check"
+LABEL_TREE_DERIVE = b"zmqsec/v1/tree-derive"
 
 MAX_GROUP_BITS = 16  # a group tag is 0..16 bits of the reader certificate's SHA-256
 MAX_GENERATION = 2**32 - 1
+MAX_TREE_BITS = 32  # a key tree topic's tag: the first 0..32 bits of its node's tag
+TREE_BITS = 256  # a key tree node's tag: 0..256 bits of a reader certificate's SHA-256
+MAX_TREE_KEYS = 96  # the keys one tree key record may carry (a path: leaf, up to 33 nodes, earlier roots)
 
 _AAD = struct.Struct(">H")
 _EPOCH_SEQ = struct.Struct(">IQ")
@@ -151,3 +156,82 @@ def decode_group_record(data: bytes) -> tuple[bytes, bytes, bytes, int, bytes]:
     if not hmac.compare_digest(check, group_key_check(kek, name, stream_id, tag, generation)):
         raise KeyRecordError("group key confirmation failed: the decrypted key is not the publisher's")
     return name, stream_id, tag, generation, kek
+
+
+# -- key tree (docs/PROTOCOL.md §4.6) ------------------------------------------------------------
+
+def _tree_node(name: bytes, stream_id: bytes, tag: bytes, generation: int) -> bytes:
+    return _AAD.pack(len(name)) + name + stream_id + _AAD.pack(len(tag)) + tag + struct.pack(">I", generation)
+
+
+def tree_derive(child_key: bytes, name: bytes, stream_id: bytes, tag: bytes, generation: int) -> bytes:
+    """The key of tree node (``tag``, ``generation``) derived from the new key of its child on the changed path:
+    HMAC-SHA256(child key, LABEL_TREE_DERIVE || u16(len(name)) || name || stream id || u16(len(tag)) || tag ||
+    u32(generation))."""
+    return hmac.new(child_key, LABEL_TREE_DERIVE + _tree_node(name, stream_id, tag, generation), hashlib.sha256).digest()
+
+
+def tree_kek_id(tag: bytes, generation: int) -> bytes:
+    """The KEKRecipientInfo key identifier of a tree node key: ``t<tag>.<generation>`` in ASCII."""
+    return b"t" + tag + b"." + str(generation).encode()
+
+
+def _tree_fields(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
+    return msgpack.packb([name, stream_id, tag, generation, [list(k) for k in keys], [list(d) for d in derived]],
+                         use_bin_type=True)
+
+
+def tree_key_check(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
+    """Tree key confirmation: HMAC-SHA256(first key, LABEL_TREE_KEY_CHECK || msgpack([name, stream id, tag,
+    generation, keys, derived])), first 16 bytes: it covers every field of the record."""
+    data = LABEL_TREE_KEY_CHECK + _tree_fields(name, stream_id, tag, generation, keys, derived)
+    return hmac.new(keys[0][2], data, hashlib.sha256).digest()[:KEY_CHECK_BYTES]
+
+
+def encode_tree_record(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
+    """The plaintext inside a tree announcement's envelope, for the readers under node ``tag``, made by update
+    ``generation``: ``keys`` is [(tag, generation, key), ...], the keys it carries; ``derived`` [(tag,
+    generation), ...], the nodes whose keys follow from the first of them, each from the one before
+    (docs/PROTOCOL.md §4.6)."""
+    return msgpack.packb([VERSION, name, stream_id, tag, generation, [list(k) for k in keys],
+                          [list(d) for d in derived], tree_key_check(name, stream_id, tag, generation, keys, derived)],
+                         use_bin_type=True)
+
+
+def _tree_entry(entry, with_key: bool) -> tuple | None:
+    if not (isinstance(entry, list) and len(entry) == (3 if with_key else 2)):
+        return None
+    tag, generation = entry[0], entry[1]
+    if not (isinstance(tag, bytes) and len(tag) <= TREE_BITS and not tag.strip(b"01")
+            and _uint(generation, MAX_GENERATION)):
+        return None
+    if with_key and not (isinstance(entry[2], bytes) and len(entry[2]) == KEY_BYTES):
+        return None
+    return tuple(entry)
+
+
+def decode_tree_record(data: bytes) -> tuple[bytes, bytes, bytes, int, list[tuple[bytes, int, bytes]],
+                                             list[tuple[bytes, int]]]:
+    """Parse and confirm a tree key record: (name, stream_id, tag, generation, keys, derived)."""
+    try:
+        record = msgpack.unpackb(data, raw=True, use_list=True, max_bin_len=1024, max_array_len=MAX_TREE_KEYS + 1,
+                                 max_str_len=0, max_map_len=0, max_ext_len=0)
+    except Exception:
+        raise KeyRecordError("tree key record is not msgpack") from None
+    if not (isinstance(record, list) and len(record) == 8):
+        raise KeyRecordError("tree key record is not an 8-element array")
+    version, name, stream_id, tag, generation, keys, derived, check = record
+    if version != VERSION:
+        raise KeyRecordError(f"tree key record version {version!r} unsupported")
+    if not (isinstance(name, bytes) and isinstance(stream_id, bytes) and len(stream_id) == STREAM_ID_BYTES
+            and _tree_entry([tag, generation], False) is not None
+            and isinstance(keys, list) and 1 <= len(keys) <= MAX_TREE_KEYS
+            and isinstance(derived, list) and len(derived) <= MAX_TREE_KEYS and isinstance(check, bytes)):
+        raise KeyRecordError("tree key record fields have wrong types or sizes")
+    keys = [_tree_entry(k, True) for k in keys]
+    derived = [_tree_entry(d, False) for d in derived]
+    if None in keys or None in derived:
+        raise KeyRecordError("tree key record entries have wrong types or sizes")
+    if not hmac.compare_digest(check, tree_key_check(name, stream_id, tag, generation, keys, derived)):
+        raise KeyRecordError("tree key confirmation failed: the decrypted keys are not the publisher's")
+    return name, stream_id, tag, generation, keys, derived
