@@ -11,6 +11,7 @@ import pytest
 
 from kit import daemons, netns
 from kit.pki import scale_site, scratch_dir
+from zmqsec.keys.registry import fingerprint
 
 TREE_READERS = 52
 REGISTRY = 10_000
@@ -73,3 +74,67 @@ def test_ten_thousand_readers_each_receive_a_bounded_announcement(scratch):
         assert 0 < got["announcement_bytes"] < single_envelope / 20, (name, got["announcement_bytes"])
     print(f"rekey of {REGISTRY} readers: {pub['last_rekey_seconds']} s at the publisher, {pub['last_rekey_bytes']} bytes "
           f"emitted; per reader: {[status(n)['announcement_bytes'] for n in sampled]} bytes in all")
+
+
+TREE_REGISTRY = 100_000
+
+
+def test_a_hundred_thousand_readers_in_tree_mode_two_revocations(scratch):
+    """Key tree mode (docs/PROTOCOL.md §4.6) on a registry of 100,000 certificates (each its own leaf), five reader
+    processes, two of them behind a relay (their path requests go through it), and two revocations by registry
+    file removal.  The revoked readers read nothing published after their revocation; the others lose nothing,
+    and each revocation costs each of them at most 4 KB of key announcements."""
+    site = scale_site(scratch, TREE_REGISTRY, materialize=5)
+    names = sorted(site.readers)
+    first, second, kept = names[0], names[1], names[2:]
+    endpoint, relayed = daemons.endpoint("tcp", site.dir), daemons.endpoint("tcp", site.dir)
+
+    def status(name):
+        return daemons.status(site, name)
+
+    def spent(name):
+        return status(name).get("announcement_bytes", 0)
+
+    # No periodic re-announcement: what a reader receives is what joining and each rekey send it.
+    publisher = daemons.publisher(site, endpoint, rotation_mode="tree", reannounce_interval=3600)
+    relay = daemons.relay(site, "relay", endpoint, relayed)
+    readers = [daemons.subscriber(site, n, relayed if n in (second, kept[0]) else endpoint) for n in names]
+    logs = daemons.logs(site, "publisher", "relay", *names)
+    try:
+        daemons.wait(lambda: all(status(n).get("epoch") == 1 for n in names), timeout=240,
+                     what="every reader to hold the first key", logs=logs)
+        assert status("publisher")["readers"] == TREE_REGISTRY
+        daemons.feed(site, 20)
+        daemons.wait(lambda: all(status(n).get("received") == 20 for n in names), what="the first batch", logs=logs)
+        # Each link narrows its frame bound once, on a new socket whose subscriptions fetch the path and the
+        # epoch key again: let that happen before counting what revocations cost.
+        daemons.wait(lambda: all(e["max_frame"] <= 256 * 1024 for n in names
+                                 for e in status(n).get("endpoints", {"-": {"max_frame": 1 << 30}}).values()),
+                     what="every link to narrow its frame bound", logs=logs)
+        daemons.feed(site, 20, start=20)
+        daemons.wait(lambda: all(status(n).get("received") == 40 for n in names), what="the second batch", logs=logs)
+        received, costs = 40, []
+        for epoch, victim in ((2, first), (3, second)):
+            before = {n: spent(n) for n in kept}
+            (site.registry_dir / f"{fingerprint(site.certs[victim].certificate)[:16]}.pem").unlink()  # an admin revokes
+            daemons.wait(lambda: status("publisher").get("epoch") == epoch, timeout=60, what="the rekey", logs=logs)
+            daemons.feed(site, 20, start=received)
+            received += 20
+            daemons.wait(lambda: all(status(n).get("received") == received for n in kept), timeout=60,
+                         what=f"the batch after revocation {epoch - 1}", logs=logs)
+            daemons.wait(lambda: status(victim).get("rejected", {}).get("no-key", 0) > 0, what="the victim refused",
+                         logs=logs)
+            costs += [spent(name) - before[name] for name in kept]
+            assert all(0 < cost <= 4096 for cost in costs[-len(kept):]), costs
+    finally:
+        daemons.stop(publisher, relay, *readers)
+    pub = status("publisher")
+    assert pub["readers"] == TREE_REGISTRY - 2 and pub["epoch"] == 3 and pub["last_rekey_cause"] == "readers-changed"
+    assert status(first)["received"] == 40 and status(second)["received"] == 60
+    for name in kept:
+        got = status(name)
+        assert got["received"] == 80 and got["gaps"] == 0 and got["epoch"] == 3
+        daemons.in_stream_order(site, name, [f"job {i}" for i in range(80)])
+    print(f"tree mode, {TREE_REGISTRY} readers: last rekey {pub['last_rekey_seconds']} s, {pub['last_rekey_bytes']} "
+          f"bytes emitted; {pub['tree_messages']} tree messages in all; bytes per remaining reader and revocation: "
+          f"{costs}")

@@ -45,7 +45,7 @@ class SpoolPublisher:
                 "bytes": s.bytes, "rekeys": s.rekeys, "last_rekey_cause": s.last_rekey_cause,
                 "last_rekey_seconds": round(p.last_rekey_seconds, 4), "announcement_bytes": s.announcement_bytes,
                 "last_rekey_bytes": s.last_rekey_bytes, "groups": s.groups, "group_rekeys": s.group_rekeys,
-                "checkpoints": s.checkpoints, "journal_blocked": p.recorder.blocked,
+                "tree_messages": s.tree_messages, "checkpoints": s.checkpoints, "journal_blocked": p.recorder.blocked,
                 "rejected": p.gate.rejected(),
                 "replay": dict(p.replay.stats) if p.replay is not None else None}
 
