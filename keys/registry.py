@@ -31,9 +31,10 @@ from .pemfiles import cert_pem, load_certificate, write_public
 from .trust import TrustStore, Usage
 
 
-def stat_key(path: str | os.PathLike) -> tuple:
-    """What says a certificate file is unchanged since it was parsed (ctime: no copy can preserve it)."""
-    st = os.stat(path)
+def stat_key(path: str | os.PathLike, dir_fd: int | None = None) -> tuple:
+    """What says a certificate file is unchanged since it was parsed (ctime: no copy can preserve it); ``path``
+    relative to ``dir_fd`` when given (no path to join per file)."""
+    st = os.stat(path, dir_fd=dir_fd)
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -109,6 +110,7 @@ class LoadCache:
 
     parsed: dict = field(default_factory=dict)  # file name -> (stat key, Reader)
     accepted: dict = field(default_factory=dict)  # fingerprint -> accepted until (UTC)
+    transport_ok: set = field(default_factory=set)  # fingerprints whose key can receive a key by transport
     trust: TrustStore | None = None
     options: dict = field(default_factory=dict)  # the validation options the verdicts were given under
 
@@ -170,18 +172,25 @@ class ReaderRegistry:
         names = self._names()
         if prejudge is not None and cache is not None and trust is not None:
             prejudge(self, names, cache, trust, at, now, validate_options)
-        for name in names:
-            try:
-                reader = self._parse(name, cache)
-            except (KeyFileError, OSError) as exc:
-                refused.append(Refusal(self.directory / name, RejectReason.UNREADABLE, str(exc)))
+        transport_ok = cache.transport_ok if cache is not None else set()
+        directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY) if cache is not None else None
+        try:
+            parsed = [self._parsed(name, cache, directory_fd) for name in names]
+        finally:
+            if directory_fd is not None:
+                os.close(directory_fd)
+        for name, reader in zip(names, parsed):
+            if isinstance(reader, Exception):
+                refused.append(Refusal(self.directory / name, RejectReason.UNREADABLE, str(reader)))
                 continue
             cert, path = reader.certificate, reader.path
-            try:
-                check_key_transport(cert.public_key())
-            except UnsupportedAlgorithm as exc:
-                refused.append(Refusal(path, RejectReason.UNSUPPORTED_KEY, f"{reader.dn}: {exc}"))
-                continue
+            if reader.fingerprint not in transport_ok:
+                try:
+                    check_key_transport(cert.public_key())
+                except UnsupportedAlgorithm as exc:
+                    refused.append(Refusal(path, RejectReason.UNSUPPORTED_KEY, f"{reader.dn}: {exc}"))
+                    continue
+                transport_ok.add(reader.fingerprint)
             if reader.fingerprint in seen:
                 continue
             if allow is not None and reader.dn not in allow:
@@ -198,8 +207,11 @@ class ReaderRegistry:
             seen.add(reader.fingerprint)
             readers.append(reader)
         if cache is not None:
-            present = {p.name for p in (*(r.path for r in readers), *(r.path for r in refused))}
-            cache.parsed = {name: v for name, v in cache.parsed.items() if name in present}
+            if len(cache.parsed) > len(names):  # files went: forget them
+                present = set(names)
+                cache.parsed = {name: v for name, v in cache.parsed.items() if name in present}
+            if len(transport_ok) > len(readers) + len(refused):
+                transport_ok.intersection_update(r.fingerprint for r in readers)
         return ReaderSet(tuple(readers), tuple(refused))
 
     @staticmethod
@@ -225,14 +237,18 @@ class ReaderRegistry:
             kept[reader.fingerprint] = min(cert.not_valid_after_utc, store_until)
         return kept
 
-    def _parse(self, name: str, cache: LoadCache | None) -> Reader:
-        if cache is None:
-            return Reader(load_certificate(self.directory / name), self.directory / name)
-        key = stat_key(os.path.join(self.directory, name))
-        hit = cache.parsed.get(name)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        reader = Reader(load_certificate(self.directory / name), self.directory / name)
+    def _parsed(self, name: str, cache: LoadCache | None, directory_fd: int | None) -> Reader | Exception:
+        """The reader of file ``name`` (parsed again only when the file changed), or why it cannot be read."""
+        try:
+            if cache is None:
+                return Reader(load_certificate(self.directory / name), self.directory / name)
+            key = stat_key(name, directory_fd)
+            hit = cache.parsed.get(name)
+            if hit is not None and hit[0] == key:
+                return hit[1]
+            reader = Reader(load_certificate(self.directory / name), self.directory / name)
+        except (KeyFileError, OSError) as exc:
+            return exc
         cache.parsed[name] = (key, reader)
         return reader
 

@@ -320,3 +320,32 @@ def test_a_stranger_flooding_tree_topics_costs_no_cryptography(pki, readers):
         asks += [len([e for e in receiver.tick(t) if isinstance(e, CatchUp)]) for t in ticks]
     assert {e.name for e in events} == {"no-tree-key"} and len(events) == 1000
     assert asks == [1, 0, 1]  # one ask per flood, and none again within a second of the last
+
+
+# -- configuration ----------------------------------------------------------------------------------------------
+
+import argparse  # noqa: E402
+
+from zmqsec.cli import config  # noqa: E402
+from zmqsec.cli.publish import PUBLISH, rotation_policy  # noqa: E402
+from zmqsec.errors import ZmqsecError  # noqa: E402
+
+
+def _policy(tmp_path, rotation: str, *flags: str):
+    path = tmp_path / "publisher.ini"
+    path.write_text("[stream]\nname = apel.jobs\n[publisher]\nendpoint = tcp://127.0.0.1:1\n[certificates]\n"
+                    "certificate = /c\nkey = /k\ncapath = /ca\n[readers]\nregistry = /r\n"
+                    f"[rotation]\n{rotation}\n")
+    parser = argparse.ArgumentParser()
+    config.add_flags(parser, PUBLISH)
+    return rotation_policy(config.load(PUBLISH, parser.parse_args(["--config", str(path), *flags])))
+
+
+def test_the_mode_is_a_config_key_and_a_flag(tmp_path):
+    assert _policy(tmp_path, "mode = tree").mode == "tree"
+    assert _policy(tmp_path, "group_size = 8").mode == "" and _policy(tmp_path, "group_size = 8").group_size == 8
+    assert _policy(tmp_path, "", "--rotation-mode", "tree").mode == "tree"
+    with pytest.raises(ZmqsecError, match=r"\[rotation\] mode tree takes no group_size"):
+        _policy(tmp_path, "mode = tree\ngroup_size = 8")
+    with pytest.raises(ZmqsecError, match="mode"):
+        _policy(tmp_path, "mode = lkh")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import msgpack
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -81,6 +82,7 @@ def test_tree_vector(vector):
                          vector["tag"].encode(), vector["generation"],
                          [(t.encode(), g, bytes.fromhex(k)) for t, g, k in vector["keys"]],
                          [(t.encode(), g) for t, g in vector["derived"]])
+        assert msgpack.unpackb(bytes.fromhex(vector["record"]))[6] == vector["derived_lengths"]  # on the wire
     elif vector["kind"] == "tree-derive":
         args = (bytes.fromhex(vector["stream_name"]), bytes.fromhex(vector["stream_id"]), vector["tag"].encode(),
                 vector["generation"])

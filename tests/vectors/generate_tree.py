@@ -65,7 +65,7 @@ def main(workdir: Path) -> None:
     vectors.append({"name": "tree-key-record-ok", "kind": "tree-key-record", "expect": "success", "record": record.hex(),
                     "stream_name": b"apel.jobs".hex(), "stream_id": STREAM_ID.hex(), "tag": "01101", "generation": 5,
                     "keys": [[t.decode(), g, k.hex()] for t, g, k in keys],
-                    "derived": [[t.decode(), g] for t, g in derived]})
+                    "derived": [[t.decode(), g] for t, g in derived], "derived_lengths": [len(t) for t, _ in derived]})
     bad = bytearray(record)
     bad[-1] ^= 0x80
     vectors.append({"name": "tree-key-record-bad-check", "kind": "tree-key-record", "expect": "key-confirmation",

@@ -176,43 +176,47 @@ def tree_kek_id(tag: bytes, generation: int) -> bytes:
     return b"t" + tag + b"." + str(generation).encode()
 
 
-def _tree_fields(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
-    return msgpack.packb([name, stream_id, tag, generation, [list(k) for k in keys], [list(d) for d in derived]],
+def _tree_fields(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, lengths) -> bytes:
+    return msgpack.packb([name, stream_id, tag, generation, [list(k) for k in keys], list(lengths)],
                          use_bin_type=True)
 
 
-def tree_key_check(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
+def tree_key_check(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, lengths) -> bytes:
     """Tree key confirmation: HMAC-SHA256(first key, LABEL_TREE_KEY_CHECK || msgpack([name, stream id, tag,
-    generation, keys, derived])), first 16 bytes: it covers every field of the record."""
-    data = LABEL_TREE_KEY_CHECK + _tree_fields(name, stream_id, tag, generation, keys, derived)
+    generation, keys, derived lengths])), first 16 bytes: it covers every field of the record."""
+    data = LABEL_TREE_KEY_CHECK + _tree_fields(name, stream_id, tag, generation, keys, lengths)
     return hmac.new(keys[0][2], data, hashlib.sha256).digest()[:KEY_CHECK_BYTES]
 
 
 def encode_tree_record(name: bytes, stream_id: bytes, tag: bytes, generation: int, keys, derived) -> bytes:
     """The plaintext inside a tree announcement's envelope, for the readers under node ``tag``, made by update
     ``generation``: ``keys`` is [(tag, generation, key), ...], the keys it carries; ``derived`` [(tag,
-    generation), ...], the nodes whose keys follow from the first of them, each from the one before
-    (docs/PROTOCOL.md §4.6)."""
-    return msgpack.packb([VERSION, name, stream_id, tag, generation, [list(k) for k in keys],
-                          [list(d) for d in derived], tree_key_check(name, stream_id, tag, generation, keys, derived)],
-                         use_bin_type=True)
+    generation), ...], the nodes whose keys follow from the first of them, each from the one before: ancestors
+    of the first key's node, made by the same update, so that the record carries only their tag lengths
+    (docs/PROTOCOL.md §4.6).  Raises :class:`ValueError` for a ``derived`` node that is not such an ancestor."""
+    first_tag, first_generation = keys[0][0], keys[0][1]
+    lengths = [len(t) for t, _ in derived]
+    if any(g != first_generation or not first_tag.startswith(t) for t, g in derived) or \
+            any(a <= b for a, b in zip([len(first_tag)] + lengths, lengths)):
+        raise ValueError("derived nodes must be ancestors of the first key's node, nearest first, of its update")
+    return msgpack.packb([VERSION, name, stream_id, tag, generation, [list(k) for k in keys], lengths,
+                          tree_key_check(name, stream_id, tag, generation, keys, lengths)], use_bin_type=True)
 
 
-def _tree_entry(entry, with_key: bool) -> tuple | None:
-    if not (isinstance(entry, list) and len(entry) == (3 if with_key else 2)):
+def _tree_key(entry) -> tuple | None:
+    if not (isinstance(entry, list) and len(entry) == 3):
         return None
-    tag, generation = entry[0], entry[1]
+    tag, generation, key = entry
     if not (isinstance(tag, bytes) and len(tag) <= TREE_BITS and not tag.strip(b"01")
-            and _uint(generation, MAX_GENERATION)):
+            and _uint(generation, MAX_GENERATION) and isinstance(key, bytes) and len(key) == KEY_BYTES):
         return None
-    if with_key and not (isinstance(entry[2], bytes) and len(entry[2]) == KEY_BYTES):
-        return None
-    return tuple(entry)
+    return tag, generation, key
 
 
 def decode_tree_record(data: bytes) -> tuple[bytes, bytes, bytes, int, list[tuple[bytes, int, bytes]],
                                              list[tuple[bytes, int]]]:
-    """Parse and confirm a tree key record: (name, stream_id, tag, generation, keys, derived)."""
+    """Parse and confirm a tree key record: (name, stream_id, tag, generation, keys, derived), ``derived`` as
+    (tag, generation) pairs."""
     try:
         record = msgpack.unpackb(data, raw=True, use_list=True, max_bin_len=1024, max_array_len=MAX_TREE_KEYS + 1,
                                  max_str_len=0, max_map_len=0, max_ext_len=0)
@@ -220,18 +224,21 @@ def decode_tree_record(data: bytes) -> tuple[bytes, bytes, bytes, int, list[tupl
         raise KeyRecordError("tree key record is not msgpack") from None
     if not (isinstance(record, list) and len(record) == 8):
         raise KeyRecordError("tree key record is not an 8-element array")
-    version, name, stream_id, tag, generation, keys, derived, check = record
+    version, name, stream_id, tag, generation, keys, lengths, check = record
     if version != VERSION:
         raise KeyRecordError(f"tree key record version {version!r} unsupported")
     if not (isinstance(name, bytes) and isinstance(stream_id, bytes) and len(stream_id) == STREAM_ID_BYTES
-            and _tree_entry([tag, generation], False) is not None
-            and isinstance(keys, list) and 1 <= len(keys) <= MAX_TREE_KEYS
-            and isinstance(derived, list) and len(derived) <= MAX_TREE_KEYS and isinstance(check, bytes)):
+            and isinstance(tag, bytes) and len(tag) <= TREE_BITS and not tag.strip(b"01")
+            and _uint(generation, MAX_GENERATION) and isinstance(keys, list) and 1 <= len(keys) <= MAX_TREE_KEYS
+            and isinstance(lengths, list) and isinstance(check, bytes)):
         raise KeyRecordError("tree key record fields have wrong types or sizes")
-    keys = [_tree_entry(k, True) for k in keys]
-    derived = [_tree_entry(d, False) for d in derived]
-    if None in keys or None in derived:
+    keys = [_tree_key(k) for k in keys]
+    if None in keys:
         raise KeyRecordError("tree key record entries have wrong types or sizes")
-    if not hmac.compare_digest(check, tree_key_check(name, stream_id, tag, generation, keys, derived)):
+    first_tag, first_generation = keys[0][0], keys[0][1]
+    bounds = [len(first_tag)] + lengths
+    if not all(type(n) is int and 0 <= n < above for n, above in zip(lengths, bounds)):
+        raise KeyRecordError("tree key record: derived lengths must fall, below the first key's tag length")
+    if not hmac.compare_digest(check, tree_key_check(name, stream_id, tag, generation, keys, lengths)):
         raise KeyRecordError("tree key confirmation failed: the decrypted keys are not the publisher's")
-    return name, stream_id, tag, generation, keys, derived
+    return name, stream_id, tag, generation, keys, [(first_tag[:n], first_generation) for n in lengths]

@@ -10,7 +10,7 @@ from zmqsec.errors import ZmqsecError
 
 STREAM = "bench"
 PLAIN, ZMQSEC, JOURNALED = "plain", "zmqsec", "zmqsec+journal"
-SINGLE, GROUPED = "single-envelope", "grouped"
+SINGLE, GROUPED, TREE = "single-envelope", "grouped", "tree"
 SECTIONS = ("stream", "replay", "rekey", "bridge", "memory", "start")
 
 
@@ -56,8 +56,8 @@ QUICK = Profile(
     replay_rate=100, replay_outage_s=5.0, start_readers=2500)
 FULL = Profile(
     name="full", stream_payloads=(1024, 65536), stream_seconds=3.0, stream_reps=5, latency_rate=1000,
-    latency_messages=5000, rekey_readers=(10, 100, 1000, 10_000), rekey_reps=3, rekey_sample=5,
-    single_caps=((10_000, 3, 3),), registry_reps=3, bridge_bodies=(1024, 65536), bridge_messages=300,
+    latency_messages=5000, rekey_readers=(10, 100, 1000, 10_000, 100_000), rekey_reps=3, rekey_sample=5,
+    single_caps=((10_000, 3, 3), (100_000, 1, 1)), registry_reps=3, bridge_bodies=(1024, 65536), bridge_messages=300,
     bridge_openssl_messages=60, bridge_in_messages=3000, bridge_reps=5, bridge_steady_s=20.0,
     memory_readers=10_000, memory_messages=2000, memory_rate=500,
     replay_rate=100, replay_outage_s=60.0)

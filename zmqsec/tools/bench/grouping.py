@@ -1,4 +1,4 @@
-"""Single-envelope or grouped key hierarchy: which this tree has, and what each means for a run."""
+"""Single-envelope, grouped or key tree distribution: which this tree has, and what each means for a run."""
 
 from __future__ import annotations
 
@@ -16,14 +16,23 @@ def grouped_api() -> bool:
             and importlib.util.find_spec("zmqsec.protocol.groups") is not None)
 
 
-def policy(group_size: int) -> RotationPolicy:
-    """The rotation policy of a run: grouped with ``group_size`` readers per group, or (0) single-envelope."""
+def tree_api() -> bool:
+    """Does this tree have key tree mode (``RotationPolicy(mode="tree")``)?"""
+    return "mode" in {f.name for f in dataclasses.fields(RotationPolicy)}
+
+
+def policy(group_size: int, tree: bool = False) -> RotationPolicy:
+    """The rotation policy of a run: a key tree, grouped with ``group_size`` readers per group, or (0)
+    single-envelope."""
+    if tree:
+        return RotationPolicy(mode="tree")
     return RotationPolicy(group_size=group_size) if group_size else RotationPolicy()
 
 
-def reader_topics(group_size: int, certificate) -> tuple[bytes, ...]:
-    """Subscription prefixes of a reader: the whole stream, or its groups' topics in grouped mode."""
-    if not group_size:
+def reader_topics(group_size: int, certificate, tree: bool = False) -> tuple[bytes, ...]:
+    """Subscription prefixes of a reader: the whole stream, or its groups' and key tree nodes' topics in grouped
+    and tree mode."""
+    if not group_size and not tree:
         return (STREAM.encode() + b"\x00",)
     from zmqsec.protocol import groups
 

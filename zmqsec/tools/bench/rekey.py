@@ -1,6 +1,6 @@
 """The rekey section: revoking one of N readers -- the publisher's rekey, the time until sampled
-readers hold the new key, and the bytes each reader must receive, single-envelope and grouped --
-and the registry load the publisher's driver does first."""
+readers hold the new key, and the bytes each reader must receive, single-envelope, grouped and key
+tree -- and the registry load the publisher's driver does first."""
 
 from __future__ import annotations
 
@@ -20,8 +20,11 @@ from zmqsec.keys.trust import TrustStore
 from zmqsec.machines.receiver import KeyAccepted, StreamReceiver
 from zmqsec.machines.sender import StreamSender, wire
 
-from .config import GROUPED, SINGLE, STREAM, BenchError, Profile
-from .grouping import auto_group_size, grouped_api, policy, reader_topics
+from zmqsec.protocol.groups import leaf_topic
+from zmqsec.protocol.tree import tree_bits
+
+from .config import GROUPED, SINGLE, STREAM, TREE, BenchError, Profile
+from .grouping import auto_group_size, grouped_api, policy, reader_topics, tree_api
 from .pki import Pki
 from .stats import median, rss
 from .workers import in_worker
@@ -31,16 +34,31 @@ log = logging.getLogger("zmqsec.bench")
 
 @dataclass(frozen=True)
 class RekeySpec:
-    """What a rekey worker needs (picklable): N readers, a group size (0: single envelope), how
-    many revocations, how many readers to time, and the seed that picks them."""
+    """What a rekey worker needs (picklable): N readers, a group size (0: single envelope) or a key tree,
+    how many revocations, how many readers to time, and the seed that picks them."""
 
     readers: int
-    group_size: int  # 0: single envelope
+    group_size: int  # 0: single envelope (or key tree)
     reps: int
     sample: int
     seed: int
     pki: Pki
+    tree: bool = False
 
+
+def _tree_bytes(out, bits: dict[int, bytes], remaining) -> int:
+    """The most key tree and epoch announcement bytes any remaining reader receives of ``out`` (every reader,
+    not a sample: a T frame reaches the readers whose tree bits its topic's tag prefixes)."""
+    common, by_tag = 0, {}
+    for m in out:
+        topic = bytes(m[0])
+        size = sum(len(part) for part in m)
+        if b"\x00T" in topic:
+            tag = topic[topic.index(b"\x00T") + 2:-1]
+            by_tag[tag] = by_tag.get(tag, 0) + size
+        else:
+            common += size
+    return common + max(sum(size for tag, size in by_tag.items() if bits[i].startswith(tag)) for i in remaining)
 
 def _feed(receiver: StreamReceiver, messages, epoch: int) -> tuple[bool, float]:
     """Hand a reader what it receives; (did it accept ``epoch``'s key, seconds until it did)."""
@@ -70,7 +88,7 @@ def _rekey_worker(conn, spec: RekeySpec) -> None:
     credential = Credential.load(pki.publisher_cert, pki.publisher_key)
     trust = TrustStore.from_directory(pki.trust_dir)
     publishers = DnAllowList(frozenset({pki.publisher_dn}))
-    topics = [reader_topics(spec.group_size, c) for c in certs]
+    topics = [reader_topics(spec.group_size, c, spec.tree) for c in certs]
 
     # The sample's first reader shares as many subscription topics as possible with the victims,
     # so in grouped mode it sits in their group (a new group key) and the others mostly do not.
@@ -89,20 +107,23 @@ def _rekey_worker(conn, spec: RekeySpec) -> None:
         prefixes = topics[i]
         return [m for m in messages if bytes(m[0]).startswith(prefixes)]
 
-    sender = StreamSender(STREAM, credential, ReaderSet(readers), policy(spec.group_size))
+    sender = StreamSender(STREAM, credential, ReaderSet(readers), policy(spec.group_size, spec.tree))
     t0 = time.perf_counter()
     out = wire(sender.start(time.monotonic()))
     start_s = time.perf_counter() - t0
     start_bytes = sum(len(part) for m in out for part in m)
-    # In grouped mode the victims follow the stream from the start, so each holds its old group
-    # key when revoked: the lock-out check is then a real one.  A single envelope has no such state.
-    watched = {i: receiver(i) for i in sample + (victims if spec.group_size else [])}
+    # In grouped and tree mode the victims follow the stream from the start, so each holds its old group
+    # key or tree path when revoked: the lock-out check is then a real one.  A single envelope has no such state.
+    watched = {i: receiver(i) for i in sample + (victims if spec.group_size or spec.tree else [])}
+    if spec.tree:  # each watched reader subscribes to its leaf topic, and gets its path
+        out += wire(sender.subscription_seen(time.monotonic(), [leaf_topic(STREAM, certs[i]) for i in watched]))
+        bits = {i: tree_bits(r.fingerprint) for i, r in enumerate(readers)}
     for i, r in watched.items():
         ok, _ = _feed(r, reaching(i, out), sender.epoch)
         if not ok:
             raise BenchError(f"reader {i} got no key from the first announcement")
 
-    reps = []
+    reps, revoked = [], set()
     current = list(readers)
     for victim in victims:
         current = [r for r in current if r is not readers[victim]]
@@ -118,12 +139,15 @@ def _rekey_worker(conn, spec: RekeySpec) -> None:
             if not ok:
                 raise BenchError(f"sampled reader {i} did not get epoch {epoch}'s key")
             switched.append(took)
+        revoked.add(victim)
+        most = _tree_bytes(out, bits, (i for i in range(spec.readers) if i not in revoked)) if spec.tree else None
         locked_out, _ = _feed(watched.pop(victim, None) or receiver(victim), reaching(victim, out), epoch)
         for i in victims:  # readers revoked later stay current (grouped mode only, see above)
             if i in watched and i not in sample:
                 _feed(watched[i], reaching(i, out), epoch)
         reps.append({"rekey_s": rekey_s, "switch_s": rekey_s + max(switched), "reader_s": max(switched),
-                     "bytes_total": sum(len(part) for m in out for part in m), "bytes_per_reader": max(per_reader),
+                     "bytes_total": sum(len(part) for m in out for part in m),
+                     "bytes_per_reader": max(per_reader) if most is None else most,
                      "bytes_per_reader_min": min(per_reader),
                      "messages": len(out), "revoked_reader_got_key": locked_out})
     conn.send({"start_s": start_s, "start_bytes": start_bytes, "reps": reps, **rss()})
@@ -166,15 +190,18 @@ def run_rekey(profile: Profile, pki: Pki, group_size: int | None) -> tuple[list[
     one row per count and mode, and notes on what could not be measured."""
     ctx = multiprocessing.get_context("spawn")
     notes = []
-    have_groups = grouped_api()
+    have_groups, have_tree = grouped_api(), tree_api()
     if not have_groups:
         notes.append("grouped key hierarchy not in this tree (no RotationPolicy.group_size / zmqsec.groups): "
                      "single-envelope mode only")
+    if not have_tree:
+        notes.append("key tree mode not in this tree (no RotationPolicy.mode)")
     caps = {n: (reps, sample) for n, reps, sample in profile.single_caps}
     results = []
     for n in profile.rekey_readers:
-        loads = registry_load_seconds(pki, n, profile.registry_reps)
-        modes = [(SINGLE, 0)] + ([(GROUPED, group_size or auto_group_size(n))] if have_groups else [])
+        loads = registry_load_seconds(pki, n, profile.registry_reps if n < 100_000 else 1)
+        modes = ([(SINGLE, 0)] + ([(GROUPED, group_size or auto_group_size(n))] if have_groups else [])
+                 + ([(TREE, 0)] if have_tree else []))
         for mode, g in modes:
             # A single envelope of many readers is slow for every reader to open: fewer of them in the quick profile.
             reps, sample = caps.get(n, (profile.rekey_reps, profile.rekey_sample)) if mode == SINGLE else \
@@ -182,14 +209,15 @@ def run_rekey(profile: Profile, pki: Pki, group_size: int | None) -> tuple[list[
             sample = min(sample, n - reps)
             log.info("rekey: %d readers, %s%s, %d revocation(s), %d sampled readers", n, mode,
                      f" (groups of ~{g})" if g else "", reps, sample)
-            got = in_worker(ctx, _rekey_worker, RekeySpec(n, g, reps, sample, 7 + n, pki))
+            got = in_worker(ctx, _rekey_worker, RekeySpec(n, g, reps, sample, 7 + n, pki, tree=mode == TREE))
             rows = got["reps"]
             entry = {
                 "readers": n, "mode": mode, "group_size": g or None,
-                "recommended": mode == (GROUPED if have_groups else SINGLE),
+                "recommended": mode == (TREE if have_tree and n >= 10_000 else GROUPED if have_groups else SINGLE),
                 "rekey_s": median(r["rekey_s"] for r in rows), "switch_s": median(r["switch_s"] for r in rows),
                 "bytes_total": int(median(r["bytes_total"] for r in rows)),
                 "bytes_per_reader": int(median(r["bytes_per_reader"] for r in rows)),
+                "bytes_per_reader_of": "every remaining reader" if mode == TREE else "the sampled readers",
                 "bytes_per_reader_min": int(median(r["bytes_per_reader_min"] for r in rows)),
                 "slowest_reader_s": median(r["reader_s"] for r in rows),
                 "messages": int(median(r["messages"] for r in rows)),

@@ -64,6 +64,16 @@ def evaluate_targets(results: dict) -> list[dict]:
     for r in rows:
         out.append({"target": f"revoking one of 10,000 readers in effect within 1 s ({r['mode']})", "goal": 1.0,
                     "measured": r["rekey_s"], "met": r["rekey_s"] <= 1.0})
+    for r in results.get("rekey", []):
+        if r["mode"] == "tree" and r["readers"] == 100_000:
+            out.append({"target": "revoking one of 100,000 readers in tree mode: <= 4 KB received by any remaining "
+                                  "reader", "goal": 4096, "measured": r["bytes_per_reader"],
+                        "met": r["bytes_per_reader"] <= 4096})
+            # From the registry change: the driver's reload of the registry, the rekey, the slowest sampled reader.
+            in_effect = r["registry_reload_s"] + r["switch_s"]
+            out.append({"target": "revoking one of 100,000 readers in tree mode: new key in effect at sampled readers "
+                                  "<= 1 s after the registry change", "goal": 1.0, "measured": round(in_effect, 4),
+                        "met": in_effect <= 1.0})
     revocations = results.get("revocation") or []
     for revocation in [revocations] if isinstance(revocations, dict) else revocations:  # a dict in older files
         n = revocation["readers"]

@@ -76,8 +76,8 @@ def run(config: BenchConfig) -> dict:
             results.setdefault("revocation", []).append(revocation)
             results["load_average"]["after_memory"] = load()
         if "start" in config.sections:
-            results["start"], revocation = run_start(profile, config.group_size)
-            results.setdefault("revocation", []).append(revocation)
+            results["start"], revocations = run_start(profile, config.group_size)
+            results.setdefault("revocation", []).extend(revocations)
             results["load_average"]["after_start"] = load()
         results["targets"] = evaluate_targets(results)
         results["duration_s"] = time.perf_counter() - t0

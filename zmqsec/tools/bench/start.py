@@ -4,7 +4,8 @@ with the peak resident memory of the publisher and its worker processes; once as
 registry load judged on every core) and once pinned to one core with ``taskset`` (the load then stays
 in one process), side by side.  Then revocations on the running publisher, as in the memory section:
 a registry file deleted, a certificate put on the CA's CRL, each timed until the status file shows
-the new epoch."""
+the new epoch.  Then the same publisher in key tree mode (docs/PROTOCOL.md §4.6): its start, and
+revocations of other readers on it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from zmqsec.keys.ca import CertificateAuthority, KeyType, Role, generate_key
 from zmqsec.keys.dn import parse_slash_dn
 from zmqsec.keys.pemfiles import load_certificate
 
-from .config import GROUPED, STREAM, BenchError, Profile
+from .config import GROUPED, STREAM, TREE, BenchError, Profile
 from .grouping import auto_group_size
 from .stats import median
 
@@ -97,7 +98,8 @@ def _revoke(site: dict, status: Path, proc: subprocess.Popen, names: list[str]) 
     return removals, crls
 
 
-def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool, revoke: list[str] = ()) -> dict:
+def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool, revoke: list[str] = (),
+           tree: bool = False) -> dict:
     status = directory / "publisher.json"
     status.unlink(missing_ok=True)
     (directory / "outgoing").mkdir(exist_ok=True)
@@ -105,7 +107,7 @@ def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool
                "--endpoint", f"ipc://{directory}/start.ipc", "--certificate", str(site["cert"]),
                "--key", str(site["key"]), "--capath", str(site["trust"]), "--registry", str(site["registry"]),
                "--outgoing", str(directory / "outgoing"), "--status-file", str(status), "--status-interval", "0.05",
-               "--group-size", str(group_size)]
+               *(["--rotation-mode", "tree"] if tree else ["--group-size", str(group_size)])]
     if pin:
         command = ["taskset", "-c", str(min(os.sched_getaffinity(0))), *command]
     t0 = time.monotonic()
@@ -136,8 +138,8 @@ def _start(site: dict, readers: int, directory: Path, group_size: int, pin: bool
             proc.wait()
 
 
-def run_start(profile: Profile, group_size: int | None = None) -> tuple[dict, dict]:
-    """The start row and a revocation row (see the module docstring)."""
+def run_start(profile: Profile, group_size: int | None = None) -> tuple[dict, list[dict]]:
+    """The start row and the revocation rows, grouped and key tree (see the module docstring)."""
     n = profile.start_readers
     g = group_size or auto_group_size(n)
     directory = _scratch()
@@ -149,18 +151,30 @@ def run_start(profile: Profile, group_size: int | None = None) -> tuple[dict, di
         one = _start(site, n, directory, g, pin=True) if shutil.which("taskset") else None
         if one:
             log.info("start: %d readers, one core: %.1f s, peak %.0f MB", n, one["start_s"], one["peak_rss_mb"])
-        victims = sorted(p.name for p in site["registry"].iterdir())[-2 * REVOCATIONS:]
-        spread = _start(site, n, directory, g, pin=False, revoke=victims)
+        ordered = sorted(p.name for p in site["registry"].iterdir())
+        spread = _start(site, n, directory, g, pin=False, revoke=ordered[-2 * REVOCATIONS:])
         log.info("start: %d readers, %d cores: %.1f s, peak %.0f MB", n, cores, spread["start_s"], spread["peak_rss_mb"])
         log.info("start: %d readers, revocation to new key: %s s by registry, %s s by CRL", n,
                  spread["removals"], spread["crls"])
+        # Key tree mode on the same registry, less the readers revoked above (files gone, or on the CRL).
+        remaining = n - 2 * REVOCATIONS
+        tree = _start(site, remaining, directory, g, pin=False, revoke=ordered[-4 * REVOCATIONS:-2 * REVOCATIONS],
+                      tree=True)
+        log.info("start: %d readers, key tree: %.1f s, peak %.0f MB; revocation to new key: %s s by registry, "
+                 "%s s by CRL", remaining, tree["start_s"], tree["peak_rss_mb"], tree["removals"], tree["crls"])
+
+        def revocation(mode: str, run: dict, readers: int) -> dict:
+            return {"readers": readers, "mode": mode, "group_size": g if mode == GROUPED else None,
+                    "revocation_to_new_key_s": median(run["removals"]), "samples": run["removals"],
+                    "crl_revocation_to_new_key_s": median(run["crls"]), "crl_samples": run["crls"],
+                    "repetitions": REVOCATIONS}
+
         return {"readers": n, "mode": GROUPED, "group_size": g, "cores": cores, "start_s": spread["start_s"],
                 "peak_rss_mb": spread["peak_rss_mb"], "rss_after_start_mb": spread["rss_mb"],
                 "one_core_start_s": one and one["start_s"], "one_core_peak_rss_mb": one and one["peak_rss_mb"],
-                "speedup": one and one["start_s"] / spread["start_s"]}, {
-                "readers": n, "mode": GROUPED, "group_size": g,
-                "revocation_to_new_key_s": median(spread["removals"]), "samples": spread["removals"],
-                "crl_revocation_to_new_key_s": median(spread["crls"]), "crl_samples": spread["crls"],
-                "repetitions": REVOCATIONS}
+                "speedup": one and one["start_s"] / spread["start_s"],
+                "tree_readers": remaining, "tree_start_s": tree["start_s"], "tree_peak_rss_mb": tree["peak_rss_mb"],
+                "tree_rss_after_start_mb": tree["rss_mb"]}, [
+                revocation(GROUPED, spread, n), revocation(TREE, tree, remaining)]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
