@@ -349,3 +349,31 @@ def test_the_mode_is_a_config_key_and_a_flag(tmp_path):
         _policy(tmp_path, "mode = tree\ngroup_size = 8")
     with pytest.raises(ZmqsecError, match="mode"):
         _policy(tmp_path, "mode = lkh")
+
+
+def test_path_envelopes_are_made_once_per_update_and_sent_at_most_once_per_leaf_per_gap(pki, readers):
+    sender = _sender(pki, readers)
+    sender.start(0.0)
+    leaf = leaf_topic(STREAM, readers[0].certificate)
+    [first] = _kind(_paths(sender, readers[:1], 1.0), b"T")
+    assert _kind(sender.subscription_seen(1.01, [leaf, leaf]), b"T") == []  # within 50 ms of the last: owed
+    [again] = _kind(sender.tick(1.06), b"T")  # ... then sent by the next turn, the envelope made once
+    assert again is first
+    stranger = frames.tree_topic(STREAM, b"01" * 16)
+    assert _kind(sender.subscription_seen(2.0, [stranger]) + sender.tick(3.0), b"T") == []  # no such reader
+    every = _kind(sender.subscription_seen(4.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")
+    assert len(every) == READERS  # 40 readers: under the 64 of a turn
+    sender.readers_changed(_set(readers[1:]), 5.0)
+    [renewed] = _kind(sender.subscription_seen(5.1, [leaf_topic(STREAM, readers[1].certificate)]), b"T")
+    assert renewed not in every  # an update makes the paths anew
+
+
+def test_path_envelopes_per_turn_are_bounded(pki, readers, monkeypatch):
+    from zmqsec.machines import keytree
+
+    monkeypatch.setattr(keytree, "PATHS_PER_TURN", 16)
+    sender = _sender(pki, readers)
+    sender.start(0.0)
+    turns = [_kind(sender.subscription_seen(1.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")]
+    turns += [_kind(sender.tick(1.0 + i / 100), b"T") for i in range(1, 4)]
+    assert [len(t) for t in turns] == [16, 16, 8, 0]  # the rest waits for later turns; none is dropped
