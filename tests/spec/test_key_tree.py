@@ -377,3 +377,14 @@ def test_path_envelopes_per_turn_are_bounded(pki, readers, monkeypatch):
     turns = [_kind(sender.subscription_seen(1.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")]
     turns += [_kind(sender.tick(1.0 + i / 100), b"T") for i in range(1, 4)]
     assert [len(t) for t in turns] == [16, 16, 8, 0]  # the rest waits for later turns; none is dropped
+
+
+def test_inspect_shows_tree_frames(pki, readers, tmp_path, run_cli):
+    sender = _sender(pki, readers)
+    wire = sender.start(0.0) + _paths(sender, readers[:1], 0.0) + sender.readers_changed(_set(readers[1:]), 1.0)
+    capture = tmp_path / "frames.zcap"
+    capture.write_bytes(b"".join(msgpack.packb([1.0, m], use_bin_type=True) for m in wire))
+    code, out, _ = run_cli("inspect", capture)
+    lines = [line for line in out.splitlines() if " T apel.jobs " in line]
+    assert code == 0 and len(lines) == len(_kind(wire, b"T")) >= 2
+    assert "recipients 1" in lines[0] and "key ids t" in lines[1] and "signature good" in lines[1]

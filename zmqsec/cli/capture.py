@@ -59,11 +59,14 @@ def cmd_inspect(args) -> int:
             try:
                 recipients = enveloped.recipients(frame.envelope)
                 wrapped = (f"recipients {recipients.key_transport}" if not recipients.kek_ids else
-                           f"group keys {', '.join(k.decode(errors='replace') for k in recipients.kek_ids)}")
+                           f"key ids {', '.join(k.decode(errors='replace') for k in recipients.kek_ids)}")
             except cms.CmsError as exc:
                 wrapped = f"envelope INVALID ({exc})"
             if isinstance(frame, frames.GroupAnnouncement):
                 print(f"{stamp} G {name} stream {sid} group {frame.tag.decode()!r} generation {frame.generation} "
+                      f"{wrapped} envelope {len(frame.envelope)} B, {who}")
+            elif isinstance(frame, frames.TreeAnnouncement):
+                print(f"{stamp} T {name} stream {sid} tree node {frame.tag.decode()!r} generation {frame.generation} "
                       f"{wrapped} envelope {len(frame.envelope)} B, {who}")
             else:
                 print(f"{stamp} K {name} stream {sid} epoch {frame.epoch} {wrapped} envelope {len(frame.envelope)} B, {who}")

@@ -48,23 +48,32 @@ class TreeDistribution:
         self._made: dict[str, list[bytes]] = {}  # fingerprint -> its path envelope (until the next update)
         self._sent: dict[bytes, float] = {}  # leaf topic bits -> when their path envelopes last went out
         self._readers: dict = {}  # fingerprint -> zmqsec.keys.registry.Reader
+        self.tree_bits_of: dict[str, bytes] = {}  # fingerprint -> its leaf topic's bits
 
     def rekey(self, readers: ReaderSet, now: float) -> Wrapping:
-        """Bring the tree up to date: the update's announcements, and the root key for the epoch envelope."""
-        known = self.tree.bits
-        self._readers = {r.fingerprint: r for r in readers}
-        current = {fp: known.get(fp) or tree_bits(fp) for fp in self._readers}
+        """Bring the tree up to date: the update's announcements, and the root key for the epoch envelope.  Costs
+        about the changes, not the reader count (the reader set's fingerprints are a set already)."""
+        now_in, before = readers.fingerprints, self._readers.keys()
+        left = before - now_in
+        joined = {r.fingerprint: r for r in readers if r.fingerprint not in before} if len(now_in - before) else {}
         try:
-            update = self.tree.update(current)
+            update = self.tree.change({fp: tree_bits(fp) for fp in joined}, left)
         except ValueError as exc:
             raise ZmqsecError(f"stream {self.stream.decode(errors='replace')}: {exc}; restart the publisher") from None
         out = []
         if update is not None:
-            by_bits: dict[bytes, list[str]] = {}
-            for fp, bits in current.items():
-                by_bits.setdefault(bits[:MAX_TREE_BITS], []).append(fp)
-            self._by_bits, self._made = by_bits, {}
-            self._owed = {b: None for b in self._owed if b in by_bits}
+            for fp in left:
+                del self._readers[fp]
+                bits = self.tree_bits_of.pop(fp)
+                self._by_bits[bits].remove(fp)
+                if not self._by_bits[bits]:
+                    del self._by_bits[bits]
+            for fp, reader in joined.items():
+                self._readers[fp] = reader
+                self.tree_bits_of[fp] = bits = self.tree.bits[fp][:MAX_TREE_BITS]
+                self._by_bits.setdefault(bits, []).append(fp)
+            self._made = {}
+            self._owed = {b: None for b in self._owed if b in self._by_bits}
             for wrap in update.wraps:
                 out.append(encode(make_tree_announcement(
                     self.stream, self.stream_id, wrap.to, [wrap.carried], wrap.derived,

@@ -20,7 +20,7 @@ from a path envelope (§4.6), made when it asks.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 
 from .primitives import KEY_BYTES, MAX_GENERATION, MAX_TREE_KEYS, TREE_BITS, tree_derive, tree_kek_id
@@ -121,27 +121,36 @@ class KeyTree:
         return keys + older[:MAX_TREE_KEYS - len(keys)]
 
     def update(self, readers: Mapping[str, bytes]) -> Update | None:
-        """Readers (fingerprint -> tree bits) joined or left: the new keys and the messages that carry them (None
-        if nothing changed).  Raises :class:`ValueError` if ``readers`` is empty or generations are exhausted."""
-        joined, left = readers.keys() - self.bits.keys(), self.bits.keys() - readers.keys()
+        """The readers are now ``readers`` (fingerprint -> tree bits): :meth:`change` by who joined and left."""
+        left = self.bits.keys() - readers.keys()
+        return self.change({fp: readers[fp] for fp in readers.keys() - self.bits.keys()}, left)
+
+    def change(self, joined: Mapping[str, bytes], left: Collection[str]) -> Update | None:
+        """Readers (fingerprint -> tree bits) joined and readers (fingerprints) left: the new keys and the messages
+        that carry them (None if nothing changed).  Costs about the changes times the depth, not the reader count
+        (a change of more than a quarter lays the tree out anew).  Raises :class:`ValueError` if no reader would be
+        left or generations are exhausted."""
+        left = set(left) & self.bits.keys()
+        joined = {fp: bits for fp, bits in joined.items() if fp not in self.bits or fp in left}
         if not joined and not left:
             return None
-        if not readers:
+        remaining = len(self.bits) - len(left) + len(joined)
+        if remaining <= 0:
             raise ValueError("a key tree needs at least one reader")
         if self.generation >= MAX_GENERATION:
             raise ValueError("key tree generations exhausted")
         self.generation = g = self.generation + 1
-        bulk = self.root is None or len(joined) + len(left) > len(readers) // 4
+        bulk = self.root is None or len(joined) + len(left) > remaining // 4
         if not bulk:
-            touched = {readers.get(fp) or self.bits[fp] for fp in joined | left}
+            touched = {joined.get(fp) or self.bits[fp] for fp in joined.keys() | left}
             prefixes = {bits[:n] for bits in touched for n in range(len(bits) + 1)}
         for fp in left:
             if not bulk:
                 self._remove(fp)
             del self.leaves[fp], self.bits[fp]
-        for fp in joined:
-            self.bits[fp] = readers[fp]
-            self.leaves[fp] = NodeKey(readers[fp], g, self.rng(KEY_BYTES))
+        for fp, bits in joined.items():
+            self.bits[fp] = bits
+            self.leaves[fp] = NodeKey(bits, g, self.rng(KEY_BYTES))
             if not bulk:
                 self._insert(fp)
         if bulk:
