@@ -83,6 +83,11 @@ def test_rekey_covers_each_reader_count_and_locks_the_revoked_reader_out(results
         assert not _positive(row, REKEY), row
         assert row["revoked_reader_locked_out"] is True, row
         assert row["bytes_per_reader"] <= row["bytes_total"]
+    modes = {(r["readers"], r["mode"]) for r in data["rekey"]}
+    assert modes == {(n, m) for n in (10, 100, 1000) for m in ("single-envelope", "grouped", "tree")}
+    for row in data["rekey"]:
+        if row["mode"] == "tree":  # one small update and the epoch announcement, whatever the reader count
+            assert row["bytes_per_reader_of"] == "every remaining reader" and row["bytes_per_reader"] < 8192, row
 
 
 @pytest.mark.timeout(660)
@@ -134,6 +139,10 @@ def test_start_times_a_real_publisher_on_every_core_and_on_one(results):
     # Revocations on that running publisher: a row of the revocation list, each sample a rekey it saw.
     rows = [r for r in data["revocation"] if r["readers"] == 2500]
     assert len(rows) == 1 and rows[0]["mode"] == start["mode"] == "grouped", data["revocation"]
-    assert len(rows[0]["samples"]) == len(rows[0]["crl_samples"]) == rows[0]["repetitions"] == 3, rows
-    assert all(t > 0 for t in rows[0]["samples"] + rows[0]["crl_samples"]), rows
-    assert [r["readers"] for r in data["revocation"]] == [data["settings"]["memory_readers"], 2500]
+    # Then the same registry in key tree mode, less the six readers revoked on the grouped publisher.
+    tree = [r for r in data["revocation"] if r["mode"] == "tree"]
+    assert len(tree) == 1 and tree[0]["readers"] == start["tree_readers"] == 2494 and start["tree_start_s"] > 0, tree
+    for row in rows + tree:
+        assert len(row["samples"]) == len(row["crl_samples"]) == row["repetitions"] == 3, row
+        assert all(t > 0 for t in row["samples"] + row["crl_samples"]), row
+    assert [r["readers"] for r in data["revocation"]] == [data["settings"]["memory_readers"], 2500, 2494]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.sender import Send, StreamSender, wire
 from zmqsec.protocol import frames
+from zmqsec.protocol.groups import reader_topics
 from zmqsec.protocol.announce import open_announcement, verify_announcement
 from zmqsec.protocol.datacipher import DataKey
 
@@ -13,6 +15,44 @@ _EMITTING = frozenset({"start", "publish", "flush", "tick", "readers_changed", "
 def kinds(actions) -> list[bytes]:
     """The frame kinds of every :class:`Send` among ``actions``, in order."""
     return [a.kind for a in actions if isinstance(a, Send)]
+
+
+def reader_set(credentials) -> ReaderSet:
+    """The reader set of these credentials' certificates."""
+    return ReaderSet(tuple(Reader(c.certificate) for c in credentials))
+
+
+def reaching(stream: str, credential, messages) -> list:
+    """What ZeroMQ's prefix matching lets through to this reader (its subscriptions: data, checkpoints, epoch
+    announcements, run frames, its group and key tree topics)."""
+    topics = tuple(reader_topics(stream, credential.certificate))
+    return [m for m in messages if m[0].startswith(topics)]
+
+
+def feed(receiver, messages, now: float = 0.0) -> list:
+    """Every message into ``receiver`` at ``now``: the events, in order."""
+    events = []
+    for m in messages:
+        events += receiver.frame_received(m, now)
+    return events
+
+
+def publish(sender, count: int, now: float = 0.0, start: int = 0) -> list:
+    """Records ``record <start>`` ... through a :class:`WireSender`, then a checkpoint: the messages."""
+    out = []
+    for i in range(start, start + count):
+        out += sender.publish(b"record %d" % i, now)
+    return out + sender.flush(now)
+
+
+def of_kind(messages, kind: bytes) -> list:
+    """The messages of one frame kind (b"G", b"T", b"K", ...), by topic."""
+    return [m for m in messages if m[0].split(b"\0")[1][:1] == kind]
+
+
+def size(messages) -> int:
+    """Their bytes on the wire, every part."""
+    return sum(len(p) for m in messages for p in m)
 
 
 class WireSender:

@@ -11,10 +11,9 @@ from cryptography.hazmat.primitives import serialization
 from asn1crypto import cms as asn1_cms
 
 from kit.pki import Pki
-from kit.wire import WireSender
+from kit.wire import WireSender, feed, of_kind, publish, reaching, reader_set, size
 from zmqsec.crypto import cms, enveloped
 from zmqsec.keys.ca import Role
-from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.receiver import Delivered, Gap, KeyAccepted, Rejected, StreamReceiver
 from zmqsec.machines.sender import RotationPolicy
 from zmqsec.protocol import frames
@@ -39,82 +38,62 @@ def readers(pki) -> list:
     return [pki[f"reader{i:03d}"] for i in range(READERS)]
 
 
-def _set(credentials) -> ReaderSet:
-    return ReaderSet(tuple(Reader(c.certificate) for c in credentials))
+
+def _reaching(credential, messages):
+    return reaching("apel.jobs", credential, messages)
 
 
 def _sender(pki, readers) -> WireSender:
-    return WireSender("apel.jobs", pki["publisher"], _set(readers), RotationPolicy(group_size=GROUP_SIZE, checkpoint_max=16))
+    return WireSender("apel.jobs", pki["publisher"], reader_set(readers), RotationPolicy(group_size=GROUP_SIZE, checkpoint_max=16))
 
 
-def _reaching(credential, wire):
-    """What ZeroMQ's prefix matching lets through to this reader."""
-    topics = reader_topics("apel.jobs", credential.certificate)
-    return [m for m in wire if any(m[0].startswith(t) for t in topics)]
 
 
-def _feed(receiver, messages, now=0.0):
-    events = []
-    for m in messages:
-        events += receiver.frame_received(m, now)
-    return events
 
 
-def _publish(sender, count, now=0.0, start=0):
-    out = []
-    for i in range(start, start + count):
-        out += sender.publish(b"record %d" % i, now)
-    return out + sender.flush(now)
 
-
-def _kind(wire, kind):
-    return [m for m in wire if frames.decode(m).topic.split(b"\0")[1][:1] == kind]
-
-
-def _bytes(messages) -> int:
-    return sum(len(p) for m in messages for p in m)
 
 
 def test_every_reader_reads_everything_through_its_own_topics_only(pki, readers):
     sender = _sender(pki, readers)
-    wire = sender.start(0.0) + _publish(sender, 30)
-    groups, [announcement] = _kind(wire, b"G"), _kind(wire, b"K")
+    wire = sender.start(0.0) + publish(sender, 30)
+    groups, [announcement] = of_kind(wire, b"G"), of_kind(wire, b"K")
     assert group_bits(READERS, GROUP_SIZE) == 3 and len(groups) == sender.stats.groups
     assert 4 <= len(groups) <= 8  # tags are hash prefixes: some of the 8 may be empty
     wrapped = enveloped.recipients(frames.decode(announcement).envelope)
     assert wrapped.key_transport == 0 and len(wrapped.kek_ids) == len(groups)  # the epoch key: one wrap per group
     for reader in readers:
         reaching = _reaching(reader, wire)
-        assert len(_kind(reaching, b"G")) == 1  # its own group's key, none of the others'
-        events = _feed(StreamReceiver(reader, pki.trust), reaching)
+        assert len(of_kind(reaching, b"G")) == 1  # its own group's key, none of the others'
+        events = feed(StreamReceiver(reader, pki.trust), reaching)
         assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(30)]
         assert not [e for e in events if isinstance(e, (Rejected, Gap))], reader.certificate.subject
 
 
 def test_revoking_one_reader_renews_only_its_group_and_it_reads_nothing_after(pki, readers):
     sender = _sender(pki, readers)
-    before = sender.start(0.0) + _publish(sender, 20)
+    before = sender.start(0.0) + publish(sender, 20)
     victim, others = readers[7], readers[:7] + readers[8:]
-    rekey = sender.readers_changed(_set(others), 1.0)
-    assert [frames.decode(m).tag for m in _kind(rekey, b"G")] == [reader_bits(victim.certificate)[:3]]
-    assert len(_kind(rekey, b"K")) == 1
-    after = _publish(sender, 20, 1.0, start=20)
+    rekey = sender.readers_changed(reader_set(others), 1.0)
+    assert [frames.decode(m).tag for m in of_kind(rekey, b"G")] == [reader_bits(victim.certificate)[:3]]
+    assert len(of_kind(rekey, b"K")) == 1
+    after = publish(sender, 20, 1.0, start=20)
 
     # What one reader must receive for this rekey is bounded by its group, not by the registry.
-    single = WireSender("apel.jobs", pki["publisher"], _set(others), RotationPolicy())
-    single_bytes = _bytes(single.start(0.0))
+    single = WireSender("apel.jobs", pki["publisher"], reader_set(others), RotationPolicy())
+    single_bytes = size(single.start(0.0))
     for reader in others:
-        assert _bytes(_reaching(reader, rekey)) < single_bytes / 2
+        assert size(_reaching(reader, rekey)) < single_bytes / 2
 
     receiver = StreamReceiver(victim, pki.trust)
-    events = _feed(receiver, _reaching(victim, before + rekey + after)) + receiver.tick(10.0)
+    events = feed(receiver, _reaching(victim, before + rekey + after)) + receiver.tick(10.0)
     assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(20)]
     reasons = [e.name for e in events if isinstance(e, Rejected)]
     assert reasons.count("not-a-recipient") == 2  # the new group key, then the epoch key wrapped without it
     assert reasons.count("no-key") == 20
     for reader in others[::5]:
         receiver = StreamReceiver(reader, pki.trust)
-        events = _feed(receiver, _reaching(reader, before + rekey + after)) + receiver.tick(10.0)
+        events = feed(receiver, _reaching(reader, before + rekey + after)) + receiver.tick(10.0)
         assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(40)]
         assert not [e for e in events if isinstance(e, (Rejected, Gap))]
 
@@ -124,22 +103,22 @@ def test_a_new_reader_gets_a_new_group_key_not_the_old_one(pki, readers):
     newcomer, rest = readers[0], readers[1:]
     sender = _sender(pki, rest)
     wire = sender.start(0.0)
-    rekey = sender.readers_changed(_set(readers), 1.0)
-    assert [frames.decode(m).tag for m in _kind(rekey, b"G")] == [reader_bits(newcomer.certificate)[:3]]
+    rekey = sender.readers_changed(reader_set(readers), 1.0)
+    assert [frames.decode(m).tag for m in of_kind(rekey, b"G")] == [reader_bits(newcomer.certificate)[:3]]
     receiver = StreamReceiver(newcomer, pki.trust)
-    events = _feed(receiver, _reaching(newcomer, wire)) + receiver.tick(10.0)
+    events = feed(receiver, _reaching(newcomer, wire)) + receiver.tick(10.0)
     assert not [e for e in events if isinstance(e, KeyAccepted)]
-    events = _feed(receiver, _reaching(newcomer, rekey), 10.0)
+    events = feed(receiver, _reaching(newcomer, rekey), 10.0)
     assert [e.epoch for e in events if isinstance(e, KeyAccepted)] == [2]
 
 
 def test_an_epoch_key_that_arrives_before_its_group_key_waits_for_it(pki, readers):
     reader = readers[3]
     sender = _sender(pki, readers)
-    wire = _reaching(reader, sender.start(0.0) + _publish(sender, 5))
+    wire = _reaching(reader, sender.start(0.0) + publish(sender, 5))
     receiver = StreamReceiver(reader, pki.trust)
-    reordered = _kind(wire, b"K") + _kind(wire, b"G") + _kind(wire, b"D") + _kind(wire, b"S")
-    events = _feed(receiver, reordered)
+    reordered = of_kind(wire, b"K") + of_kind(wire, b"G") + of_kind(wire, b"D") + of_kind(wire, b"S")
+    events = feed(receiver, reordered)
     assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(5)]
     assert not [e for e in events if isinstance(e, Rejected)]
 
@@ -156,14 +135,14 @@ def test_a_subscription_brings_back_only_the_announcements_it_matches(pki, reade
     assert sender.subscription_seen(1.01, [mine]) == []  # coalesced: at most once per 50 ms ...
     assert [m[0] for m in sender.tick(1.06)] == [mine]  # ... and sent when the gap has passed, not dropped
     relay = sender.subscription_seen(2.0, [b"apel.jobs\0"])  # a relay or recorder: everything
-    assert len(_kind(relay, b"G")) == sender.stats.groups and len(_kind(relay, b"K")) == 1
+    assert len(of_kind(relay, b"G")) == sender.stats.groups and len(of_kind(relay, b"K")) == 1
 
 
 def test_group_and_epoch_envelopes_open_and_verify_with_openssl(pki, readers, tmp_path):
     reader = readers[11]
     sender = _sender(pki, readers)
     wire = _reaching(reader, sender.start(0.0))
-    group, epoch = frames.decode(_kind(wire, b"G")[0]), frames.decode(_kind(wire, b"K")[0])
+    group, epoch = frames.decode(of_kind(wire, b"G")[0]), frames.decode(of_kind(wire, b"K")[0])
     cert, key = tmp_path / "reader.pem", tmp_path / "reader.key"
     cert.write_bytes(reader.certificate.public_bytes(serialization.Encoding.PEM))
     key.write_bytes(reader.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
@@ -198,16 +177,16 @@ def test_a_copy_under_another_header_does_not_poison_the_genuine_group_key(pki, 
     generation is refused on its own, and the genuine one is still accepted after it."""
     reader = readers[9]
     sender = _sender(pki, readers)
-    wire = _reaching(reader, sender.start(0.0) + _publish(sender, 3))
-    genuine = frames.decode(_kind(wire, b"G")[0])
+    wire = _reaching(reader, sender.start(0.0) + publish(sender, 3))
+    genuine = frames.decode(of_kind(wire, b"G")[0])
     forged = [frames.encode(frames.GroupAnnouncement(frames.group_topic("apel.jobs", b""), genuine.stream_id,
                                                      genuine.generation, genuine.envelope, genuine.signature)),
               frames.encode(frames.GroupAnnouncement(genuine.topic, genuine.stream_id, genuine.generation + 5,
                                                      genuine.envelope, genuine.signature))]
     receiver = StreamReceiver(reader, pki.trust)
-    events = _feed(receiver, forged)
+    events = feed(receiver, forged)
     assert [e.name for e in events if isinstance(e, Rejected)] == ["header-mismatch", "header-mismatch"]
-    events = _feed(receiver, wire)
+    events = feed(receiver, wire)
     assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record %d" % i for i in range(3)]
 
 
@@ -224,16 +203,16 @@ def test_replayed_old_group_keys_do_not_push_out_the_current_one(pki, readers):
     sender = _sender(pki, readers)
     wire = sender.start(0.0)
     for i in range(5):  # five membership changes in our group: five superseded group keys
-        wire += sender.readers_changed(_set([r for r in readers if r not in peers[:i + 1]]), 1.0 + i)
-    groups = _kind(_reaching(reader, wire), b"G")
+        wire += sender.readers_changed(reader_set([r for r in readers if r not in peers[:i + 1]]), 1.0 + i)
+    groups = of_kind(_reaching(reader, wire), b"G")
     assert len(groups) == 6
     receiver = StreamReceiver(reader, pki.trust)
-    late = groups[-1:] + _kind(_reaching(reader, wire), b"K")[-1:] + _reaching(reader, _publish(sender, 2, 10.0))
-    assert [e.payload for e in _feed(receiver, late, 10.0) if isinstance(e, Delivered)] == [b"record 0", b"record 1"]
-    _feed(receiver, groups[:-1], 10.0)  # the replay
+    late = groups[-1:] + of_kind(_reaching(reader, wire), b"K")[-1:] + _reaching(reader, publish(sender, 2, 10.0))
+    assert [e.payload for e in feed(receiver, late, 10.0) if isinstance(e, Delivered)] == [b"record 0", b"record 1"]
+    feed(receiver, groups[:-1], 10.0)  # the replay
     rotation = sender.tick(5000.0)  # age-based rotation: a new epoch key, wrapped under the unchanged group keys
-    assert _kind(rotation, b"K") and all(g in wire for g in _kind(rotation, b"G"))  # (periodic re-sends only)
-    events = _feed(receiver, _reaching(reader, rotation + _publish(sender, 2, 5000.0, start=2)), 5000.0)
+    assert of_kind(rotation, b"K") and all(g in wire for g in of_kind(rotation, b"G"))  # (periodic re-sends only)
+    events = feed(receiver, _reaching(reader, rotation + publish(sender, 2, 5000.0, start=2)), 5000.0)
     assert [e.payload for e in events if isinstance(e, Delivered)] == [b"record 2", b"record 3"]
 
 
@@ -241,7 +220,7 @@ def test_any_prefix_subscription_brings_back_the_group_keys_it_matches(pki, read
     sender = _sender(pki, readers)
     sender.start(0.0)
     out = sender.subscription_seen(1.0, [b"apel."])  # a recorder of every stream whose name starts "apel."
-    assert len(_kind(out, b"G")) == sender.stats.groups and len(_kind(out, b"K")) == 1
+    assert len(of_kind(out, b"G")) == sender.stats.groups and len(of_kind(out, b"K")) == 1
 
 
 def test_a_large_envelope_is_opened_by_finding_our_recipient_info_alone(readers, tmp_path):

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 
 from kit.pki import Pki
-from kit.wire import WireSender
+from kit.wire import WireSender, feed, of_kind, publish, reaching, reader_set, size
 from zmqsec.crypto import enveloped
 from zmqsec.keys.ca import Role
-from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.receiver import CatchUp, Delivered, Gap, Rejected, StreamReceiver
 from zmqsec.machines.sender import RotationPolicy
 from zmqsec.protocol import frames
-from zmqsec.protocol.groups import leaf_topic, reader_topics
+from zmqsec.protocol.groups import leaf_topic
 
 READERS = 40
 STREAM = "apel.jobs"
@@ -33,40 +32,20 @@ def readers(pki) -> list:
     return [pki[f"reader{i:03d}"] for i in range(READERS)]
 
 
-def _set(credentials) -> ReaderSet:
-    return ReaderSet(tuple(Reader(c.certificate) for c in credentials))
+
+def _reaching(credential, messages):
+    return reaching(STREAM, credential, messages)
 
 
 def _sender(pki, readers) -> WireSender:
-    return WireSender(STREAM, pki["publisher"], _set(readers), RotationPolicy(mode="tree", checkpoint_max=16))
+    return WireSender(STREAM, pki["publisher"], reader_set(readers), RotationPolicy(mode="tree", checkpoint_max=16))
 
 
-def _reaching(credential, wire):
-    """What ZeroMQ's prefix matching lets through to this reader."""
-    topics = reader_topics(STREAM, credential.certificate)
-    return [m for m in wire if any(m[0].startswith(t) for t in topics)]
 
 
-def _feed(receiver, messages, now=0.0):
-    events = []
-    for m in messages:
-        events += receiver.frame_received(m, now)
-    return events
 
 
-def _publish(sender, count, now=0.0, start=0):
-    out = []
-    for i in range(start, start + count):
-        out += sender.publish(b"record %d" % i, now)
-    return out + sender.flush(now)
 
-
-def _kind(wire, kind):
-    return [m for m in wire if m[0].split(b"\0")[1][:1] == kind]
-
-
-def _bytes(messages) -> int:
-    return sum(len(p) for m in messages for p in m)
 
 
 def _paths(sender, credentials, now):
@@ -81,40 +60,40 @@ def _delivered(events):
 def test_every_reader_reads_through_its_path_envelope_and_the_root_wrap(pki, readers):
     sender = _sender(pki, readers)
     start = sender.start(0.0)
-    assert _kind(start, b"T") == []  # a fresh tree: no update to send, every reader asks for its path
-    [announcement] = _kind(start, b"K")
+    assert of_kind(start, b"T") == []  # a fresh tree: no update to send, every reader asks for its path
+    [announcement] = of_kind(start, b"K")
     wrapped = enveloped.recipients(frames.decode(announcement).envelope)
     assert wrapped.key_transport == 0 and [k[:1] for k in wrapped.kek_ids] == [b"t"]  # one wrap: the root
     paths = _paths(sender, readers, 0.1)
-    assert len(_kind(paths, b"T")) == READERS
-    wire = start + paths + _publish(sender, 10, 0.2)
+    assert len(of_kind(paths, b"T")) == READERS
+    wire = start + paths + publish(sender, 10, 0.2)
     for reader in readers:
         reaching = _reaching(reader, wire)
-        assert len(_kind(reaching, b"T")) == 1  # its own path, nobody else's
-        events = _feed(StreamReceiver(reader, pki.trust), reaching)
+        assert len(of_kind(reaching, b"T")) == 1  # its own path, nobody else's
+        events = feed(StreamReceiver(reader, pki.trust), reaching)
         assert _delivered(events) == [b"record %d" % i for i in range(10)]
         assert not [e for e in events if isinstance(e, (Rejected, Gap))], reader.certificate.subject
 
 
 def test_revoking_a_reader_costs_the_others_one_small_update_and_it_reads_nothing_after(pki, readers):
     sender = _sender(pki, readers)
-    before = sender.start(0.0) + _paths(sender, readers, 0.0) + _publish(sender, 10, 0.1)
+    before = sender.start(0.0) + _paths(sender, readers, 0.0) + publish(sender, 10, 0.1)
     victim, others = readers[5], readers[:5] + readers[6:]
-    rekey = sender.readers_changed(_set(others), 1.0)
-    updates = _kind(rekey, b"T")
+    rekey = sender.readers_changed(reader_set(others), 1.0)
+    updates = of_kind(rekey, b"T")
     assert 1 <= len(updates) <= 8  # about log2(40) wraps, one per sibling of the victim's path
-    after = _publish(sender, 10, 1.1, start=10)
-    most = max(_bytes(_reaching(r, rekey)) for r in others)
+    after = publish(sender, 10, 1.1, start=10)
+    most = max(size(_reaching(r, rekey)) for r in others)
     assert most <= 4096  # the update a remaining reader needs and the epoch announcement, in all
     for reader in others:
-        assert len(_kind(_reaching(reader, rekey), b"T")) == 1
+        assert len(of_kind(_reaching(reader, rekey), b"T")) == 1
         receiver = StreamReceiver(reader, pki.trust)
-        events = _feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
+        events = feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
         assert _delivered(events) == [b"record %d" % i for i in range(20)]
         assert not [e for e in events if isinstance(e, (Rejected, Gap, CatchUp))]
     receiver = StreamReceiver(victim, pki.trust)
-    events = _feed(receiver, _reaching(victim, before + rekey + after), 1.2) + receiver.tick(10.0)
-    assert _kind(_reaching(victim, rekey), b"T") == []  # every wrap goes to a sibling of its old path
+    events = feed(receiver, _reaching(victim, before + rekey + after), 1.2) + receiver.tick(10.0)
+    assert of_kind(_reaching(victim, rekey), b"T") == []  # every wrap goes to a sibling of its old path
     assert _delivered(events) == [b"record %d" % i for i in range(10)]
     reasons = [e.name for e in events if isinstance(e, Rejected)]
     assert reasons.count("not-a-recipient") == 1 and reasons.count("no-key") == 10
@@ -123,19 +102,19 @@ def test_revoking_a_reader_costs_the_others_one_small_update_and_it_reads_nothin
 def test_two_revocations_in_one_update_and_a_join(pki, readers):
     members = readers[:30]
     sender = _sender(pki, members)
-    before = sender.start(0.0) + _paths(sender, members, 0.0) + _publish(sender, 5, 0.1)
+    before = sender.start(0.0) + _paths(sender, members, 0.0) + publish(sender, 5, 0.1)
     gone, joiner = [readers[3], readers[17]], readers[35]
     now_in = [r for r in members if r not in gone] + [joiner]
-    rekey = sender.readers_changed(_set(now_in), 1.0) + _paths(sender, [joiner], 1.0)
-    after = _publish(sender, 5, 1.1, start=5)
+    rekey = sender.readers_changed(reader_set(now_in), 1.0) + _paths(sender, [joiner], 1.0)
+    after = publish(sender, 5, 1.1, start=5)
     for reader in now_in:
         receiver = StreamReceiver(reader, pki.trust)
-        events = _feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
+        events = feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
         expected = range(5, 10) if reader is joiner else range(10)
         assert _delivered(events) == [b"record %d" % i for i in expected], reader.certificate.subject
     for reader in gone:
         receiver = StreamReceiver(reader, pki.trust)
-        events = _feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
+        events = feed(receiver, _reaching(reader, before + rekey + after), 1.2) + receiver.tick(10.0)
         assert _delivered(events) == [b"record %d" % i for i in range(5)]
 
 
@@ -143,18 +122,18 @@ def test_a_reader_that_missed_an_update_asks_for_its_path_and_catches_up(pki, re
     sender = _sender(pki, readers)
     reader = readers[0]
     receiver = StreamReceiver(reader, pki.trust)
-    events = _feed(receiver, _reaching(reader, sender.start(0.0) + _paths(sender, readers, 0.0)
-                                       + _publish(sender, 3, 0.1)))
-    rekey = sender.readers_changed(_set(readers[:1] + readers[2:]), 1.0)  # reader 1 is out; our update is lost
-    lost = _kind(_reaching(reader, rekey), b"T")
+    events = feed(receiver, _reaching(reader, sender.start(0.0) + _paths(sender, readers, 0.0)
+                                       + publish(sender, 3, 0.1)))
+    rekey = sender.readers_changed(reader_set(readers[:1] + readers[2:]), 1.0)  # reader 1 is out; our update is lost
+    lost = of_kind(_reaching(reader, rekey), b"T")
     assert len(lost) == 1
-    events += _feed(receiver, [m for m in _reaching(reader, rekey) if m not in lost], 1.0)
-    events += _feed(receiver, _reaching(reader, _publish(sender, 3, 1.1, start=3)), 1.1)
+    events += feed(receiver, [m for m in _reaching(reader, rekey) if m not in lost], 1.0)
+    events += feed(receiver, _reaching(reader, publish(sender, 3, 1.1, start=3)), 1.1)
     asked = receiver.tick(1.5)
     assert [e for e in asked if isinstance(e, CatchUp)] == [CatchUp(b"apel.jobs", sender.stream_id)]
     # The driver subscribes to its leaf topic anew: the publisher answers with the reader's path.
     answer = _paths(sender, [reader], 1.6)
-    events += asked + _feed(receiver, _reaching(reader, answer), 1.6) + receiver.tick(1.7)
+    events += asked + feed(receiver, _reaching(reader, answer), 1.6) + receiver.tick(1.7)
     assert _delivered(events) == [b"record %d" % i for i in range(6)]
     assert not [e for e in events if isinstance(e, Gap)]
 
@@ -309,8 +288,8 @@ def test_a_stranger_flooding_tree_topics_costs_no_cryptography(pki, readers):
     sender = _sender(pki, readers)
     receiver = StreamReceiver(reader, pki.trust)
     wire = sender.start(0.0) + _paths(sender, [reader], 0.0)
-    _feed(receiver, _reaching(reader, wire))
-    update = frames.decode(_kind(sender.readers_changed(_set(readers[:2] + readers[3:]), 1.0), b"T")[0])
+    feed(receiver, _reaching(reader, wire))
+    update = frames.decode(of_kind(sender.readers_changed(reader_set(readers[:2] + readers[3:]), 1.0), b"T")[0])
     leaf = leaf_topic(STREAM, reader.certificate)
     forged = frames.encode(frames.TreeAnnouncement(leaf, sender.stream_id, 9, update.envelope, b"\x30\x00"))
     events, asks = [], []
@@ -355,16 +334,16 @@ def test_path_envelopes_are_made_once_per_update_and_sent_at_most_once_per_leaf_
     sender = _sender(pki, readers)
     sender.start(0.0)
     leaf = leaf_topic(STREAM, readers[0].certificate)
-    [first] = _kind(_paths(sender, readers[:1], 1.0), b"T")
-    assert _kind(sender.subscription_seen(1.01, [leaf, leaf]), b"T") == []  # within 50 ms of the last: owed
-    [again] = _kind(sender.tick(1.06), b"T")  # ... then sent by the next turn, the envelope made once
+    [first] = of_kind(_paths(sender, readers[:1], 1.0), b"T")
+    assert of_kind(sender.subscription_seen(1.01, [leaf, leaf]), b"T") == []  # within 50 ms of the last: owed
+    [again] = of_kind(sender.tick(1.06), b"T")  # ... then sent by the next turn, the envelope made once
     assert again is first
     stranger = frames.tree_topic(STREAM, b"01" * 16)
-    assert _kind(sender.subscription_seen(2.0, [stranger]) + sender.tick(3.0), b"T") == []  # no such reader
-    every = _kind(sender.subscription_seen(4.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")
+    assert of_kind(sender.subscription_seen(2.0, [stranger]) + sender.tick(3.0), b"T") == []  # no such reader
+    every = of_kind(sender.subscription_seen(4.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")
     assert len(every) == READERS  # 40 readers: under the 64 of a turn
-    sender.readers_changed(_set(readers[1:]), 5.0)
-    [renewed] = _kind(sender.subscription_seen(5.1, [leaf_topic(STREAM, readers[1].certificate)]), b"T")
+    sender.readers_changed(reader_set(readers[1:]), 5.0)
+    [renewed] = of_kind(sender.subscription_seen(5.1, [leaf_topic(STREAM, readers[1].certificate)]), b"T")
     assert renewed not in every  # an update makes the paths anew
 
 
@@ -374,17 +353,17 @@ def test_path_envelopes_per_turn_are_bounded(pki, readers, monkeypatch):
     monkeypatch.setattr(keytree, "PATHS_PER_TURN", 16)
     sender = _sender(pki, readers)
     sender.start(0.0)
-    turns = [_kind(sender.subscription_seen(1.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")]
-    turns += [_kind(sender.tick(1.0 + i / 100), b"T") for i in range(1, 4)]
+    turns = [of_kind(sender.subscription_seen(1.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")]
+    turns += [of_kind(sender.tick(1.0 + i / 100), b"T") for i in range(1, 4)]
     assert [len(t) for t in turns] == [16, 16, 8, 0]  # the rest waits for later turns; none is dropped
 
 
 def test_inspect_shows_tree_frames(pki, readers, tmp_path, run_cli):
     sender = _sender(pki, readers)
-    wire = sender.start(0.0) + _paths(sender, readers[:1], 0.0) + sender.readers_changed(_set(readers[1:]), 1.0)
+    wire = sender.start(0.0) + _paths(sender, readers[:1], 0.0) + sender.readers_changed(reader_set(readers[1:]), 1.0)
     capture = tmp_path / "frames.zcap"
     capture.write_bytes(b"".join(msgpack.packb([1.0, m], use_bin_type=True) for m in wire))
     code, out, _ = run_cli("inspect", capture)
     lines = [line for line in out.splitlines() if " T apel.jobs " in line]
-    assert code == 0 and len(lines) == len(_kind(wire, b"T")) >= 2
+    assert code == 0 and len(lines) == len(of_kind(wire, b"T")) >= 2
     assert "recipients 1" in lines[0] and "key ids t" in lines[1] and "signature good" in lines[1]

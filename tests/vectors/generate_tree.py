@@ -27,22 +27,11 @@ from zmqsec.machines.sender import RotationPolicy, StreamSender, wire
 from zmqsec.protocol.groups import leaf_topic, reader_topics
 from zmqsec.protocol.primitives import encode_tree_record, tree_derive, tree_kek_id
 
+from generate import _hex, _pem_cert, _pem_key  # tests/vectors/generate.py: the same encodings as v1.json
+
 OUT = Path(__file__).with_name("tree.json")
 STREAM_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
 KEYS = [bytes(range(i, i + 32)) for i in (0, 32, 64)]
-
-
-def _hex(parts):
-    return [p.hex() for p in parts]
-
-
-def _pem_key(key) -> str:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption()).decode()
-
-
-def _pem_cert(cert) -> str:
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
 class _CounterRng:

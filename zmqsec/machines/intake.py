@@ -134,6 +134,28 @@ class KeyIntake:
         restarted = self.runs.bind(run, run.publisher)
         return ([restarted] if restarted else []), run
 
+    def _judged(self, frame: GroupAnnouncement | TreeAnnouncement, fingerprint: bytes, now: float, replayed: bool,
+                opener: Callable) -> tuple[Run, Publisher, object] | Rejected:
+        """Verify a group key or key tree announcement (signature and publisher before any private-key operation),
+        bind it to its run, open it with ``opener(run, publisher)`` and remember the verdict: (run, publisher, what
+        it opened), or the refusal."""
+        publisher = self._verify(frame)
+        if isinstance(publisher, Rejected):
+            return publisher
+        run = self.runs.open(frame, now, replayed)
+        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
+            return Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
+                            f"{publisher.dn}", run.stream_id)
+        try:
+            opened = opener(run, publisher)
+        except AnnouncementRejected as exc:
+            run.keyring.remember(fingerprint, False)
+            self._learn(frame, exc.signed_header)
+            return Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)
+        run.keyring.remember(fingerprint, True)
+        self._learn(frame, signed_header(frame))
+        return run, publisher, opened
+
     def group(self, frame: GroupAnnouncement, now: float,
               replayed: bool = False) -> tuple[list[Event], list[tuple[Announcement, float]]]:
         """A group key announcement of our group: the events, and the epoch announcements to retry now."""
@@ -147,21 +169,11 @@ class KeyIntake:
             if known.keyring.older_than_every_group_key(frame.generation):
                 return [Rejected(RejectReason.STALE_GROUP_KEY, f"group key generation {frame.generation} is older "
                                  "than every one held (replay)", frame.stream_id)], []
-        publisher = self._verify(frame)
-        if isinstance(publisher, Rejected):
-            return [publisher], []
-        run = self.runs.open(frame, now, replayed)
-        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
-            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
-                             f"{publisher.dn}", run.stream_id)], []
-        try:
-            group = open_group_announcement(frame, self.credential)
-        except AnnouncementRejected as exc:
-            run.keyring.remember(fingerprint, False)
-            self._learn(frame, exc.signed_header)
-            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], []
-        run.keyring.remember(fingerprint, True)
-        self._learn(frame, signed_header(frame))
+        judged = self._judged(frame, fingerprint, now, replayed, lambda run, publisher: open_group_announcement(
+            frame, self.credential))
+        if isinstance(judged, Rejected):
+            return [judged], []
+        run, publisher, group = judged
         run.keyring.add_group_key(group, publisher.certificate)
         return [GroupKeyAccepted(run.stream_id, group.tag, group.generation)], run.keyring.take_waiting()
 
@@ -187,21 +199,11 @@ class KeyIntake:
             return [Rejected(RejectReason.NO_TREE_KEY, f"tree node {frame.tag.decode()!r} generation "
                              f"{frame.generation}: wrapped under keys we do not hold (an update missed, or revoked)",
                              frame.stream_id)], []
-        publisher = self._verify(frame)
-        if isinstance(publisher, Rejected):
-            return [publisher], []
-        run = self.runs.open(frame, now, replayed)
-        if run.publisher is not None and run.publisher.certificate != publisher.certificate:
-            return [Rejected(RejectReason.PUBLISHER_CHANGED, f"stream already bound to {run.publisher.dn}, not "
-                             f"{publisher.dn}", run.stream_id)], []
-        try:
-            got = open_tree_announcement(frame, self.credential, run.keyring.group_keys_from(publisher.certificate))
-        except AnnouncementRejected as exc:
-            run.keyring.remember(fingerprint, False)
-            self._learn(frame, exc.signed_header)
-            return [Rejected(exc.reason, str(exc), run.stream_id, scope=exc.scope)], []
-        run.keyring.remember(fingerprint, True)
-        self._learn(frame, signed_header(frame))
+        judged = self._judged(frame, fingerprint, now, replayed, lambda run, publisher: open_tree_announcement(
+            frame, self.credential, run.keyring.group_keys_from(publisher.certificate)))
+        if isinstance(judged, Rejected):
+            return [judged], []
+        run, publisher, got = judged
         new = run.keyring.add_tree_keys(got, self.tree_bits, stream_name(frame.topic), run.stream_id,
                                         publisher.certificate)
         run.keyring.tree_wanted = None

@@ -16,7 +16,7 @@ from zmqsec.crypto.enveloped import CertificateRecipient, Kek
 from zmqsec.errors import ZmqsecError
 from zmqsec.keys.registry import ReaderSet
 from zmqsec.protocol.announce import make_tree_announcement
-from zmqsec.protocol.frames import TREE, encode, topic_for, tree_topic
+from zmqsec.protocol.frames import TREE, encode, topic_for
 from zmqsec.protocol.primitives import MAX_TREE_BITS
 from zmqsec.protocol.tree import KeyTree, tree_bits
 

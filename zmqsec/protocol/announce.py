@@ -226,16 +226,22 @@ def open_announcement(announcement: Announcement, publisher: Publisher, credenti
     return EpochKey(stream_id, epoch, key, publisher)
 
 
-def open_group_announcement(announcement: GroupAnnouncement, credential: Credential) -> GroupKey:
-    """Decrypt a verified group key announcement with our key and confirm the group key inside."""
-    what = f"group {announcement.tag.decode()!r} generation {announcement.generation}"
+def _decrypt(envelope: bytes, what: str, credential: Credential | None,
+             keks: Mapping[bytes, bytes] | None = None) -> bytes:
+    """The record in a group key or tree announcement's envelope, opened with our key or a key we hold."""
     try:
-        record = enveloped.open_envelope(announcement.envelope, credential)
+        return enveloped.open_envelope(envelope, credential, keks=keks)
     except cms.NotARecipient:
         raise AnnouncementRejected(RejectReason.NOT_A_RECIPIENT,
                                    f"{what}: the envelope holds no key for us (not authorized, or revoked)") from None
     except cms.CmsError as exc:
         raise AnnouncementRejected(exc.reason, f"{what}: {exc}", Scope.ENVELOPE) from None
+
+
+def open_group_announcement(announcement: GroupAnnouncement, credential: Credential) -> GroupKey:
+    """Decrypt a verified group key announcement with our key and confirm the group key inside."""
+    what = f"group {announcement.tag.decode()!r} generation {announcement.generation}"
+    record = _decrypt(announcement.envelope, what, credential)
     try:
         name, stream_id, tag, generation, key = decode_group_record(record)
     except KeyRecordError as exc:
@@ -251,13 +257,7 @@ def open_tree_announcement(announcement: TreeAnnouncement, credential: Credentia
     """Decrypt a verified tree announcement with our key or a tree key we hold (key id -> key), and confirm the
     keys inside."""
     what = f"tree node {announcement.tag.decode()!r} generation {announcement.generation}"
-    try:
-        record = enveloped.open_envelope(announcement.envelope, credential, keks=keks)
-    except cms.NotARecipient:
-        raise AnnouncementRejected(RejectReason.NOT_A_RECIPIENT,
-                                   f"{what}: the envelope holds no key for us (not authorized, or revoked)") from None
-    except cms.CmsError as exc:
-        raise AnnouncementRejected(exc.reason, f"{what}: {exc}", Scope.ENVELOPE) from None
+    record = _decrypt(announcement.envelope, what, credential, keks)
     try:
         name, stream_id, tag, generation, keys, derived = decode_tree_record(record)
     except KeyRecordError as exc:
