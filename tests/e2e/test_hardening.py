@@ -371,7 +371,8 @@ time.sleep(60)
 
 def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_for_a_bigger_one():
     """A link that has seen a window of 1 KiB frames hands over to a socket for frames up to MIN_FRAME_BOUND
-    (a queue of share // that): on the way, no frame is lost and none taken twice.  A 2 MB frame then is over
+    (a queue of share // that), reading both until the new one receives what the old one does: on the way, no
+    frame is lost and none taken twice.  A 2 MB frame then is over
     the bound: libzmq drops the connection, the link connects again for frames up to its share, and the small
     frames after it come through.  (It narrows again after twice the window: it never took the big frame.)"""
     from zmqsec.drivers.links import MIN_FRAME_BOUND
@@ -403,7 +404,7 @@ def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_f
                         break
                     count += 1
                     largest = max(largest, len(frame))
-                    if link.fresh([frame]):
+                    if link.fresh(socket, [frame]):
                         taken.append(int.from_bytes(frame[:4], "big", signed=True))
                 if count:
                     link.took(socket, count, largest, now)
@@ -418,7 +419,9 @@ def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_f
         sender.kill()
         links.close()
     assert narrowed_at and narrowed == (MIN_FRAME_BOUND, (64 << 20) // MIN_FRAME_BOUND), narrowed
-    assert taken == sorted(set(taken)), "a frame taken twice or out of order"
+    # While both sockets are read, the one that lags behind may bring a frame after a later one from the other
+    # (the receiver orders frames by sequence number); none is taken twice.
+    assert len(taken) == len(set(taken)), "a frame taken twice"
     assert set(range(big_at - 5000)) <= set(taken), "a frame lost on the handover"  # a second before the big one
     assert -1 not in taken and widened and widened["max_frame"] == 64 << 20, widened
     after = [n for n in taken if n >= big_at]  # frames in flight when the connection dropped are lost with it

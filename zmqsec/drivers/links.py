@@ -17,10 +17,16 @@ max_frame`` of them, so the queue never holds more than its share.  A new
 link takes the largest frames its share allows, in a queue of a few; once it
 has seen ``WINDOW`` seconds of frames far smaller (data frames of a few KiB,
 announcements of a few hundred), it opens a socket for frames four times
-the largest it saw, with a queue of hundreds or more, reads the old one
-until the new one has been subscribed for a while, unsubscribes and
-empties it, then reads the new one, skipping the frames both carried:
-nothing is lost, taken twice or taken out of order.  A
+the largest it saw, with a queue of hundreds or more, and reads both,
+taking a frame both carry once.  A publisher or relay applies a
+connection's subscriptions in the order they were made, the data topic
+first: once the new socket has brought a frame of another topic that the
+old one brought too, everything the old one subscribed reaches the new one,
+and only then does the old one unsubscribe, empty and close.  Nothing is
+lost or taken twice, however long the subscriptions take to apply (a
+relay's gate takes them a few at a time); while both are read, the one
+that lags may bring a frame after a later one from the other, which the
+receiver puts in order like frames from two paths.  A
 frame over the smaller bound makes libzmq drop the connection: the link
 opens a socket for the largest frames again, and waits twice as long before
 it narrows once more.  libzmq 4.3 cannot change the bound of a live
@@ -59,8 +65,9 @@ MIN_FRAME_BOUND = 256 * 1024
 # frame over a narrowed bound).
 WINDOW = 2.0
 MAX_WINDOW = 300.0
-# A narrowed socket takes over once it has been subscribed this long; the old one is read until it stays empty
-# this long after it unsubscribed.
+# A narrowed socket takes over once it has been subscribed this long and has proved that it receives the stream;
+# the old one is read until it stays empty this long after it unsubscribed, and frames both carried are looked
+# for this long after it closed.
 OVERLAP = 0.5
 # Frames taken during a handover are taken once: remembered by digest, this many at most.
 _MAX_REMEMBERED = 200_000
@@ -93,7 +100,11 @@ class Link:
         self._subscribed_at: float | None = None  # the new socket's handshake, during a handover
         self._unsubscribed_at: float | None = None
         self._old_frame_at = 0.0
-        self._seen: set[bytes] | None = None  # digests of the frames taken during a handover
+        # Digests of the frames taken during a handover, from the old socket and from the new one; whether a frame
+        # other than data came through both (the new socket receives everything the old one does).
+        self._seen: tuple[set[bytes], set[bytes]] | None = None
+        self._proved = False
+        self._closed_at = 0.0
         self.socket, self._monitor = self._open(self.widest)
 
     def _open(self, max_frame: int) -> tuple[zmq.Socket, zmq.Socket]:
@@ -119,20 +130,20 @@ class Link:
     def sockets(self) -> list[zmq.Socket]:
         """The socket to read: during a handover, the old one until it has closed (the new one's frames wait in
         its queue meanwhile, and those the old one carried too are skipped: :meth:`fresh`)."""
-        return [self.socket] if self._old is None else [self._old]
+        return [self.socket] if self._old is None else [self._old, self.socket]
 
-    def fresh(self, parts: list[bytes]) -> bool:
-        """False for a frame taken already from the old socket of a handover."""
+    def fresh(self, socket: zmq.Socket, parts: list[bytes]) -> bool:
+        """False for a frame of a handover already taken from the other socket."""
         if self._seen is None:
             return True
         digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
-        if self._old is not None:  # the old socket's frames, to skip on the new one
-            if len(self._seen) < _MAX_REMEMBERED:
-                self._seen.add(digest)
-            return True
-        if digest in self._seen:
+        mine, other = self._seen if socket is self._old else self._seen[::-1]
+        if digest in other:
+            if not parts[0].endswith(b"\x00D"):
+                self._proved = True  # the data topic, subscribed first, is in effect on the new socket too
             return False
-        self._seen = None  # the new socket's first frame the old one did not carry: the rest follow it
+        if len(mine) < _MAX_REMEMBERED:
+            mine.add(digest)
         return True
 
     def took(self, socket: zmq.Socket, count: int, largest: int, now: float) -> None:
@@ -166,6 +177,8 @@ class Link:
             self._reconnect(now)
         elif self._old is not None:
             self._hand_over(now)
+        elif self._seen is not None and now - self._closed_at >= OVERLAP:
+            self._seen = None  # the new socket's queue holds nothing the old one carried any more
         elif self._window_start is not None and now - self._window_start >= self._window:
             self._narrow(now)
 
@@ -207,13 +220,13 @@ class Link:
         self._old.disable_monitor()
         self._monitor.close(0)
         self._subscribed_at = self._unsubscribed_at = None
-        self._seen = set()
+        self._seen, self._proved = (set(), set()), False
         self.socket, self._monitor = self._open(bound)  # the link stays connected through the old socket
 
     def _hand_over(self, now: float) -> None:
-        """The old socket unsubscribes once the new one has been subscribed for OVERLAP, and closes once it has
-        been empty for OVERLAP after that."""
-        if self._subscribed_at is None or now - self._subscribed_at < OVERLAP:
+        """The old socket unsubscribes once the new one has been subscribed for OVERLAP and has proved that its
+        subscriptions are in effect (:meth:`fresh`), and closes once it has been empty for OVERLAP after that."""
+        if self._subscribed_at is None or now - self._subscribed_at < OVERLAP or not self._proved:
             return
         if self._unsubscribed_at is None:
             self._unsubscribed_at = now
@@ -228,6 +241,7 @@ class Link:
             self._old.close(0)
             self._old = None
             self.generation += 1
+            self._closed_at = time.monotonic()
 
     @staticmethod
     def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:

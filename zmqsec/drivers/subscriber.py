@@ -206,7 +206,7 @@ class _Base:
         starves neither the others nor the replay servers, the housekeeping or the status file."""
         now = time.monotonic()
         for link in self.links.links:
-            for socket in link.sockets:  # two while a link hands over to a narrower socket: the old first
+            for socket in link.sockets:  # two while a link hands over to a narrower socket
                 taken = largest = 0
                 while taken < DRAIN:
                     try:
@@ -215,7 +215,7 @@ class _Base:
                         break
                     taken += 1
                     largest = max(largest, sum(map(len, parts)))
-                    if link.fresh(parts):
+                    if link.fresh(socket, parts):
                         self._process(parts)
                 if taken:
                     link.took(socket, taken, largest, now)
