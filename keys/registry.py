@@ -133,9 +133,13 @@ class ReaderRegistry:
         return [self.directory / name for name in self._names()]
 
     def _names(self) -> list[str]:
+        return [name for name, _ in self._listing()]
+
+    def _listing(self) -> list[tuple[str, int]]:
+        """(file name, inode number) of each certificate file, by name; the listing alone tells both (no stat)."""
         try:
             with os.scandir(self.directory) as listing:  # no stat per entry: registries hold thousands
-                return sorted(e.name for e in listing if e.name.endswith(".pem") and e.is_file())
+                return sorted((e.name, e.inode()) for e in listing if e.name.endswith(".pem") and e.is_file())
         except FileNotFoundError:
             raise RegistryError(f"{self.directory}: reader registry not found; create it with `zmqsec keys readers add`") from None
         except NotADirectoryError:
@@ -150,6 +154,7 @@ class ReaderRegistry:
         at: dt.datetime | None = None,
         cache: LoadCache | None = None,
         prejudge: Callable | None = None,
+        restat: bool = True,
         **validate_options,
     ) -> ReaderSet:
         """Snapshot the authorized readers.
@@ -158,7 +163,11 @@ class ReaderRegistry:
         certificates that fail validation for encryption are refused, each with
         its reason, rather than aborting: one bad file must not stop a stream.
         ``prejudge(registry, names, cache, trust, at, now, options)`` may fill
-        ``cache`` first (zmqsec.drivers.coldload: in worker processes).
+        ``cache`` first (zmqsec.drivers.coldload: in worker processes).  With a
+        ``cache`` and ``restat`` False, a file whose name and inode the cache
+        knows is taken as unchanged without a stat (a file written by rename has
+        a new inode; one rewritten in place is seen at the next load with
+        ``restat``).
         """
         allow = self._allow_list()
         readers: list[Reader] = []
@@ -169,13 +178,14 @@ class ReaderRegistry:
             cache.accepted, cache.trust, cache.options = {}, trust, dict(validate_options)
         if cache is not None and cache.trust is not trust:
             cache.accepted, cache.trust = self._verdicts_kept(cache, trust, now), trust
-        names = self._names()
+        listing = self._listing()
+        names = [name for name, _ in listing]
         if prejudge is not None and cache is not None and trust is not None:
             prejudge(self, names, cache, trust, at, now, validate_options)
         transport_ok = cache.transport_ok if cache is not None else set()
         directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY) if cache is not None else None
         try:
-            parsed = [self._parsed(name, cache, directory_fd) for name in names]
+            parsed = [self._parsed(name, cache, directory_fd, None if restat else inode) for name, inode in listing]
         finally:
             if directory_fd is not None:
                 os.close(directory_fd)
@@ -237,13 +247,17 @@ class ReaderRegistry:
             kept[reader.fingerprint] = min(cert.not_valid_after_utc, store_until)
         return kept
 
-    def _parsed(self, name: str, cache: LoadCache | None, directory_fd: int | None) -> Reader | Exception:
-        """The reader of file ``name`` (parsed again only when the file changed), or why it cannot be read."""
+    def _parsed(self, name: str, cache: LoadCache | None, directory_fd: int | None,
+                inode: int | None = None) -> Reader | Exception:
+        """The reader of file ``name`` (parsed again only when the file changed; with ``inode``, when its inode
+        did), or why it cannot be read."""
         try:
             if cache is None:
                 return Reader(load_certificate(self.directory / name), self.directory / name)
-            key = stat_key(name, directory_fd)
             hit = cache.parsed.get(name)
+            if inode is not None and hit is not None and hit[0][1] == inode:
+                return hit[1]
+            key = stat_key(name, directory_fd)
             if hit is not None and hit[0] == key:
                 return hit[1]
             reader = Reader(load_certificate(self.directory / name), self.directory / name)

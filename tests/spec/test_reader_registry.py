@@ -278,3 +278,37 @@ def test_a_trust_store_checks_a_crl_signature_once_for_all_the_certificates_unde
     assert len(calls) == 1
     TrustStore.from_directory(ca.trust_dir).validate(pki.certs["a"].certificate, usage=Usage.ENCRYPT)
     assert len(calls) == 2  # a new store checks again
+
+
+def test_a_reload_between_rechecks_sees_files_replaced_by_rename_with_no_stat_of_the_others(ca, readers, tmp_path,
+                                                                                              monkeypatch):
+    """A reload that is not a recheck takes unchanged files by name and inode, from the listing alone: a file
+    replaced by rename (our tools, mv) has a new inode and is read again; one rewritten in place is read again
+    by the next reload that stats every file (RegistryWatch: once a recheck interval)."""
+    import os
+    import shutil
+
+    from zmqsec.keys import registry as module
+    from zmqsec.keys.registry import LoadCache
+
+    registry = ReaderRegistry(tmp_path / "readers")
+    paths = {name: registry.add(r.certificate).path for name, r in readers.items()}
+    trust, cache = TrustStore.from_directory(ca.trust_dir), LoadCache()
+    assert len(registry.load(trust, cache=cache)) == 3
+    stats = []
+    real = module.stat_key
+    monkeypatch.setattr(module, "stat_key", lambda *args: stats.append(args[0]) or real(*args))
+
+    other = ca.issue(role=Role.READER, cn="renamed.example.org", out_dir=tmp_path / "other")
+    staged = paths["portal"].with_suffix(".tmp")
+    shutil.copyfile(other.cert_path, staged)
+    os.rename(staged, paths["portal"])
+    names = {r.dn.rsplit("=", 1)[1] for r in registry.load(trust, cache=cache, restat=False)}
+    assert names == {"renamed.example.org", "dashboard.example.org", "central.example.org"}
+    assert stats == [paths["portal"].name]  # only the file with a new inode
+
+    inplace = ca.issue(role=Role.READER, cn="inplace.example.org", out_dir=tmp_path / "other2")
+    shutil.copyfile(inplace.cert_path, paths["dashboard"])  # same inode
+    assert "inplace.example.org" not in {r.dn.rsplit("=", 1)[1] for r in registry.load(trust, cache=cache,
+                                                                                          restat=False)}
+    assert "inplace.example.org" in {r.dn.rsplit("=", 1)[1] for r in registry.load(trust, cache=cache)}

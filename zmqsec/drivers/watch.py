@@ -106,6 +106,7 @@ class RegistryWatch:
     recheck_interval: float = 60.0  # certificates and CRLs expire without any file changing
     _seen: tuple = field(default=(), init=False)
     _loaded_at: float = field(default=0.0, init=False)
+    _restated_at: float = field(default=float("-inf"), init=False)  # every file's stat looked at (not only the listing)
     _trust: TrustStore | None = field(default=None, init=False)
     _trust_watch: DirectoryWatch | None = field(default=None, init=False)
     _cache: LoadCache = field(default_factory=LoadCache, init=False)
@@ -124,13 +125,17 @@ class RegistryWatch:
         validated again (a revocation by registry removal costs a directory scan, not 10,000 validations)."""
         now = time.monotonic()
         recheck = now - self._loaded_at >= self.recheck_interval
+        # A file replaced by rename has a new inode, which the listing shows; one rewritten in place (or a name
+        # removed and written anew that got its old inode back) is seen by the stat of every file, once a recheck.
+        restat = now - self._restated_at >= self.recheck_interval
         trust_changed = self._trust_watch is not None and self._trust_watch.changed(now)
         self._seen, self._loaded_at = self._signature(), now
+        self._restated_at = now if restat else self._restated_at
         if not self.trust_dir:
-            readers = self.registry.load(cache=self._cache)
+            readers = self.registry.load(cache=self._cache, restat=restat)
         else:
             readers = self.registry.load(self._trust_store(trust_changed or recheck), crl=self.crl, cache=self._cache,
-                                         prejudge=coldload.prejudge)
+                                         restat=restat, prejudge=coldload.prejudge)
             self._trust_watch.seen(now)
         for refusal in readers.refused:
             log.warning("reader registry: %s refused [%s]: %s", refusal.path.name, refusal.reason, refusal.message)
@@ -152,7 +157,7 @@ class RegistryWatch:
         """Has anything the reader set depends on changed (or is a periodic re-check due)?  The trust
         directory costs one stat per look (:class:`DirectoryWatch`)."""
         now = time.monotonic()
-        return (self._signature() != self._seen or now - self._loaded_at >= self.recheck_interval
+        return (self._signature() != self._seen or now - self._restated_at >= self.recheck_interval
                 or (self._trust_watch is not None and self._trust_watch.changed(now)))
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import GROUPED, SINGLE, BenchError
+from .config import GROUPED, SINGLE, TREE, BenchError
 
 INSTALL = "pip install 'zmqsec[tools]'"
 
@@ -113,7 +113,7 @@ def _replay(plt, replay: dict, label: str):
 
 def _rekey(plt, rows: list[dict], label: str):
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
-    for mode, color, marker in ((SINGLE, "tab:blue", "o"), (GROUPED, "tab:orange", "s")):
+    for mode, color, marker in ((SINGLE, "tab:blue", "o"), (GROUPED, "tab:orange", "s"), (TREE, "tab:green", "^")):
         mine = [r for r in rows if r["mode"] == mode]
         if not mine:
             continue
@@ -128,6 +128,7 @@ def _rekey(plt, rows: list[dict], label: str):
             axes[1].plot(n, [r["bytes_per_reader_min"] for r in mine], marker=marker, color=color, linestyle=":",
                          label=f"{mode}: a reader in another group")
     axes[0].axhline(1.0, color="grey", linestyle=":", label="target: 1 s (for 10,000 readers)")
+    axes[1].axhline(4096, color="grey", linestyle=":", label="target: 4 KB a reader (tree, 100,000 readers)")
     for ax, unit in ((axes[0], "seconds"), (axes[1], "bytes")):
         ax.set_xscale("log")
         ax.set_yscale("log")
