@@ -167,3 +167,34 @@ def test_the_start_up_at_100000_readers_is_that_run_s():
     verdicts = {t["target"]: t["met"] for t in run["targets"]
                 if t["target"].startswith("publisher start") or "at 100,000 readers <= 2.0 s" in t["target"]}
     assert len(verdicts) == 3 and all(verdicts.values()) and "are met in that run" in text
+    tree = run["revocation"][1]
+    assert tree["mode"] == "tree" and tree["readers"] == start["tree_readers"] == start["readers"] - 6
+    assert f"({start['tree_readers']:,} readers): its first epoch key was out after **{start['tree_start_s']:.1f} s**" \
+        in text and f"peak of **{start['tree_peak_rss_mb']:.0f} MB**" in text
+    assert f"a registry file deleted took **{tree['revocation_to_new_key_s']:.2f} s** to the new epoch" in text
+    assert f"(samples {min(tree['samples']):.2f}–{max(tree['samples']):.2f} s)" in text
+    assert f"on the CRL **{tree['crl_revocation_to_new_key_s']:.2f} s**" in text
+
+
+def test_the_rekey_figures_with_the_key_tree_are_that_run_s():
+    run = json.loads((ROOT / "bench" / "rekey.json").read_text())
+    assert f'"started": "{run["started"]}"' in PAGE and run["profile"] == "full" and run["sections"] == ["rekey"]
+    section = PAGE.split("## Rekey: revoking one reader")[1].split("**Revocation through the running publisher")[0]
+    rows = {(r["readers"], r["mode"]): r for r in run["rekey"]}
+    assert {n for n, _ in rows} == {10, 100, 1000, 10_000, 100_000} and {m for _, m in rows} == {
+        "single-envelope", "grouped", "tree"}
+    for (readers, mode), row in rows.items():
+        label = {"tree": "tree", "grouped": f"grouped ({row['group_size']})", "single-envelope": "single envelope"}[mode]
+        line = next(line for line in section.splitlines() if line.startswith(f"| {readers:,} | {label} |"))
+        assert f"| {row['bytes_total']:,} |" in line and f"{row['bytes_per_reader']:,}" in line, line
+    tree = rows[100_000, "tree"]
+    assert tree["bytes_per_reader_of"] == "every remaining reader" and tree["revoked_reader_locked_out"]
+    verdicts = {t["target"]: t for t in run["targets"] if "100,000 readers in tree mode" in t["target"]}
+    four_kb, in_effect = (verdicts[f"revoking one of 100,000 readers in tree mode: {what}"] for what in (
+        "<= 4 KB received by any remaining reader",
+        "new key in effect at sampled readers <= 1 s after the registry change"))
+    assert f"received by any remaining reader: {'met' if four_kb['met'] else 'missed'}** ({tree['bytes_per_reader']:,} bytes)" \
+        in section
+    assert f"within 1 s of the registry change: {'met' if in_effect['met'] else 'missed'}** ({in_effect['measured']:.2f} s)" \
+        in section
+    assert f"({tree['registry_reload_s']:.2f} s at 100,000 readers" in section

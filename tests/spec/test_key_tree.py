@@ -367,3 +367,19 @@ def test_inspect_shows_tree_frames(pki, readers, tmp_path, run_cli):
     lines = [line for line in out.splitlines() if " T apel.jobs " in line]
     assert code == 0 and len(lines) == len(of_kind(wire, b"T")) >= 2
     assert "recipients 1" in lines[0] and "key ids t" in lines[1] and "signature good" in lines[1]
+
+
+def test_a_reader_keeps_at_most_256_tree_keys_and_never_drops_the_ones_in_use():
+    from zmqsec.machines.events import ReceiverPolicy
+    from zmqsec.machines.keyring import Keyring
+    from zmqsec.protocol.announce import TreeKeys
+
+    keyring, bits = Keyring(ReceiverPolicy()), b"0" * 256
+    leaf = NodeKey(bits, 1, bytes(32))  # our leaf: made when we joined, never superseded
+    keyring.add_tree_keys(TreeKeys(bits, 1, (leaf,), ()), bits, b"s", bytes(16), "signer")
+    for generation in range(2, 302):  # 300 updates of the nodes above us
+        keys = (NodeKey(b"0", generation, bytes([generation % 256]) * 32), NodeKey(b"", generation, bytes(32)))
+        keyring.add_tree_keys(TreeKeys(b"0", generation, keys, ()), bits, b"s", bytes(16), "signer")
+    held = keyring.tree_key_ids()
+    assert len(held) == 256 and leaf.kek_id in held  # superseded keys went first, the lowest generations first
+    assert {b"t0.301", b"t.301"} <= held and b"t0.2" not in held
