@@ -115,6 +115,29 @@ class LoadCache:
     options: dict = field(default_factory=dict)  # the validation options the verdicts were given under
 
 
+def _verdicts_kept(cache: LoadCache, trust: TrustStore | None, now: dt.datetime) -> dict:
+    """The accepted verdicts of ``cache.trust`` that ``trust`` would give again (TrustStore.crl_changes_since),
+    valid until the certificate or something of ``trust`` expires."""
+    if cache.trust is None or trust is None:
+        return {}
+    changes = trust.crl_changes_since(cache.trust, now)
+    if changes is None:
+        return {}
+    kept, store_until = {}, trust.valid_until
+    every = any(serials is None for serials in changes.values())
+    listed = frozenset().union(*(serials for serials in changes.values() if serials is not None))
+    for _, reader in cache.parsed.values():
+        cert = reader.certificate
+        if now >= cache.accepted.get(reader.fingerprint, now):
+            continue  # not accepted, or the verdict has expired: judged again
+        if every or cert.serial_number in listed:  # only then is the issuer worth its hash
+            serials = changes.get(name_hash(cert.issuer), frozenset())
+            if serials is None or cert.serial_number in serials:
+                continue
+        kept[reader.fingerprint] = min(cert.not_valid_after_utc, store_until)
+    return kept
+
+
 class ReaderRegistry:
     """A directory of reader certificates, plus an optional DN allow-list file."""
 
@@ -177,7 +200,7 @@ class ReaderRegistry:
         if cache is not None and cache.options != validate_options:
             cache.accepted, cache.trust, cache.options = {}, trust, dict(validate_options)
         if cache is not None and cache.trust is not trust:
-            cache.accepted, cache.trust = self._verdicts_kept(cache, trust, now), trust
+            cache.accepted, cache.trust = _verdicts_kept(cache, trust, now), trust
         listing = self._listing()
         names = [name for name, _ in listing]
         if prejudge is not None and cache is not None and trust is not None:
@@ -223,29 +246,6 @@ class ReaderRegistry:
             if len(transport_ok) > len(readers) + len(refused):
                 transport_ok.intersection_update(r.fingerprint for r in readers)
         return ReaderSet(tuple(readers), tuple(refused))
-
-    @staticmethod
-    def _verdicts_kept(cache: LoadCache, trust: TrustStore | None, now: dt.datetime) -> dict:
-        """The accepted verdicts of ``cache.trust`` that ``trust`` would give again (TrustStore.crl_changes_since),
-        valid until the certificate or something of ``trust`` expires."""
-        if cache.trust is None or trust is None:
-            return {}
-        changes = trust.crl_changes_since(cache.trust, now)
-        if changes is None:
-            return {}
-        kept, store_until = {}, trust.valid_until
-        every = any(serials is None for serials in changes.values())
-        listed = frozenset().union(*(serials for serials in changes.values() if serials is not None))
-        for _, reader in cache.parsed.values():
-            cert = reader.certificate
-            if now >= cache.accepted.get(reader.fingerprint, now):
-                continue  # not accepted, or the verdict has expired: judged again
-            if every or cert.serial_number in listed:  # only then is the issuer worth its hash
-                serials = changes.get(name_hash(cert.issuer), frozenset())
-                if serials is None or cert.serial_number in serials:
-                    continue
-            kept[reader.fingerprint] = min(cert.not_valid_after_utc, store_until)
-        return kept
 
     def _parsed(self, name: str, cache: LoadCache | None, directory_fd: int | None,
                 inode: int | None = None) -> Reader | Exception:
