@@ -383,3 +383,16 @@ def test_a_reader_keeps_at_most_256_tree_keys_and_never_drops_the_ones_in_use():
     held = keyring.tree_key_ids()
     assert len(held) == 256 and leaf.kek_id in held  # superseded keys went first, the lowest generations first
     assert {b"t0.301", b"t.301"} <= held and b"t0.2" not in held
+
+
+def test_path_envelopes_kept_are_bounded(pki, readers, monkeypatch):
+    from zmqsec.machines import keytree
+
+    monkeypatch.setattr(keytree, "PATHS_KEPT", 8)
+    sender = _sender(pki, readers)
+    sender.start(0.0)
+    first = of_kind(sender.subscription_seen(1.0, [leaf_topic(STREAM, c.certificate) for c in readers]), b"T")
+    assert len(sender.actions._distribution._made) == 8  # the newest 8 kept
+    again = of_kind(sender.subscription_seen(2.0, [leaf_topic(STREAM, readers[-1].certificate),
+                                                    leaf_topic(STREAM, readers[0].certificate)]), b"T")
+    assert again[0] is first[-1] and again[1] is not first[0]  # kept, and made anew

@@ -128,8 +128,8 @@ class Link:
 
     @property
     def sockets(self) -> list[zmq.Socket]:
-        """The socket to read: during a handover, the old one until it has closed (the new one's frames wait in
-        its queue meanwhile, and those the old one carried too are skipped: :meth:`fresh`)."""
+        """The sockets to read: during a handover, the old one until it has closed and the new one (a frame both
+        carry is taken once: :meth:`fresh`)."""
         return [self.socket] if self._old is None else [self._old, self.socket]
 
     def fresh(self, socket: zmq.Socket, parts: list[bytes]) -> bool:

@@ -24,6 +24,7 @@ from .distribution import Wrapping
 
 PATH_GAP = 0.05  # one path envelope per leaf per this many seconds at most: a burst of subscriptions coalesces
 PATHS_PER_TURN = 64  # path envelopes made per call of :meth:`TreeDistribution.due` (each costs a signature)
+PATHS_KEPT = 4096  # path envelopes kept until the next update, the newest (about 3 kB each)
 
 
 @dataclass
@@ -45,7 +46,7 @@ class TreeDistribution:
         self._leaf_topic_bytes = len(self._prefix) + MAX_TREE_BITS + 1
         self._by_bits: dict[bytes, list[str]] = {}  # leaf topic bits (32) -> fingerprints (rarely more than one)
         self._owed: dict[bytes, None] = {}  # leaf topic bits whose readers asked for their path, in order
-        self._made: dict[str, list[bytes]] = {}  # fingerprint -> its path envelope (until the next update)
+        self._made: dict[str, list[bytes]] = {}  # fingerprint -> its path envelope (until the next update), bounded
         self._sent: dict[bytes, float] = {}  # leaf topic bits -> when their path envelopes last went out
         self._readers: dict = {}  # fingerprint -> zmqsec.keys.registry.Reader
         self.tree_bits_of: dict[str, bytes] = {}  # fingerprint -> its leaf topic's bits
@@ -116,6 +117,8 @@ class TreeDistribution:
         if message is None:
             reader = self._readers[fingerprint]
             keys = self.tree.path(fingerprint)
+            if len(self._made) >= PATHS_KEPT:
+                del self._made[next(iter(self._made))]  # the oldest: made again if its reader asks again
             message = self._made[fingerprint] = encode(make_tree_announcement(
                 self.stream, self.stream_id, keys[0].tag, keys, (),
                 [CertificateRecipient(reader.certificate, self.transport)], self.credential, clock=self.wall_clock))
