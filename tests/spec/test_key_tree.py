@@ -396,3 +396,15 @@ def test_path_envelopes_kept_are_bounded(pki, readers, monkeypatch):
     again = of_kind(sender.subscription_seen(2.0, [leaf_topic(STREAM, readers[-1].certificate),
                                                     leaf_topic(STREAM, readers[0].certificate)]), b"T")
     assert again[0] is first[-1] and again[1] is not first[0]  # kept, and made anew
+
+
+def test_tree_keys_unwrap_only_for_the_publisher_certificate_that_sent_them():
+    from zmqsec.machines.events import ReceiverPolicy
+    from zmqsec.machines.keyring import Keyring
+    from zmqsec.protocol.announce import TreeKeys
+
+    keyring, bits = Keyring(ReceiverPolicy()), b"1" * 256
+    root = NodeKey(b"", 3, bytes(range(32)))
+    keyring.add_tree_keys(TreeKeys(b"", 3, (root,), ()), bits, b"s", bytes(16), "publisher A")
+    assert keyring.group_keys_from("publisher A") == {root.kek_id: root.key}
+    assert keyring.group_keys_from("publisher B") == {}  # another allowed publisher cannot use them

@@ -38,7 +38,7 @@ class TreeDistribution:
     rng: Callable[[int], bytes]
     wall_clock: Callable | None = None
     groups: dict = field(default_factory=dict)  # no group keys to re-announce (KeyDistribution)
-    tree: KeyTree | None = None
+    tree: KeyTree = field(init=False)
 
     def __post_init__(self) -> None:
         self.tree = KeyTree(self.stream, self.stream_id, self.rng)
@@ -77,7 +77,7 @@ class TreeDistribution:
             self._owed = {b: None for b in self._owed if b in self._by_bits}
             for wrap in update.wraps:
                 out.append(encode(make_tree_announcement(
-                    self.stream, self.stream_id, wrap.to, [wrap.carried], wrap.derived,
+                    self.stream, self.stream_id, wrap.under.tag, [wrap.carried], wrap.derived,
                     [Kek(wrap.under.kek_id, wrap.under.key)], self.credential, clock=self.wall_clock)))
         root = self.tree.key_of(self.tree.root)
         return Wrapping(out, [Kek(root.kek_id, root.key)], kind=TREE)

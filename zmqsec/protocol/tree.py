@@ -67,10 +67,9 @@ class NodeKey:
 
 @dataclass(frozen=True, slots=True)
 class Wrap:
-    """One message of an update: ``carried`` wrapped under ``under`` (a child's key) for the readers under that
-    child, whose topic tag is ``to``; the keys of ``derived`` (tag, generation) follow from ``carried``, in order."""
+    """One message of an update: ``carried`` wrapped under ``under`` (a child's key), for the readers under that
+    child; the keys of ``derived`` (tag, generation) follow from ``carried``, in order."""
 
-    to: bytes
     under: NodeKey
     carried: NodeKey
     derived: tuple[tuple[bytes, int], ...]
@@ -188,7 +187,7 @@ class KeyTree:
             for kid in self.children[tag]:
                 if kid != source and holds_established(kid):
                     under = self.key_of(kid)
-                    wraps.append(Wrap(under.tag, under, carried, tuple(derived)))
+                    wraps.append(Wrap(under, carried, tuple(derived)))
         root = self.key_of(self.root)
         self.roots[g] = root
         while len(self.roots) > OLD_ROOTS + 1:
