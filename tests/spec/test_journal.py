@@ -441,6 +441,8 @@ def test_frames_older_than_max_age_are_dropped(pki, tmp_path):
     assert journal.count() == 8
     clock.now = 1100.0
     assert journal.expire() == 8 and journal.count() == 0
+    info = JournalReader(tmp_path).run(STREAM, sender.stream_id)  # none held: an empty range after the last
+    assert (info.last_seq, info.first_available, info.last_available) == (10, 11, 10)
 
 
 def test_an_announcement_stays_while_frames_of_its_epoch_are_kept(pki, tmp_path):

@@ -283,6 +283,18 @@ def test_a_resumed_reader_delivers_from_its_position_once_the_replay_arrives(pki
     assert _of(events, Gap) == []
 
 
+def test_a_resumed_reader_told_before_any_frame_that_its_hole_expired_reports_it_once_at_once(pki):
+    """A restarted reader's first ask (what follows its position) is answered before a live frame opens the
+    run: the given-up range still holds when the run's frames arrive, with no wait for repair_timeout."""
+    run = RecordedRun.publish(pki, 20, checkpoint_max=5)
+    receiver = _receiver(pki)
+    receiver.resume(STREAM, run.id, 10)
+    receiver.give_up(run.id, 11, 14)  # no server holds them any more
+    events = _feed(receiver, run.live(join=15), now=0.5)
+    assert _of(events, Gap) == [Gap(run.id, 11, 4)]
+    assert _seqs(events) == list(range(15, 21))
+
+
 def test_a_later_run_after_resume_is_read_from_its_first_record(pki):
     old = RecordedRun.publish(pki, 10)
     new = RecordedRun.publish(pki, 6, previous=(old.id, 10), signed_minutes=1)
@@ -671,6 +683,25 @@ def test_an_open_ended_request_is_done_when_the_server_holds_nothing_more(served
     repairer.missing(STREAM, RUN, 6, 0, 0.0)
     assert repairer.end(0, 1, served_last, 1, served_last, 1.0) == []  # no Abandon: nothing is missing
     assert repairer.active == 0
+
+
+def test_a_hole_found_while_an_open_ended_ask_is_in_flight_is_asked_again_until_a_server_has_it():
+    """A restarted reader asks for whatever follows its position; live frames then show a hole inside that
+    ask.  A server that has not committed the hole yet ends the ask with nothing: the hole is asked again."""
+    repairer = Repairer(1)
+    repairer.missing(STREAM, RUN, 11, 0, 0.0)
+    assert repairer.missing(STREAM, RUN, 11, 110, 0.1) == []  # being fetched already
+    assert repairer.end(0, 1, 10, 1, 10, 0.2) == []  # nothing beyond 10 committed yet
+    assert repairer.active == 1
+    assert repairer.tick(0.2 + RETRY) == [Ask(0, _request(2, 11, 110))]
+
+
+def test_a_hole_found_while_an_open_ended_ask_is_in_flight_is_abandoned_when_it_expired():
+    repairer = Repairer(1)
+    repairer.missing(STREAM, RUN, 11, 0, 0.0)
+    repairer.missing(STREAM, RUN, 11, 110, 0.1)
+    out = repairer.end(0, 1, 10, 111, 110, 0.2)  # the journal holds none of the run: all of it expired
+    assert Abandon(STREAM, RUN, 11, 110) in out and repairer.active == 0
 
 
 def test_credit_is_granted_as_replayed_frames_are_consumed():

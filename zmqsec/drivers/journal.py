@@ -127,7 +127,7 @@ class RunInfo:
     previous: bytes
     previous_last: int
     last_seq: int  # the last data frame committed
-    first_available: int  # the oldest data frame still held (0: none)
+    first_available: int  # the oldest data frame still held (none: last_seq + 1, or 0 before any)
     last_available: int
 
 
@@ -349,7 +349,9 @@ class JournalReader:
             return None
         first, last = self._db.execute("SELECT MIN(seq), MAX(seq) FROM frames WHERE stream_id = ? AND kind = 'D'",
                                        (stream_id,)).fetchone()
-        return RunInfo(stream, stream_id, row[0], row[1], row[2], first or 0, last or 0)
+        if first is None:  # nothing held: everything committed expired (an empty range after it), or none yet
+            first, last = row[2] + 1 if row[2] else 0, row[2]
+        return RunInfo(stream, stream_id, row[0], row[1], row[2], first, last)
 
     def _rows(self, sql: str, args: tuple) -> list[tuple]:
         out = []

@@ -135,9 +135,7 @@ class StreamReceiver:
 
     def give_up(self, stream_id: bytes, first: int, last: int) -> None:
         """No replay server holds ``first..last`` of ``stream_id``: stop waiting (the gap is reported)."""
-        run = self.runs.get(stream_id)
-        if run is not None:
-            run.sequencer.give_up(first, last)
+        self.runs.give_up(stream_id, first, last)
 
     def tick(self, now: float) -> list[Event]:
         """Expire frames that waited too long for a key or a checkpoint, and announcements that waited

@@ -127,6 +127,8 @@ class Repairer:
             return self._abandon(Abandon(stream, run, first, last or first))
         for want in self._wants.values():
             if want.run == run and want.first <= first and (want.last == 0 or last and want.last >= last):
+                if want.last == 0 and last:  # a known hole inside an open-ended ask: the ask now ends there, so
+                    want.last = last  # a server without it yet is asked again, and one that lost it reports it
                 return []  # being fetched already
             if want.run == run and want.first <= first <= (want.last or first) + 1 and want.last and last:
                 want.last = max(want.last, last)  # the hole grew: the next request asks for it all

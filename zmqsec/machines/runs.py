@@ -44,6 +44,7 @@ class Runs:
     _retired: OrderedDict = field(default_factory=OrderedDict)
     followed: dict[bytes, tuple[bytes, int]] = field(default_factory=dict)  # stream name -> (run, last stored seq)
     expected: dict[bytes, int] = field(default_factory=dict)  # runs asked from replay -> last seq stored before
+    lost: dict[bytes, int] = field(default_factory=dict)  # runs not met yet -> the last seq no server holds
     hold: HoldCount = field(default_factory=HoldCount)  # frames held by every run together
 
     def resume(self, name: bytes, stream_id: bytes, last_seq: int) -> None:
@@ -63,6 +64,17 @@ class Runs:
         run = self.runs.get(stream_id)
         if run is not None and run.sequencer.last_delivered is None:
             run.sequencer.last_delivered = first - 1
+
+    def give_up(self, stream_id: bytes, first: int, last: int) -> None:
+        """No replay server holds ``first..last`` of ``stream_id``: stop waiting for it, now, or once the run's
+        first frame arrives (a restarted reader learns it before any live frame)."""
+        run = self.runs.get(stream_id)
+        if run is not None:
+            run.sequencer.give_up(first, last)
+            return
+        self.lost[stream_id] = max(last, self.lost.pop(stream_id, 0))
+        while len(self.lost) > MAX_EXPECTED:
+            del self.lost[next(iter(self.lost))]
 
     def _start(self, name: bytes, stream_id: bytes) -> int | None:
         """Where a new run's delivery starts (the last seq before it), or None: wherever it is joined."""
@@ -96,6 +108,8 @@ class Runs:
                 frame.stream_id, name, now, Keyring(self.policy),
                 Sequencer(name, frame.stream_id, self.policy, self._start(name, frame.stream_id), self.hold),
                 repair=replayed)
+            if frame.stream_id in self.lost:
+                run.sequencer.give_up(0, self.lost.pop(frame.stream_id))
         return run
 
     def _evict(self) -> None:
