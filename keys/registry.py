@@ -9,6 +9,7 @@ how an operator grants and revokes access on a live stream.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -113,6 +114,7 @@ class LoadCache:
     transport_ok: set = field(default_factory=set)  # fingerprints whose key can receive a key by transport
     trust: TrustStore | None = None
     options: dict = field(default_factory=dict)  # the validation options the verdicts were given under
+    last: "_LastLoad | None" = None  # the last load's result and what it was judged on
 
 
 def _verdicts_kept(cache: LoadCache, trust: TrustStore | None, now: dt.datetime) -> dict:
@@ -138,6 +140,94 @@ def _verdicts_kept(cache: LoadCache, trust: TrustStore | None, now: dt.datetime)
     return kept
 
 
+NEVER = dt.datetime.max.replace(tzinfo=dt.timezone.utc)
+
+
+@dataclass(frozen=True)
+class _LastLoad:
+    """A load's result, kept so that the next one can judge only what changed."""
+
+    listing: dict  # file name -> inode
+    entries: dict  # file name -> Reader or Refusal (a certificate under a second name: its Reader too)
+    refused: list  # file names refused (judged again at every load)
+    allowed: frozenset | None  # the allow-list's DNs it was judged with
+    until: dt.datetime  # the first accepted verdict to expire
+
+
+@dataclass
+class _Judge:
+    """Whether one registry file is an authorized reader: readable, able to receive a key by transport, on
+    the allow-list, and valid for encryption under the trust store (verdicts kept in the cache)."""
+
+    allow: DnAllowList | None
+    trust: TrustStore | None
+    cache: LoadCache | None
+    at: dt.datetime | None
+    now: dt.datetime
+    options: dict
+
+    def __call__(self, path: Path, reader: Reader | Exception) -> Reader | Refusal:
+        """The verdict on the file at ``path``, given what parsing it gave."""
+        if isinstance(reader, Exception):
+            return Refusal(path, RejectReason.UNREADABLE, str(reader))
+        cache, cert = self.cache, reader.certificate
+        transport_ok = cache.transport_ok if cache is not None else set()
+        if reader.fingerprint not in transport_ok:
+            try:
+                check_key_transport(cert.public_key())
+            except UnsupportedAlgorithm as exc:
+                return Refusal(reader.path, RejectReason.UNSUPPORTED_KEY, f"{reader.dn}: {exc}")
+            transport_ok.add(reader.fingerprint)
+        if self.allow is not None and reader.dn not in self.allow:
+            return Refusal(reader.path, RejectReason.DN_NOT_ALLOWED, f"{reader.dn}: not in {self.allow.path}")
+        if self.trust is not None and not (cache is not None and self.now < cache.accepted.get(reader.fingerprint, self.now)):
+            try:
+                self.trust.validate(cert, usage=Usage.ENCRYPT, at=self.at, **self.options)
+            except CertificateRejected as exc:
+                return Refusal(reader.path, exc.reason, str(exc))
+            if cache is not None:
+                cache.accepted[reader.fingerprint] = min(cert.not_valid_after_utc, self.trust.valid_until)
+        return reader
+
+
+def _snapshot(entries: dict, listing: dict[str, int], judge: "_Judge", cache: LoadCache | None,
+              judged: tuple[dt.datetime, list] | None = None) -> ReaderSet:
+    """The reader set of judged ``entries`` (a certificate under two names counts once: whichever name
+    comes first), remembered in ``cache`` as the basis of the next load; ``judged``: the last load's first
+    verdict expiry and the entries judged since (the others' verdicts are the same)."""
+    readers, refused, owners = [], [], set()
+    for entry in entries.values():
+        if isinstance(entry, Refusal):
+            refused.append(entry)
+        elif entry.fingerprint not in owners:
+            owners.add(entry.fingerprint)
+            readers.append(entry)
+    if cache is not None:
+        if len(cache.transport_ok) > len(readers) + len(refused):
+            cache.transport_ok.intersection_update(owners)
+        if judge.trust is None:
+            until = NEVER
+        elif judged is None:
+            until = min((cache.accepted.get(fp, judge.now) for fp in owners), default=NEVER)
+        else:
+            until = min([judged[0]] + [cache.accepted.get(e.fingerprint, judge.now) for e in judged[1]
+                                       if isinstance(e, Reader)])
+        cache.last = _LastLoad(listing, entries, [r.path.name for r in refused],
+                               judge.allow.dns if judge.allow else None, until)
+    return ReaderSet(tuple(readers), tuple(refused))
+
+
+@contextlib.contextmanager
+def _directory_fd(directory: Path, cache: LoadCache | None):
+    """``directory`` open (files are looked at relative to it), with a cache."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY) if cache is not None else None
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 class ReaderRegistry:
     """A directory of reader certificates, plus an optional DN allow-list file."""
 
@@ -153,16 +243,13 @@ class ReaderRegistry:
         return DnAllowList.load(self.allowed_dns_path)
 
     def _entries(self) -> list[Path]:
-        return [self.directory / name for name in self._names()]
+        return [self.directory / name for name in sorted(self._listing())]
 
-    def _names(self) -> list[str]:
-        return [name for name, _ in self._listing()]
-
-    def _listing(self) -> list[tuple[str, int]]:
-        """(file name, inode number) of each certificate file, by name; the listing alone tells both (no stat)."""
+    def _listing(self) -> dict[str, int]:
+        """File name -> inode number of each certificate file; the listing alone tells both (no stat)."""
         try:
             with os.scandir(self.directory) as listing:  # no stat per entry: registries hold thousands
-                return sorted((e.name, e.inode()) for e in listing if e.name.endswith(".pem") and e.is_file())
+                return {e.name: e.inode() for e in listing if e.name.endswith(".pem") and e.is_file()}
         except FileNotFoundError:
             raise RegistryError(f"{self.directory}: reader registry not found; create it with `zmqsec keys readers add`") from None
         except NotADirectoryError:
@@ -190,62 +277,54 @@ class ReaderRegistry:
         ``cache`` and ``restat`` False, a file whose name and inode the cache
         knows is taken as unchanged without a stat (a file written by rename has
         a new inode; one rewritten in place is seen at the next load with
-        ``restat``).
+        ``restat``); and when the last load was judged on the same basis (the
+        same trust store object, allow-list and options, no verdict expired
+        since), only the names added, removed or replaced since are judged, and
+        the refusals again: a revocation among 100,000 readers costs a listing,
+        not a pass over every reader.  The order of the readers means nothing.
         """
         allow = self._allow_list()
-        readers: list[Reader] = []
-        refused: list[Refusal] = []
-        seen: set[str] = set()
         now = at or dt.datetime.now(dt.timezone.utc)
         if cache is not None and cache.options != validate_options:
-            cache.accepted, cache.trust, cache.options = {}, trust, dict(validate_options)
+            cache.accepted, cache.trust, cache.options, cache.last = {}, trust, dict(validate_options), None
         if cache is not None and cache.trust is not trust:
-            cache.accepted, cache.trust = _verdicts_kept(cache, trust, now), trust
+            cache.accepted, cache.trust, cache.last = _verdicts_kept(cache, trust, now), trust, None
         listing = self._listing()
-        names = [name for name, _ in listing]
+        judge = _Judge(allow, trust, cache, at, now, validate_options)
+        last = cache.last if cache is not None and not restat else None
+        if last is not None and last.allowed == (allow.dns if allow else None) and now < last.until:
+            quick = self._changed_only(listing, last, judge, cache)
+            if quick is not None:
+                return quick
+        names = sorted(listing)
         if prejudge is not None and cache is not None and trust is not None:
             prejudge(self, names, cache, trust, at, now, validate_options)
-        transport_ok = cache.transport_ok if cache is not None else set()
-        directory_fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY) if cache is not None else None
-        try:
-            parsed = [self._parsed(name, cache, directory_fd, None if restat else inode) for name, inode in listing]
-        finally:
-            if directory_fd is not None:
-                os.close(directory_fd)
-        for name, reader in zip(names, parsed):
-            if isinstance(reader, Exception):
-                refused.append(Refusal(self.directory / name, RejectReason.UNREADABLE, str(reader)))
-                continue
-            cert, path = reader.certificate, reader.path
-            if reader.fingerprint not in transport_ok:
-                try:
-                    check_key_transport(cert.public_key())
-                except UnsupportedAlgorithm as exc:
-                    refused.append(Refusal(path, RejectReason.UNSUPPORTED_KEY, f"{reader.dn}: {exc}"))
-                    continue
-                transport_ok.add(reader.fingerprint)
-            if reader.fingerprint in seen:
-                continue
-            if allow is not None and reader.dn not in allow:
-                refused.append(Refusal(path, RejectReason.DN_NOT_ALLOWED, f"{reader.dn}: not in {allow.path}"))
-                continue
-            if trust is not None and not (cache is not None and now < cache.accepted.get(reader.fingerprint, now)):
-                try:
-                    trust.validate(cert, usage=Usage.ENCRYPT, at=at, **validate_options)
-                except CertificateRejected as exc:
-                    refused.append(Refusal(path, exc.reason, str(exc)))
-                    continue
-                if cache is not None:
-                    cache.accepted[reader.fingerprint] = min(cert.not_valid_after_utc, trust.valid_until)
-            seen.add(reader.fingerprint)
-            readers.append(reader)
-        if cache is not None:
-            if len(cache.parsed) > len(names):  # files went: forget them
-                present = set(names)
-                cache.parsed = {name: v for name, v in cache.parsed.items() if name in present}
-            if len(transport_ok) > len(readers) + len(refused):
-                transport_ok.intersection_update(r.fingerprint for r in readers)
-        return ReaderSet(tuple(readers), tuple(refused))
+        with _directory_fd(self.directory, cache) as directory_fd:
+            entries = {name: judge(self.directory / name, self._parsed(name, cache, directory_fd,
+                                                                        None if restat else listing[name]))
+                       for name in names}
+        if cache is not None and len(cache.parsed) > len(names):  # files went: forget them
+            cache.parsed = {name: v for name, v in cache.parsed.items() if name in listing}
+        return _snapshot(entries, listing, judge, cache)
+
+    def _changed_only(self, listing: dict[str, int], last: "_LastLoad", judge: "_Judge",
+                      cache: LoadCache) -> ReaderSet | None:
+        """The last load's result with only what changed judged again (and the refusals), or None when so much
+        changed that a full pass is due."""
+        gone = [name for name in last.listing if name not in listing]
+        new = [name for name, inode in listing.items() if last.listing.get(name) != inode]
+        if len(gone) + len(new) > max(64, len(listing) // 100):
+            return None
+        entries = dict(last.entries)
+        for name in gone:
+            del entries[name]
+            cache.parsed.pop(name, None)
+        judged = []
+        with _directory_fd(self.directory, cache) as directory_fd:
+            for name in dict.fromkeys(new + [name for name in last.refused if name in listing]):
+                entries[name] = judge(self.directory / name, self._parsed(name, cache, directory_fd, listing[name]))
+                judged.append(entries[name])
+        return _snapshot(entries, listing, judge, cache, (last.until, judged))
 
     def _parsed(self, name: str, cache: LoadCache | None, directory_fd: int | None,
                 inode: int | None = None) -> Reader | Exception:

@@ -312,3 +312,114 @@ def test_a_reload_between_rechecks_sees_files_replaced_by_rename_with_no_stat_of
     assert "inplace.example.org" not in {r.dn.rsplit("=", 1)[1] for r in registry.load(trust, cache=cache,
                                                                                           restat=False)}
     assert "inplace.example.org" in {r.dn.rsplit("=", 1)[1] for r in registry.load(trust, cache=cache)}
+
+
+def _judged(monkeypatch) -> list[str]:
+    """The file names the registry judges from now on (parsed, checked, validated)."""
+    from zmqsec.keys import registry as module
+
+    judged, real = [], module._Judge.__call__
+    monkeypatch.setattr(module._Judge, "__call__", lambda self, path, reader: judged.append(path.name)
+                        or real(self, path, reader))
+    return judged
+
+
+def _same(a, b) -> bool:
+    """Do two loads authorize the same certificates and refuse the same files for the same reasons?"""
+    return a.fingerprints == b.fingerprints and \
+        sorted((r.path.name, r.reason) for r in a.refused) == sorted((r.path.name, r.reason) for r in b.refused)
+
+
+def test_a_reload_judges_only_the_files_added_or_replaced_and_the_refusals(ca, readers, tmp_path, monkeypatch):
+    """Between rechecks, a publisher's reload of 100,000 readers must not cost a pass over all of them: a
+    removal or an addition is judged alone (refusals again: a certificate not yet valid becomes valid), and
+    the result is what a full load gives."""
+    import os
+
+    from zmqsec.keys.registry import LoadCache
+
+    registry = ReaderRegistry(tmp_path / "readers")
+    paths = {name: registry.add(r.certificate).path for name, r in readers.items()}
+    (tmp_path / "readers" / "junk.pem").write_text("not a certificate")
+    trust, cache = TrustStore.from_directory(ca.trust_dir), LoadCache()
+    registry.load(trust, cache=cache)
+    judged = _judged(monkeypatch)
+    os.unlink(paths["portal"])
+    added = registry.add(Pki.under(ca, tmp_path / "more", late=Role.READER).certs["late"].certificate)
+    quick = registry.load(trust, cache=cache, restat=False)
+    assert sorted(judged) == sorted([added.path.name, "junk.pem"])
+    assert _same(quick, ReaderRegistry(tmp_path / "readers").load(trust))
+    assert len(quick) == 3 and [r.path.name for r in quick.refused] == ["junk.pem"]
+
+
+def test_a_reload_after_a_change_of_basis_judges_everything(ca, readers, tmp_path, monkeypatch):
+    """Another trust store object, allow-list or validation options: every file is judged again."""
+    from zmqsec.keys.registry import LoadCache
+
+    dns = tmp_path / "dns"
+    registry = ReaderRegistry(tmp_path / "readers", dns)
+    for r in readers.values():
+        registry.add(r.certificate)
+    trust, cache = TrustStore.from_directory(ca.trust_dir), LoadCache()
+    assert len(registry.load(trust, cache=cache)) == 3  # add() put each DN on the allow-list
+    judged = _judged(monkeypatch)
+    lines = dns.read_text().splitlines()
+    dns.write_text("\n".join(lines[1:]) + "\n")
+    assert len(registry.load(trust, cache=cache, restat=False)) == 2 and len(judged) == 3
+    judged.clear()
+    assert len(registry.load(TrustStore.from_directory(ca.trust_dir), cache=cache, restat=False)) == 2
+    assert len(judged) == 3
+
+
+def test_reloads_through_any_changes_give_what_a_full_load_gives(ca, tmp_path):
+    """Adds, removals, files replaced by rename, garbage, one certificate under two names, many changes at
+    once: after each step the reload with the cache equals a load from scratch."""
+    import os
+    import random
+    import shutil
+
+    from zmqsec.keys.registry import LoadCache
+
+    pki = Pki.under(ca, tmp_path / "pool", **{f"r{i}": Role.READER for i in range(8)})
+    pool = list(pki.certs.values())
+    directory = tmp_path / "readers"
+    registry, trust, cache = ReaderRegistry(directory), TrustStore.from_directory(ca.trust_dir), LoadCache()
+    directory.mkdir()
+    rng = random.Random(5)
+    for step in range(40):
+        names = sorted(os.listdir(directory))
+        action = rng.choice(["add", "add", "remove", "replace", "garbage"] * 3 + ["many"])
+        if action == "add" or not names:
+            shutil.copyfile(rng.choice(pool).cert_path, directory / f"f{step}.pem")  # may duplicate one
+        elif action == "remove":
+            os.unlink(directory / rng.choice(names))
+        elif action == "replace":
+            staged = directory / "staged.tmp"
+            shutil.copyfile(rng.choice(pool).cert_path, staged)
+            os.rename(staged, directory / rng.choice(names))
+        elif action == "garbage":
+            (directory / f"g{step}.pem").write_text("garbage")
+        else:  # more changes than a reload takes one by one: all of it replaced
+            for name in names:
+                os.unlink(directory / name)
+            for i in range(70):
+                os.link(rng.choice(pool).cert_path, directory / f"m{step}-{i}.pem")
+        quick = registry.load(trust, cache=cache, restat=False)
+        assert _same(quick, ReaderRegistry(directory).load(trust)), f"step {step}: {action}"
+
+
+def test_a_reload_after_a_verdict_expired_judges_everything(ca, readers, tmp_path):
+    """A reload between rechecks may take the last verdicts only while none of them has expired."""
+    import datetime as dt
+
+    from zmqsec.keys.registry import LoadCache
+
+    registry = ReaderRegistry(tmp_path / "readers")
+    for r in readers.values():
+        registry.add(r.certificate)
+    trust, cache = TrustStore.from_directory(ca.trust_dir), LoadCache()
+    assert len(registry.load(trust, cache=cache)) == 3
+    assert len(registry.load(trust, cache=cache, restat=False)) == 3
+    later = trust.valid_until + dt.timedelta(days=1)  # the CRL is out of date by then
+    reloaded = registry.load(trust, cache=cache, restat=False, at=later)
+    assert len(reloaded) == 0 and {r.reason.value for r in reloaded.refused} == {"crl-expired"}

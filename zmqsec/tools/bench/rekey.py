@@ -153,12 +153,12 @@ def _rekey_worker(conn, spec: RekeySpec) -> None:
     conn.send({"start_s": start_s, "start_bytes": start_bytes, "reps": reps, **rss()})
 
 
-def registry_load_seconds(pki: Pki, readers: int, reps: int) -> dict:
+def registry_load_seconds(pki: Pki, readers: int, reps: int, reload_reps: int | None = None) -> dict:
     """What the publisher's driver does before it can rekey: load and validate the registry.
 
-    Cold: a first load (every certificate parsed and validated).  Reload: after one certificate
-    left the directory, with the driver's :class:`LoadCache`, as the driver reloads between rechecks (unchanged
-    files known by name and inode from the listing: only what changed is looked at)."""
+    Cold: a first load (every certificate parsed and validated), ``reps`` times.  Reload: after one certificate
+    left the directory, with the driver's :class:`LoadCache`, as the driver reloads between rechecks (a listing;
+    only the names that went or came are judged), ``reload_reps`` times (default ``reps``)."""
     directory = pki.registry(readers, f"load-{readers}")
     cold, parse_only, reload = [], [], []
     for _ in range(reps):
@@ -174,7 +174,7 @@ def registry_load_seconds(pki: Pki, readers: int, reps: int) -> dict:
     registry, cache, trust = ReaderRegistry(directory), LoadCache(), TrustStore.from_directory(pki.trust_dir)
     registry.load(trust, cache=cache)
     names = sorted(os.listdir(directory))
-    for i in range(min(reps, readers - 1)):
+    for i in range(min(reload_reps or reps, readers - 1)):
         os.unlink(directory / names[i])
         t0 = time.perf_counter()
         loaded = registry.load(trust, cache=cache, restat=False)
@@ -200,7 +200,7 @@ def run_rekey(profile: Profile, pki: Pki, group_size: int | None) -> tuple[list[
     caps = {n: (reps, sample) for n, reps, sample in profile.single_caps}
     results = []
     for n in profile.rekey_readers:
-        loads = registry_load_seconds(pki, n, profile.registry_reps if n < 100_000 else 1)
+        loads = registry_load_seconds(pki, n, profile.registry_reps if n < 100_000 else 1, profile.registry_reps)
         modes = ([(SINGLE, 0)] + ([(GROUPED, group_size or auto_group_size(n))] if have_groups else [])
                  + ([(TREE, 0)] if have_tree else []))
         for mode, g in modes:
