@@ -246,10 +246,12 @@ class ReaderRegistry:
         return [self.directory / name for name in sorted(self._listing())]
 
     def _listing(self) -> dict[str, int]:
-        """File name -> inode number of each certificate file; the listing alone tells both (no stat)."""
+        """File name -> inode number of each certificate file; the listing alone tells both (no stat), except
+        for a symbolic link: its target's inode (the link's own stays when the target is replaced)."""
         try:
             with os.scandir(self.directory) as listing:  # no stat per entry: registries hold thousands
-                return {e.name: e.inode() for e in listing if e.name.endswith(".pem") and e.is_file()}
+                return {e.name: e.stat().st_ino if e.is_symlink() else e.inode()
+                        for e in listing if e.name.endswith(".pem") and e.is_file()}
         except FileNotFoundError:
             raise RegistryError(f"{self.directory}: reader registry not found; create it with `zmqsec keys readers add`") from None
         except NotADirectoryError:

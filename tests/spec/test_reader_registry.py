@@ -423,3 +423,22 @@ def test_a_reload_after_a_verdict_expired_judges_everything(ca, readers, tmp_pat
     later = trust.valid_until + dt.timedelta(days=1)  # the CRL is out of date by then
     reloaded = registry.load(trust, cache=cache, restat=False, at=later)
     assert len(reloaded) == 0 and {r.reason.value for r in reloaded.refused} == {"crl-expired"}
+
+
+def test_a_reload_sees_the_target_of_a_symbolic_link_replaced(ca, readers, tmp_path):
+    """A registry of links to certificates kept elsewhere: replacing a link's target is a change."""
+    import os
+    import shutil
+
+    from zmqsec.keys.registry import LoadCache
+
+    kept, directory = tmp_path / "kept", tmp_path / "readers"
+    kept.mkdir()
+    directory.mkdir()
+    shutil.copyfile(readers["portal"].cert_path, kept / "one.pem")
+    os.symlink(kept / "one.pem", directory / "one.pem")
+    registry, trust, cache = ReaderRegistry(directory), TrustStore.from_directory(ca.trust_dir), LoadCache()
+    assert [r.certificate for r in registry.load(trust, cache=cache)] == [readers["portal"].certificate]
+    shutil.copyfile(readers["central"].cert_path, kept / "staged")
+    os.rename(kept / "staged", kept / "one.pem")
+    assert [r.certificate for r in registry.load(trust, cache=cache, restat=False)] == [readers["central"].certificate]

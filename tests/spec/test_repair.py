@@ -701,7 +701,22 @@ def test_a_hole_found_while_an_open_ended_ask_is_in_flight_is_abandoned_when_it_
     repairer.missing(STREAM, RUN, 11, 0, 0.0)
     repairer.missing(STREAM, RUN, 11, 110, 0.1)
     out = repairer.end(0, 1, 10, 111, 110, 0.2)  # the journal holds none of the run: all of it expired
-    assert Abandon(STREAM, RUN, 11, 110) in out and repairer.active == 0
+    assert [a for a in out if isinstance(a, Abandon)] == [Abandon(STREAM, RUN, 11, 110)]
+    (again,) = [a for a in out if isinstance(a, Ask)]  # what follows the expired part
+    assert repairer.end(0, again.request.id, 110, 111, 110, 0.3) == [] and repairer.active == 0
+
+
+def test_an_expired_range_is_reported_once_however_often_what_follows_a_position_is_asked():
+    """A silent link makes a reader ask every 5 s for what follows its position; a range that expired there
+    is one unrecoverable gap, not one per ask."""
+    repairer, abandoned = Repairer(1), []
+    for n in range(3):
+        (ask,) = repairer.missing(STREAM, RUN, 11, 0, 5.0 * n)
+        out = repairer.end(0, ask.request.id, ask.request.first - 1, 111, 110, 5.0 * n + 0.1)
+        abandoned += [a for a in out if isinstance(a, Abandon)]
+        for follow in (a for a in out if isinstance(a, Ask)):
+            repairer.end(0, follow.request.id, 110, 111, 110, 5.0 * n + 0.2)
+    assert abandoned == [Abandon(STREAM, RUN, 11, 110)] and repairer.active == 0
 
 
 def test_credit_is_granted_as_replayed_frames_are_consumed():

@@ -78,6 +78,7 @@ class _Want:
     retry_at: float | None = None  # ask again then (the server had nothing yet)
     refusals: int = 0  # servers that said they do not hold it (silence is no answer)
     created: float = 0.0
+    hole: int = 0  # open-ended: the end of a hole the receiver found inside it, asked for until a server has it
 
 
 class Repairer:
@@ -123,12 +124,14 @@ class Repairer:
         """The receiver needs ``first..last`` (``last`` 0: to the end) of ``run``."""
         if last and last <= self._abandoned.get(run, 0):
             return []  # abandoned already: asking again finds nothing and reports the gap twice
+        if not last:  # what follows a position: not what was given up already
+            first = max(first, self._abandoned.get(run, 0) + 1)
         if not self.servers:
             return self._abandon(Abandon(stream, run, first, last or first))
         for want in self._wants.values():
             if want.run == run and want.first <= first and (want.last == 0 or last and want.last >= last):
-                if want.last == 0 and last:  # a known hole inside an open-ended ask: the ask now ends there, so
-                    want.last = last  # a server without it yet is asked again, and one that lost it reports it
+                if want.last == 0 and last:  # a known hole inside an open-ended ask (see end())
+                    want.hole = max(want.hole, last)
                 return []  # being fetched already
             if want.run == run and want.first <= first <= (want.last or first) + 1 and want.last and last:
                 want.last = max(want.last, last)  # the hole grew: the next request asks for it all
@@ -136,8 +139,12 @@ class Repairer:
         return self._ask(_Want(stream, run, first, last, created=now), now)
 
     def _abandon(self, action: Abandon) -> list[Action]:
-        self._abandoned[action.run] = max(self._abandoned.get(action.run, 0), action.last)
-        return [action]
+        """Report a range no server holds, less what was reported already (a gap is reported once)."""
+        done = self._abandoned.get(action.run, 0)
+        if action.last <= done:
+            return []
+        self._abandoned[action.run] = action.last
+        return [Abandon(action.stream, action.run, max(action.first, done + 1), action.last)]
 
     def frame(self, server: int, request_id: int, now: float) -> list[Action]:
         """A replayed frame of ``request_id`` arrived; grant more credit as it is consumed."""
@@ -157,6 +164,8 @@ class Repairer:
         if want is None or want.server != server:
             return []
         want.heard_at = now
+        if not want.last and want.hole >= want.first and available_last < want.first:
+            want.last = want.hole  # nothing more here yet, but a hole is known: asked for until a server has it
         out: list[Action] = []
         if available_first > want.first:  # part of the range expired from this server's journal
             gone_last = available_first - 1 if not want.last else min(available_first - 1, want.last)
