@@ -149,3 +149,42 @@ def test_outgoing_spool_item_stays_when_publishing_fails(tmp_path):
     spool.done(first)
     spool.release(second)  # the publisher failed on this one
     assert [d for _, d in spool.take()] == [b"and me"]
+
+
+def test_a_slow_registry_load_never_holds_up_publishing(site, monkeypatch):
+    """The registry is watched and loaded on a thread of its own: while a load takes as long as it likes (a
+    cold validation, a registry of 100,000 files on a busy disk), the publisher goes on publishing; the new
+    reader set takes effect at its next turn after the load."""
+    import time
+
+    from zmqsec import Publisher
+    from zmqsec.drivers import watch
+
+    publisher = Publisher("apel.jobs", [f"ipc://{site.dir}/slow.ipc"], site["publisher"], site.registry,
+                          trust_dir=site.trust_dir)
+    loading, release = threading.Event(), threading.Event()
+    real = watch.RegistryWatch.load
+
+    def slow(self):
+        loading.set()
+        release.wait(30)
+        return real(self)
+
+    monkeypatch.setattr(watch.RegistryWatch, "load", slow)
+    try:
+        epoch, latecomer = publisher.sender.epoch, site.certs["latecomer"].certificate
+        ReaderRegistry(site.registry_dir).remove(site.dn("latecomer"))
+        assert loading.wait(10)  # the thread saw the change and is in the load, which waits for us
+        for i in range(500):
+            publisher.publish(b"record %03d" % i)
+        publisher.run_idle(0.2)
+        assert publisher.stats.sent == 500 and publisher.sender.epoch == epoch  # published meanwhile, same key
+        release.set()
+        deadline = time.monotonic() + 10
+        while publisher.sender.epoch == epoch and time.monotonic() < deadline:
+            publisher.run_idle(0.05)
+        assert publisher.sender.epoch == epoch + 1
+        assert latecomer not in {r.certificate for r in publisher.sender.readers}
+    finally:
+        release.set()
+        publisher.close()

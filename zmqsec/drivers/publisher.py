@@ -2,8 +2,9 @@
 
 The socket sees subscriptions (XPUB_VERBOSE), so a reader that connects gets
 the current key announcement at once; the registry and the trust directory are
-watched, so ``zmqsec keys readers remove`` or a new CRL rekeys the live stream
-within ``watch_interval`` seconds, without a restart.
+watched (on a thread of their own: loading them never holds up publishing), so
+``zmqsec keys readers remove`` or a new CRL rekeys the live stream within
+``watch_interval`` seconds and a reload, without a restart.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from .recorder import Recorder
 from .refusals import RefusalLog
 from .replay import ReplayServer
 from .transports import DEFAULT_MULTICAST_RATE, bind
-from .watch import RegistryWatch
+from .watch import RegistryThread, RegistryWatch
 
 log = logging.getLogger("zmqsec.publisher")
 
 EXPIRY_INTERVAL = 60.0  # seconds between journal retention passes (a quarter of max_age when that is shorter)
+IDLE_TICK = 0.05  # seconds an idle publisher waits at most before looking for a reader set the registry thread loaded
 
 
 class JournalBlocked(ZmqsecError):
@@ -79,6 +81,7 @@ class Publisher:
             journal.open_run(name, stream_id, previous)
         self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy(),
                                    stream_id=stream_id, previous=previous)
+        self._registry = RegistryThread(self._watch, watch_interval)
         self.last_rekey_seconds = 0.0  # CPU time of the last rekey, for status files
         self.watch_interval = watch_interval
         self._context = context or zmq.Context.instance()
@@ -110,6 +113,7 @@ class Publisher:
         self.gate = SubscriptionGate(self.socket, lambda prefix: subscription_ok(prefix, self._name),
                                      self._refusals, limit=max_subscriptions)
         self._act(self.sender.start(time.monotonic()))
+        self._registry.start()
 
     @property
     def stats(self):
@@ -149,7 +153,7 @@ class Publisher:
         if spool_item is not None and self.journal is not None:
             self.journal.spooled(spool_item[0], spool_item[1], self.sender.stream_id, seq)
         self._act(actions)
-        if now >= self._next_watch:
+        if now >= self._next_watch or self._registry.ready:
             self.tick(now)
         return seq
 
@@ -166,14 +170,14 @@ class Publisher:
     def tick(self, now: float | None = None) -> None:
         """Service subscriptions, timers and registry changes (call when idle)."""
         now = time.monotonic() if now is None else now
+        self._next_watch = now + self.watch_interval
         subscribed = [m[1:] for m in self.gate.take() if m[:1] == SUBSCRIBE]  # one per reader and topic
         self.subscriptions += sum(self._data_topic.startswith(prefix) for prefix in subscribed)
         if subscribed:
             self._act(self.sender.subscription_seen(now, list(dict.fromkeys(subscribed))))
-        if now >= self._next_watch:
-            self._next_watch = now + self.watch_interval
-            if self._watch.changed():
-                self.reload_readers(now)
+        readers = self._registry.take()
+        if readers is not None:
+            self._readers_changed(readers, now)
         self._act(self.sender.tick(now))
         self.recorder.tick()
         self._refusals.flush()
@@ -185,17 +189,20 @@ class Publisher:
                 log.error("%s", exc)
 
     def reload_readers(self, now: float | None = None) -> None:
-        """Re-read the registry now; rekey if the authorized set changed."""
+        """Re-read the registry now (in this thread); rekey if the authorized set changed."""
         now = time.monotonic() if now is None else now
         try:
-            readers = self._watch.load()
+            readers = self._registry.load()
         except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
             log.error("stream %s: cannot reload readers (%s); keeping the current set", self.sender.stream, exc)
             return
-        started = time.process_time()
+        self._readers_changed(self._registry.take() or readers, now)  # the newest, if the thread loaded since
+
+    def _readers_changed(self, readers, now: float) -> None:
+        started = time.thread_time()  # this thread's: the registry thread may be busy beside it
         actions = self.sender.readers_changed(readers, now)
         if any(isinstance(a, Rekeyed) for a in actions):
-            self.last_rekey_seconds = time.process_time() - started
+            self.last_rekey_seconds = time.thread_time() - started
         self._act(actions)
 
     def run_idle(self, seconds: float) -> None:
@@ -203,7 +210,7 @@ class Publisher:
         deadline = time.monotonic() + seconds
         while (now := time.monotonic()) < deadline:
             wait = min(deadline, self.sender.next_deadline or deadline, self.recorder.deadline or deadline,
-                       now + self.watch_interval) - now
+                       now + IDLE_TICK) - now
             self.socket.poll(max(0, int(wait * 1000)), zmq.POLLIN)
             self.tick()
 
@@ -217,6 +224,7 @@ class Publisher:
 
     def close(self) -> None:
         """Sign the last checkpoint and close the socket (and the replay server)."""
+        self._registry.stop()
         self.flush()
         self.recorder.close()
         if self.replay is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,6 +160,62 @@ class RegistryWatch:
         now = time.monotonic()
         return (self._signature() != self._seen or now - self._restated_at >= self.recheck_interval
                 or (self._trust_watch is not None and self._trust_watch.changed(now)))
+
+
+class RegistryThread:
+    """A :class:`RegistryWatch` looked at every ``interval`` seconds on a thread of its own, so that neither a
+    publisher's per-message path nor its loop ever waits for a listing of 100,000 files or a cold
+    validation: the loop takes the new reader set when one is ready (:meth:`take`) and rekeys."""
+
+    def __init__(self, watch: RegistryWatch, interval: float) -> None:
+        self.watch, self.interval = watch, interval
+        self._lock = threading.Lock()  # the watch and its cache: one load at a time
+        self._ready: ReaderSet | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="zmqsec-registry", daemon=True)
+
+    def start(self) -> "RegistryThread":
+        """Start looking."""
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.load(only_if_changed=True)
+            except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
+                log.error("cannot reload readers (%s); keeping the current set", exc)
+            except Exception:  # a bug must not silently end revocation
+                log.exception("the registry watch failed; looking again in %.2f s", self.interval)
+
+    def load(self, only_if_changed: bool = False) -> ReaderSet | None:
+        """Load the reader set now (with ``only_if_changed``, only when something changed) and hand it to
+        :meth:`take`; returns it."""
+        with self._lock:
+            if only_if_changed and not self.watch.changed():
+                return None
+            readers = self.watch.load()
+            self._ready = readers
+        return readers
+
+    @property
+    def ready(self) -> bool:
+        """Is a loaded reader set waiting to be taken?  (One attribute read: cheap enough for every message.)"""
+        return self._ready is not None
+
+    def take(self) -> ReaderSet | None:
+        """The reader set loaded since the last call, or None."""
+        if self._ready is None:
+            return None
+        with self._lock:
+            readers, self._ready = self._ready, None
+        return readers
+
+    def stop(self) -> None:
+        """Stop looking (waits for a load in progress)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
 
 
 CRL_WARNING = dt.timedelta(hours=6)  # a CRL this close to its nextUpdate is warned about
