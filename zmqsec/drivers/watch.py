@@ -212,10 +212,11 @@ class RegistryThread:
         return readers
 
     def stop(self) -> None:
-        """Stop looking (waits for a load in progress)."""
+        """Stop looking.  A load in progress (it only reads) is waited for a second at most: a daemon thread, it
+        ends with the process."""
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            self._thread.join(timeout=1.0)
 
 
 CRL_WARNING = dt.timedelta(hours=6)  # a CRL this close to its nextUpdate is warned about
