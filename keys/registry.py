@@ -166,10 +166,10 @@ class _Judge:
     now: dt.datetime
     options: dict
 
-    def __call__(self, path: Path, reader: Reader | Exception) -> Reader | Refusal:
-        """The verdict on the file at ``path``, given what parsing it gave."""
+    def __call__(self, directory: Path, name: str, reader: Reader | Exception) -> Reader | Refusal:
+        """The verdict on file ``name`` of ``directory``, given what parsing it gave."""
         if isinstance(reader, Exception):
-            return Refusal(path, RejectReason.UNREADABLE, str(reader))
+            return Refusal(directory / name, RejectReason.UNREADABLE, str(reader))
         cache, cert = self.cache, reader.certificate
         transport_ok = cache.transport_ok if cache is not None else set()
         if reader.fingerprint not in transport_ok:
@@ -302,8 +302,8 @@ class ReaderRegistry:
         if prejudge is not None and cache is not None and trust is not None:
             prejudge(self, names, cache, trust, at, now, validate_options)
         with _directory_fd(self.directory, cache) as directory_fd:
-            entries = {name: judge(self.directory / name, self._parsed(name, cache, directory_fd,
-                                                                        None if restat else listing[name]))
+            entries = {name: judge(self.directory, name, self._parsed(name, cache, directory_fd,
+                                                                       None if restat else listing[name]))
                        for name in names}
         if cache is not None and len(cache.parsed) > len(names):  # files went: forget them
             cache.parsed = {name: v for name, v in cache.parsed.items() if name in listing}
@@ -324,7 +324,7 @@ class ReaderRegistry:
         judged = []
         with _directory_fd(self.directory, cache) as directory_fd:
             for name in dict.fromkeys(new + [name for name in last.refused if name in listing]):
-                entries[name] = judge(self.directory / name, self._parsed(name, cache, directory_fd, listing[name]))
+                entries[name] = judge(self.directory, name, self._parsed(name, cache, directory_fd, listing[name]))
                 judged.append(entries[name])
         return _snapshot(entries, listing, judge, cache, (last.until, judged))
 

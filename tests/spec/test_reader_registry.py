@@ -319,8 +319,8 @@ def _judged(monkeypatch) -> list[str]:
     from zmqsec.keys import registry as module
 
     judged, real = [], module._Judge.__call__
-    monkeypatch.setattr(module._Judge, "__call__", lambda self, path, reader: judged.append(path.name)
-                        or real(self, path, reader))
+    monkeypatch.setattr(module._Judge, "__call__", lambda self, directory, name, reader: judged.append(name)
+                        or real(self, directory, name, reader))
     return judged
 
 
