@@ -167,3 +167,11 @@ def test_the_bridge_verdicts_in_the_text_are_the_run_s():
         assert f"1,000 msg/s signed: " in section
         rate = verdicts[f"bridge {d} >= 1000 msg/s (1024 B, sign)"], verdicts[f"bridge {d} >= 600 msg/s (1024 B, sign+encrypt)"]
         assert f"{_verdict(rate[0])} {d}" in section and f"{_verdict(rate[1])} {d}" in section
+
+
+def test_the_readme_quotes_the_run_s_grouped_revocation_at_10000_readers():
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    grouped = next(r for r in RESULTS["rekey"] if r["readers"] == 10_000 and r["mode"] == "grouped")
+    assert f"Revoking one of 10,000 readers (groups of {grouped['group_size']}) then sends the members of its group " \
+           f"{grouped['bytes_per_reader'] / 1000:.0f} kB" in readme
+    assert f"every other reader an {grouped['bytes_per_reader_min'] / 1000:.0f} kB epoch announcement" in readme

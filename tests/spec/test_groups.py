@@ -75,8 +75,12 @@ def test_revoking_one_reader_renews_only_its_group_and_it_reads_nothing_after(pk
     before = sender.start(0.0) + publish(sender, 20)
     victim, others = readers[7], readers[:7] + readers[8:]
     rekey = sender.readers_changed(reader_set(others), 1.0)
-    assert [frames.decode(m).tag for m in of_kind(rekey, b"G")] == [reader_bits(victim.certificate)[:3]]
+    (renewed,) = [frames.decode(m) for m in of_kind(rekey, b"G")]
+    assert renewed.tag == reader_bits(victim.certificate)[:3]
     assert len(of_kind(rekey, b"K")) == 1
+    mates = [r for r in others if reader_bits(r.certificate)[:3] == renewed.tag]
+    # One RSA encryption per remaining member of the victim's group: its new group key, for each of them alone.
+    assert enveloped.recipients(renewed.envelope).key_transport == len(mates) > 0
     after = publish(sender, 20, 1.0, start=20)
 
     # What one reader must receive for this rekey is bounded by its group, not by the registry.
