@@ -188,16 +188,6 @@ class Publisher:
             except JournalError as exc:
                 log.error("%s", exc)
 
-    def reload_readers(self, now: float | None = None) -> None:
-        """Re-read the registry now (in this thread); rekey if the authorized set changed."""
-        now = time.monotonic() if now is None else now
-        try:
-            readers = self._registry.load()
-        except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
-            log.error("stream %s: cannot reload readers (%s); keeping the current set", self.sender.stream, exc)
-            return
-        self._readers_changed(self._registry.take() or readers, now)  # the newest, if the thread loaded since
-
     def _readers_changed(self, readers, now: float) -> None:
         started = time.thread_time()  # this thread's: the registry thread may be busy beside it
         actions = self.sender.readers_changed(readers, now)

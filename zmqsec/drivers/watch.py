@@ -169,7 +169,7 @@ class RegistryThread:
 
     def __init__(self, watch: RegistryWatch, interval: float) -> None:
         self.watch, self.interval = watch, interval
-        self._lock = threading.Lock()  # the watch and its cache: one load at a time
+        self._lock = threading.Lock()  # guards the hand-over of a loaded set
         self._ready: ReaderSet | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zmqsec-registry", daemon=True)
@@ -182,21 +182,18 @@ class RegistryThread:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.load(only_if_changed=True)
+                self._load()
             except ZmqsecError as exc:  # e.g. the trust directory is being replaced: keep the current set, retry
                 log.error("cannot reload readers (%s); keeping the current set", exc)
             except Exception:  # a bug must not silently end revocation
                 log.exception("the registry watch failed; looking again in %.2f s", self.interval)
 
-    def load(self, only_if_changed: bool = False) -> ReaderSet | None:
-        """Load the reader set now (with ``only_if_changed``, only when something changed) and hand it to
-        :meth:`take`; returns it."""
-        with self._lock:
-            if only_if_changed and not self.watch.changed():
-                return None
+    def _load(self) -> None:
+        """Load the reader set if anything it depends on changed, and hand it to :meth:`take`."""
+        if self.watch.changed():  # the watch is this thread's alone; the lock is held only to hand over
             readers = self.watch.load()
-            self._ready = readers
-        return readers
+            with self._lock:
+                self._ready = readers
 
     @property
     def ready(self) -> bool:
