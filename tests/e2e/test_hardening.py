@@ -560,7 +560,12 @@ def test_daemons_survive_generated_subscriptions_and_frames_of_every_size(site):
         sock.connect(endpoint)
     try:
         _started(site, "portal", logs=logs)
-        evil.recv()  # the reader subscribed through us
+        prefixes = [evil.recv()[1:]]  # the reader subscribed through us
+        while evil.poll(500):
+            message = evil.recv()
+            if message[:1] == b"\x01":
+                prefixes.append(message[1:])
+        sent = []
 
         @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         @given(subscription=st.binary(max_size=MAX_XPUB_MESSAGE + 64), frame=_messages())
@@ -568,6 +573,7 @@ def test_daemons_survive_generated_subscriptions_and_frames_of_every_size(site):
             for sock in strangers:
                 sock.send(subscription)
             evil.send_multipart(frame)
+            sent.append(frame)
 
         attack()
         for size in (MAX_XPUB_MESSAGE - 1, MAX_XPUB_MESSAGE + 1):  # the subscription bound, both sides
@@ -585,7 +591,10 @@ def test_daemons_survive_generated_subscriptions_and_frames_of_every_size(site):
             sock.close(linger=0)
         ctx.term()
     assert alive == [True, True, True]
-    assert sum(rejected.values()) >= 100, rejected
+    # Every generated frame our XPUB passed on (its topic matches a subscription of the reader) is refused and
+    # counted, and so is the frame just over the data frame bound (the one over every bound drops the connection).
+    delivered = sum(1 for frame in sent if frame[0].startswith(tuple(prefixes)))
+    assert delivered >= 50 and sum(rejected.values()) >= delivered, (delivered, rejected)
     daemons.in_stream_order(site, "portal", [f"after {i}" for i in range(20)])
 
 
