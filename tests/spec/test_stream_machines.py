@@ -305,3 +305,15 @@ def test_a_burst_of_subscriptions_is_coalesced_not_dropped(pki):
     assert sender.next_deadline == pytest.approx(1.05)
     assert kinds(sender.actions.tick(1.06)) == [frames.ANNOUNCEMENT, frames.RUN]
     assert sender.tick(1.2) == []
+
+
+def test_an_announcement_deferred_for_a_subscription_is_owed_until_it_is_out(pki):
+    """What ``Publisher.wait_for_subscribers`` waits for besides the subscription: a reader that subscribed just
+    after an announcement is owed the next one, and the first record must not go out before it."""
+    sender = _sender(pki, "portal", reannounce_interval=3600.0)
+    sender.start(0.0)
+    assert not sender.announcement_owed
+    assert sender.subscription_seen(0.01) == []  # within the gap after the first announcement: deferred
+    assert sender.announcement_owed
+    assert kinds(sender.actions.tick(0.06)) == [frames.ANNOUNCEMENT, frames.RUN]
+    assert not sender.announcement_owed

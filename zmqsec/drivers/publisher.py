@@ -22,7 +22,7 @@ from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
 from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SUBSCRIBE
 from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
-from zmqsec.protocol.frames import CHECKPOINT, DATA, subscription_ok, topic_for
+from zmqsec.protocol.frames import ANNOUNCEMENT, CHECKPOINT, DATA, subscription_ok, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
 from . import gate
@@ -106,8 +106,11 @@ class Publisher:
                                        curve=curve).start()
         self._next_watch = 0.0
         self._next_expiry = 0.0
-        self.subscriptions = 0  # subscriptions that receive data (verbose XPUB: one per subscriber and topic)
-        self._data_topic = topic_for(stream, DATA)
+        # Subscriptions that receive the key announcements (verbose XPUB: one per subscriber and topic).  A reader
+        # subscribes to them after the data and the checkpoints, and a subscriber's subscriptions take effect in
+        # the order it made them: one counted here receives the data, and the current key the publisher sends it.
+        self.subscriptions = 0
+        self._counted_topic = topic_for(stream, ANNOUNCEMENT)
         self._name = stream.encode()
         self._refusals = RefusalLog(log, f"stream {stream}")
         self.gate = SubscriptionGate(self.socket, lambda prefix: subscription_ok(prefix, self._name),
@@ -172,7 +175,7 @@ class Publisher:
         now = time.monotonic() if now is None else now
         self._next_watch = now + self.watch_interval
         subscribed = [m[1:] for m in self.gate.take() if m[:1] == SUBSCRIBE]  # one per reader and topic
-        self.subscriptions += sum(self._data_topic.startswith(prefix) for prefix in subscribed)
+        self.subscriptions += sum(self._counted_topic.startswith(prefix) for prefix in subscribed)
         if subscribed:
             self._act(self.sender.subscription_seen(now, list(dict.fromkeys(subscribed))))
         readers = self._registry.take()
@@ -205,12 +208,13 @@ class Publisher:
             self.tick()
 
     def wait_for_subscribers(self, count: int, timeout: float) -> bool:
-        """Service the socket until ``count`` subscriptions to the data were seen (a PUB drops what nobody
-        subscribed to)."""
+        """Service the socket until ``count`` subscribers are in (:attr:`subscriptions`) and the current key
+        announcement their subscriptions asked for is out: each then receives the data and holds the key to it
+        (a PUB drops what nobody subscribed to)."""
         deadline = time.monotonic() + timeout
-        while self.subscriptions < count and time.monotonic() < deadline:
+        while (self.subscriptions < count or self.sender.announcement_owed) and time.monotonic() < deadline:
             self.run_idle(min(0.05, max(0.0, deadline - time.monotonic())))
-        return self.subscriptions >= count
+        return self.subscriptions >= count and not self.sender.announcement_owed
 
     def close(self) -> None:
         """Sign the last checkpoint and close the socket (and the replay server)."""

@@ -291,6 +291,11 @@ class StreamSender:
         return out + self._pending(now)
 
     @property
+    def announcement_owed(self) -> bool:
+        """Is the current epoch's announcement owed to a subscription and not sent yet (its gap has not passed)?"""
+        return self._epoch is not None and self._reannounce.epoch_pending
+
+    @property
     def next_deadline(self) -> float | None:
         """When ``tick`` next has something to do (for a driver's poll timeout)."""
         if self._epoch is None:
