@@ -9,6 +9,7 @@ publisher's signature against the CA directory.  `zmqsec inspect` and
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -20,7 +21,7 @@ from kit.opensslpeer import run
 from kit.wire import WireSender
 from zmqsec.keys.registry import Reader, ReaderSet
 from zmqsec.machines.sender import RotationPolicy
-from zmqsec.protocol.primitives import decode_key_record
+from zmqsec.protocol.primitives import HEADER_ATTRIBUTE, decode_key_record, header_digest
 
 READERS = ("portal", "dashboard")  # the outsider is the session PKI's valid reader certificate left out
 
@@ -50,7 +51,7 @@ def recorded(tmp_path_factory, stream_pki):
     output, _ = capture.communicate(timeout=30)
     out.close()
     assert capture.returncode == 0 and b"captured 40 frames" in output, output
-    return {"pki": stream_pki, "cap": d / "cap"}
+    return {"pki": stream_pki, "cap": d / "cap", "stream_id": sender.stream_id}
 
 
 def test_every_announcement_decrypts_with_openssl_for_authorized_readers_only(recorded):
@@ -74,6 +75,18 @@ def test_every_announcement_decrypts_with_openssl_for_authorized_readers_only(re
         assert verified.returncode == 0, verified.stderr
         text = run("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(env)).stdout.decode()
         assert text.count("rsaesOaep") == 2 and "aes-256-cbc" in text
+        # openssl reads the header attribute among the signed attributes (§4.3): the digest of this frame's header.
+        epoch = int(re.search(r"epoch(\d+)", env.name).group(1))
+        assert _signed_header(env.with_suffix("").with_suffix(".sig.der")) == \
+            header_digest(b"apel.jobs\x00K", recorded["stream_id"], epoch)
+
+
+def _signed_header(signature) -> bytes:
+    """The value of the header attribute, as `openssl cms -cmsout -print` shows it (a hex dump)."""
+    text = run("cms", "-cmsout", "-print", "-inform", "DER", "-in", str(signature)).stdout.decode()
+    block = text.split(f"({HEADER_ATTRIBUTE})", 1)[1].split("OCTET STRING:", 1)[1].split("\n\n", 1)[0]
+    return bytes.fromhex("".join(re.findall(r"^\s*[0-9a-f]{4} - ((?:[0-9a-f]{2}[ -]){1,16})", block, re.M))
+                         .replace("-", " ").replace(" ", ""))
 
 
 def test_inspect_lists_frames_without_keys(recorded, run_cli):

@@ -26,7 +26,7 @@ from zmqsec.machines import intake
 from zmqsec.machines.events import ReceiverPolicy
 from zmqsec.machines.receiver import Delivered, Rejected, StreamReceiver
 from zmqsec.machines.sender import NoReaders, RotationPolicy
-from zmqsec.protocol import frames
+from zmqsec.protocol import announce, frames
 
 
 @pytest.fixture
@@ -179,6 +179,57 @@ def test_a_genuine_announcement_re_sent_under_other_headers_is_refused_without_c
     assert _delivered(_feed(receiver, sender.publish(b"still", 0.1) + sender.flush(0.1), 0.1)) == [b"still"]
 
 
+def _no_cryptography(monkeypatch) -> None:
+    def no_crypto(*_, **__):
+        raise AssertionError("cryptography on a re-headed announcement")
+
+    monkeypatch.setattr(signed, "_verify_raw", no_crypto)  # the signature math
+    monkeypatch.setattr(intake, "open_announcement", no_crypto)  # the private-key operation
+    monkeypatch.setattr(intake.TrustStore, "validate", no_crypto)  # the certificate chain
+
+
+def test_an_announcement_never_seen_re_sent_under_other_headers_costs_a_parse(pki, monkeypatch):
+    """Version 2 signs the header (§4.3): a genuine announcement re-headed -- as version 2, or downgraded to
+    version 1 -- is refused before any signature math, chain validation or private-key operation, even by a
+    reader that never opened the genuine one."""
+    sender = _portal_stream(pki)
+    wire = sender.start(0.0)
+    genuine = frames.decode(next(m for m in wire if m[0].endswith(frames.ANNOUNCEMENT)))
+    assert genuine.version == 2
+    copies = [frames.encode(frames.Announcement(genuine.topic, stream_id, epoch, genuine.envelope,
+                                                genuine.signature, version))
+              for stream_id, epoch, version in [(genuine.stream_id, 2, 2), (b"\1" * 16, 1, 2),
+                                                (genuine.stream_id, 7, 1), (b"\2" * 16, 1, 1)]]
+    copies.append([frames.topic_for("other", frames.ANNOUNCEMENT), copies[0][1]])  # another stream's topic
+    receiver = _receiver(pki)
+    with monkeypatch.context() as patched:
+        _no_cryptography(patched)
+        assert _reasons(_feed(receiver, copies)) == ["header-mismatch"] * 5
+    assert _delivered(_feed(receiver, wire + sender.publish(b"genuine", 0.1) + sender.flush(0.1), 0.1)) == [b"genuine"]
+
+
+def test_version_1_announcements_are_still_read_and_version_2_must_sign_its_header(pki):
+    """A version 1 announcement (its header bound only by the key record) still opens; a version 2 one whose
+    signature lacks the header attribute is refused."""
+    sender = _portal_stream(pki)
+    wire = sender.start(0.0) + sender.publish(b"one", 0.0) + sender.flush(0.0)
+    genuine = frames.decode(next(m for m in wire if m[0].endswith(frames.ANNOUNCEMENT)))
+    bare = signed.sign(genuine.envelope, pki["publisher"])  # signed the version 1 way: the envelope only
+    attribute = announce.header_attribute(genuine.topic, genuine.stream_id, genuine.epoch)
+    assert len(attribute) == 44 and 44 <= len(genuine.signature) - len(bare) <= 46  # its cost (§4.3)
+    others = [m for m in wire if not m[0].endswith(frames.ANNOUNCEMENT)]
+    v1 = frames.encode(frames.Announcement(genuine.topic, genuine.stream_id, genuine.epoch, genuine.envelope, bare, 1))
+    assert frames.decode(v1).version == 1
+    assert _delivered(_feed(_receiver(pki), [v1] + others)) == [b"one"]
+    v2 = frames.encode(frames.Announcement(genuine.topic, genuine.stream_id, genuine.epoch, genuine.envelope, bare, 2))
+    events = _feed(_receiver(pki), [v2] + others)
+    assert _reasons(events)[0] == "header-mismatch" and _delivered(events) == []
+    for version in (0, 3):
+        with pytest.raises(frames.FrameError) as err:
+            frames.decode([genuine.topic, v1[1].replace(b"\x95\x01", b"\x95" + bytes((version,)), 1)])
+        assert err.value.reason == "unknown-version"
+
+
 def test_a_certificate_with_a_duplicated_extension_is_refused_not_fatal(pki):
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     spki = akeys.PublicKeyInfo.load(key.public_key().public_bytes(serialization.Encoding.DER,
@@ -197,8 +248,9 @@ def test_a_certificate_with_a_duplicated_extension_is_refused_not_fatal(pki):
         pki.trust.validate(cert)
     assert exc.value.reason == "malformed-certificate"
     envelope = enveloped.envelope(b"x", enveloped.certificate_recipients([pki["portal"].certificate]))
-    announcement = frames.Announcement(frames.topic_for("apel.jobs", frames.ANNOUNCEMENT), b"\1" * 16, 1, envelope,
-                                       signed.sign(envelope, Credential(cert, key)))
+    topic = frames.topic_for("apel.jobs", frames.ANNOUNCEMENT)
+    announcement = frames.Announcement(topic, b"\1" * 16, 1, envelope, signed.sign(
+        envelope, Credential(cert, key), attributes=[announce.header_attribute(topic, b"\1" * 16, 1)]))
     events = _receiver(pki).frame_received(frames.encode(announcement), 0.0)
     assert len(_reasons(events)) == 1 and _reasons(events)[0].startswith(("announcement-", "publisher-"))
 

@@ -1,8 +1,9 @@
-"""tests/vectors/v1.json: each vector states its verdict; this implementation must reach it."""
+"""tests/vectors/frames.json: each vector states its verdict; this implementation must reach it."""
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
 import re
 
@@ -24,10 +25,11 @@ from zmqsec.protocol.primitives import (
     decode_group_record,
     decode_key_record,
     frame_digest,
+    header_digest,
     nonce,
 )
 
-VECTORS = json.loads((paths.VECTORS / "v1.json").read_text())["vectors"]
+VECTORS = json.loads((paths.VECTORS / "frames.json").read_text())["vectors"]
 
 
 def _parts(v):
@@ -97,12 +99,15 @@ def test_vector(vector):
                          vector["generation"], bytes.fromhex(vector["kek"]))
     elif vector["kind"] in ("announcement", "grouped-announcement"):
         assert value.key.hex() == vector["key"] and value.epoch == vector["epoch"]
+        if "header_digest" in vector:  # what the version 2 signature's header attribute holds (§4.3)
+            frame = frames.decode(_parts(vector))
+            assert header_digest(frame.topic, frame.stream_id, frame.epoch).hex() == vector["header_digest"]
 
 
 def test_every_documented_verdict_is_exercised():
     assert {v["expect"] for v in VECTORS} >= {"success", "decrypt-failed", "unknown-version", "bad-msgpack",
                                               "bad-topic", "key-confirmation", "bad-checkpoint", "not-a-recipient",
-                                              "no-group-key"}
+                                              "no-group-key", "header-mismatch"}
 
 
 def test_the_spec_lists_every_refusal_reason():
@@ -112,3 +117,19 @@ def test_the_spec_lists_every_refusal_reason():
     rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     listed = {name for row in rows for name in re.findall(r"`([a-z0-9-]+)`", row)}
     assert listed == {r.value for r in RejectReason}
+
+
+def test_the_vector_file_holds_what_its_generator_builds(tmp_path, monkeypatch):
+    """generate.py runs on today's code and rebuilds frames.json: the vectors with fixed keys byte for byte, those
+    under the test PKI (made anew each run) with the same names and verdicts."""
+    monkeypatch.syspath_prepend(str(paths.VECTORS))
+    spec = importlib.util.spec_from_file_location("generate", paths.VECTORS / "generate.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    monkeypatch.setattr(generator, "OUT", tmp_path / "frames.json")
+    generator.main(tmp_path)
+    built = json.loads((tmp_path / "frames.json").read_text())["vectors"]
+    assert [(v["name"], v["expect"]) for v in built] == [(v["name"], v["expect"]) for v in VECTORS]
+    kinds = ("data", "frame", "key-record", "group-key-record")
+    fixed = [v for v in VECTORS if v["kind"] in kinds and not v["name"].startswith("announcement")]
+    assert len(fixed) == 12 and fixed == [v for v in built if v["kind"] in kinds and not v["name"].startswith("announcement")]

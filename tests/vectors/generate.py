@@ -1,4 +1,4 @@
-"""Regenerate tests/vectors/v1.json (docs/PROTOCOL.md §7).
+"""Regenerate tests/vectors/frames.json (docs/PROTOCOL.md §7).
 
     .venv/bin/python tests/vectors/generate.py
 
@@ -10,6 +10,7 @@ CMS key transport is randomized.  All keys here are test keys, published on purp
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -25,9 +26,18 @@ from zmqsec.protocol.datacipher import DataKey
 from zmqsec.protocol.announce import GroupKey, make_announcement, make_group_announcement
 from zmqsec.protocol.checkpoint import sign_checkpoint
 from zmqsec.protocol.groups import reader_bits
-from zmqsec.protocol.primitives import associated_data, encode_group_record, encode_key_record, frame_digest, nonce
+from zmqsec.crypto import signed
+from zmqsec.crypto.enveloped import Kek, certificate_recipients
+from zmqsec.protocol.primitives import (
+    associated_data,
+    encode_group_record,
+    encode_key_record,
+    frame_digest,
+    header_digest,
+    nonce,
+)
 
-OUT = Path(__file__).with_name("v1.json")
+OUT = Path(__file__).with_name("frames.json")
 KEY = bytes(range(32))
 KEK = bytes(range(32, 64))
 STREAM_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -50,6 +60,12 @@ def _pem_cert(cert) -> str:
 def data_frame(epoch: int, seq: int, payload: bytes) -> list[bytes]:
     ct = DataKey(KEY).seal(TOPIC, STREAM_ID, epoch, seq, payload)
     return frames.encode(frames.DataFrame(TOPIC, STREAM_ID, epoch, seq, ct))
+
+
+def version_1(announcement, credential: Credential, clock):
+    """The announcement as protocol version 1 made it: the same envelope, signed without its header."""
+    return dataclasses.replace(announcement, signature=signed.sign(announcement.envelope, credential, clock=clock),
+                               version=1)
 
 
 def main(workdir: Path) -> None:
@@ -110,20 +126,33 @@ def main(workdir: Path) -> None:
     vectors.append({"name": "checkpoint-digest-changed", "kind": "checkpoint", "expect": "bad-checkpoint",
                     "parts": _hex([checkpoint[0], msgpack.packb(tampered)]), **common})
 
-    announcement = frames.encode(make_announcement(b"apel.jobs", STREAM_ID, 3, KEY, [reader.certificate], pub_cred,
-                                                   clock=lambda: fixed))
+    made = make_announcement(b"apel.jobs", STREAM_ID, 3, KEY, certificate_recipients([reader.certificate]),
+                             pub_cred, clock=lambda: fixed)
+    announcement = frames.encode(made)
     ann = {"kind": "announcement", "parts": _hex(announcement), "ca_cert": _pem_cert(ca.certificate),
            "crl": ca.current_crl().public_bytes(serialization.Encoding.PEM).decode(), "at": "2026-01-15T00:00:00+00:00"}
-    vectors.append({"name": "announcement-ok", "expect": "success", "reader_cert": _pem_cert(reader.certificate),
-                    "reader_key": _pem_key(reader.key), "key": KEY.hex(), "epoch": 3, **ann})
+    ours = {"reader_cert": _pem_cert(reader.certificate), "reader_key": _pem_key(reader.key)}
+    vectors.append({"name": "announcement-ok", "expect": "success", **ours, "key": KEY.hex(), "epoch": 3,
+                    "header_digest": header_digest(made.topic, STREAM_ID, 3).hex(), **ann})
     vectors.append({"name": "announcement-not-for-us", "expect": "not-a-recipient", "reader_cert": _pem_cert(other.certificate),
                     "reader_key": _pem_key(other.key), **ann})
+    # Version 2 signs the header: the same envelope and signature under another epoch, as version 2 or as
+    # version 1, is refused before any signature math.
+    for name, version in (("announcement-reheaded", 2), ("announcement-reheaded-as-version-1", 1)):
+        moved = frames.encode(dataclasses.replace(made, epoch=4, version=version))
+        vectors.append({"name": name, "expect": "header-mismatch", **ours, **ann, "parts": _hex(moved)})
+    vectors.append({"name": "announcement-version-1-ok", "expect": "success", **ours, "key": KEY.hex(), "epoch": 3,
+                    **ann, "parts": _hex(frames.encode(version_1(made, pub_cred, lambda: fixed)))})
+    fields = msgpack.unpackb(announcement[1])
+    fields[0] = 3
+    vectors.append({"name": "announcement-unknown-version", "kind": "frame", "expect": "unknown-version",
+                    "parts": _hex([announcement[0], msgpack.packb(fields)])})
     # Reader groups (§4.5): the reader's group key in its own envelope, the epoch key wrapped under it.
     tag = reader_bits(reader.certificate)[:2]
     group = GroupKey(tag, 7, KEK)
-    group_parts = frames.encode(make_group_announcement(b"apel.jobs", STREAM_ID, group, [reader.certificate], pub_cred,
+    group_parts = frames.encode(make_group_announcement(b"apel.jobs", STREAM_ID, group, certificate_recipients([reader.certificate]), pub_cred,
                                                         clock=lambda: fixed))
-    grouped = frames.encode(make_announcement(b"apel.jobs", STREAM_ID, 3, KEY, [], pub_cred, groups=[group],
+    grouped = frames.encode(make_announcement(b"apel.jobs", STREAM_ID, 3, KEY, [Kek(group.key_id, group.key)], pub_cred,
                                               clock=lambda: fixed))
     vectors.append({"name": "grouped-announcement-ok", "expect": "success", "reader_cert": _pem_cert(reader.certificate),
                     "reader_key": _pem_key(reader.key), "key": KEY.hex(), "epoch": 3, "group_parts": _hex(group_parts),
@@ -132,7 +161,7 @@ def main(workdir: Path) -> None:
     vectors.append({"name": "grouped-announcement-without-group-key", "expect": "no-group-key",
                     "reader_cert": _pem_cert(other.certificate), "reader_key": _pem_key(other.key), **ann,
                     "kind": "grouped-announcement", "parts": _hex(grouped)})
-    OUT.write_text(json.dumps({"protocol": "zmqsec v1", "see": "docs/PROTOCOL.md", "vectors": vectors}, indent=1) + "\n")
+    OUT.write_text(json.dumps({"protocol": "zmqsec v2", "see": "docs/PROTOCOL.md", "vectors": vectors}, indent=1) + "\n")
     print(f"wrote {len(vectors)} vectors to {OUT}")
 
 

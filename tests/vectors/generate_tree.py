@@ -27,7 +27,7 @@ from zmqsec.machines.sender import RotationPolicy, StreamSender, wire
 from zmqsec.protocol.groups import leaf_topic, reader_topics
 from zmqsec.protocol.primitives import encode_tree_record, tree_derive, tree_kek_id
 
-from generate import _hex, _pem_cert, _pem_key  # tests/vectors/generate.py: the same encodings as v1.json
+from generate import _hex, _pem_cert, _pem_key  # tests/vectors/generate.py: the same encodings as frames.json
 
 OUT = Path(__file__).with_name("tree.json")
 STREAM_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
@@ -96,7 +96,7 @@ def main(workdir: Path) -> None:
     vectors.append({"name": "tree-chain-revoked-reader", "kind": "tree-chain", "expect": "no-group-key",
                     "reader_cert": _pem_cert(victim.certificate), "reader_key": _pem_key(victim.key),
                     "path_parts": _hex(victim_path), **{k: vectors[-1][k] for k in ("ca_cert", "crl", "at", "parts")}})
-    OUT.write_text(json.dumps({"protocol": "zmqsec v1, key tree (§4.6)", "see": "docs/PROTOCOL.md",
+    OUT.write_text(json.dumps({"protocol": "zmqsec v2, key tree (§4.6)", "see": "docs/PROTOCOL.md",
                                "vectors": vectors}, indent=1) + "\n")
     print(f"wrote {len(vectors)} vectors to {OUT}")
 

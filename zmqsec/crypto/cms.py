@@ -81,6 +81,13 @@ class SignatureInvalid(CmsError):
     reason = RejectReason.BAD_SIGNATURE
 
 
+class AttributeMismatch(CmsError):
+    """A signed attribute the verifier expects is missing or holds another value (the signature was carried
+    under claims it does not sign)."""
+
+    reason = RejectReason.HEADER_MISMATCH
+
+
 class SignerNotEmbedded(CmsError):
     """The SignedData does not carry the certificate of its signer (nothing to verify the signature with)."""
 

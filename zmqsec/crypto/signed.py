@@ -11,15 +11,17 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from asn1crypto import cms as asn1_cms
+from asn1crypto import core as asn1_core
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from . import der, signing
 from .cms import (
+    AttributeMismatch,
     KeyHolder,
     MalformedCms,
     SignatureInvalid,
@@ -70,6 +72,11 @@ def _time(when: dt.datetime) -> bytes:
     return der.encode(0x18, when.strftime("%Y%m%d%H%M%SZ").encode())
 
 
+def attribute(oid: str, value: bytes) -> bytes:
+    """A signed attribute (RFC 5652 §5.3): the dotted ``oid`` with one DER-encoded ``value``."""
+    return der.encode(0x30, asn1_core.ObjectIdentifier(oid).dump() + der.encode(0x31, value))
+
+
 def sign(
     content: bytes,
     credential: KeyHolder,
@@ -78,9 +85,11 @@ def sign(
     detached: bool = True,
     extra_certs: Sequence[x509.Certificate] = (),
     clock: Callable[[], dt.datetime] | None = None,
+    attributes: Sequence[bytes] = (),
 ) -> bytes:
     """DER ContentInfo(SignedData) over ``content`` with signed attributes (contentType, signingTime,
-    messageDigest), embedding the signer's certificate and chain.
+    messageDigest, and ``attributes``: more, each made by :func:`attribute`), embedding the signer's certificate
+    and chain.
 
     The parts that depend only on the signer are encoded once (asn1crypto) and spliced with the few that
     change per message, so a signature costs little more than its private-key operation."""
@@ -93,6 +102,7 @@ def sign(
         _CONTENT_TYPE_ATTR,
         der.encode(0x30, _SIGNING_TIME + der.encode(0x31, _time(now))),
         der.encode(0x30, _MESSAGE_DIGEST + der.encode(0x31, der.encode(0x04, hashlib.new(digest, content).digest()))),
+        *attributes,
     ]
     # DER orders a SET OF by encoding; OpenSSL re-encodes before verifying.  Signed as a SET (0x31), carried
     # as [0] IMPLICIT (0xa0).
@@ -129,13 +139,32 @@ def _verify_raw(cert: x509.Certificate, signature: bytes, data: bytes, digest: s
         raise SignatureInvalid("the signature does not verify with the signer certificate's key")
 
 
+def _check_attributes(signed_attrs, expected: Mapping[str, bytes], required: bool) -> None:
+    """Each expected attribute (dotted OID -> DER of its one value) is signed with exactly that value; when not
+    ``required``, only those present are checked."""
+    present = {a["type"].dotted: a["values"] for a in signed_attrs or ()}
+    for oid, value in expected.items():
+        values = present.get(oid)
+        if values is None:
+            if required:
+                raise AttributeMismatch(f"the signed attributes lack {oid}")
+            continue
+        if len(values) != 1 or values[0].dump() != value:
+            raise AttributeMismatch(f"the signed attribute {oid} holds another value")
+
+
 @parsing
-def verify_signature(der: bytes, content: bytes | None = None) -> Verified:
+def verify_signature(der: bytes, content: bytes | None = None, *, attributes: Mapping[str, bytes] | None = None,
+                     required: bool = True) -> Verified:
     """Check the (single) signature of a SignedData; ``content`` for a detached one.
 
     This proves the holder of the embedded signer certificate's key signed the
     content.  Whether that certificate is acceptable is the trust layer's call
     (``zmqsec.keys.trust.TrustStore.validate``), made by the caller.
+
+    ``attributes`` (dotted OID -> DER of the value) must be signed attributes with exactly those values (those
+    present, when not ``required``): they are compared before any digest or signature math, so a signature
+    carried under the wrong claims costs a parse (:class:`AttributeMismatch`).
     """
     signed = load_content_info(der, "signed_data")["content"]
     encap = signed["encap_content_info"]
@@ -151,6 +180,8 @@ def verify_signature(der: bytes, content: bytes | None = None) -> Verified:
     if len(infos) != 1:
         raise MalformedCms(f"expected exactly one SignerInfo, found {len(infos)}")
     info = infos[0]
+    if attributes:
+        _check_attributes(info["signed_attrs"], attributes, required)
     certs = []
     for choice in signed["certificates"] or ():
         if choice.name == "certificate":

@@ -21,7 +21,7 @@ from zmqsec.keys.errors import CertificateRejected
 from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore, Usage
 
-from zmqsec.crypto import cms, enveloped, signed
+from zmqsec.crypto import cms, der, enveloped, signed
 from .frames import (
     ANNOUNCEMENT,
     Announcement,
@@ -34,7 +34,9 @@ from .frames import (
 )
 from .groups import kek_id
 from .primitives import (
+    HEADER_ATTRIBUTE,
     MAX_TREE_BITS,
+    header_digest,
     KeyRecordError,
     decode_group_record,
     decode_key_record,
@@ -103,6 +105,17 @@ class GroupKey:
         return f"GroupKey(tag={self.tag!r}, generation={self.generation})"
 
 
+def _header_value(topic: bytes, stream_id: bytes, number: int) -> bytes:
+    """The DER value of the header attribute: an OCTET STRING holding the header's digest."""
+    return der.encode(0x04, header_digest(topic, stream_id, number))
+
+
+def header_attribute(topic: bytes, stream_id: bytes, number: int) -> bytes:
+    """The signed attribute that binds an announcement's header (topic, stream id, epoch or generation) to its
+    signature (docs/PROTOCOL.md §4.3)."""
+    return signed.attribute(HEADER_ATTRIBUTE, _header_value(topic, stream_id, number))
+
+
 def make_announcement(
     stream: str | bytes,
     stream_id: bytes,
@@ -117,7 +130,7 @@ def make_announcement(
     topic = topic_for(stream, ANNOUNCEMENT)
     record = encode_key_record(stream_name(topic), stream_id, epoch, key)
     envelope = enveloped.envelope(record, recipients)
-    signature = signed.sign(envelope, credential, clock=clock)
+    signature = signed.sign(envelope, credential, clock=clock, attributes=[header_attribute(topic, stream_id, epoch)])
     return Announcement(topic, stream_id, epoch, envelope, signature)
 
 
@@ -134,7 +147,8 @@ def make_group_announcement(
     topic = group_topic(stream, group.tag)
     record = encode_group_record(stream_name(topic), stream_id, group.tag, group.generation, group.key)
     envelope = enveloped.envelope(record, members)
-    signature = signed.sign(envelope, credential, clock=clock)
+    signature = signed.sign(envelope, credential, clock=clock,
+                            attributes=[header_attribute(topic, stream_id, group.generation)])
     return GroupAnnouncement(topic, stream_id, group.generation, envelope, signature)
 
 
@@ -168,7 +182,7 @@ def make_tree_announcement(
     record = encode_tree_record(stream_name(topic), stream_id, to, generation,
                                 [(k.tag, k.generation, k.key) for k in keys], derived)
     envelope = enveloped.envelope(record, recipients)
-    signature = signed.sign(envelope, credential, clock=clock)
+    signature = signed.sign(envelope, credential, clock=clock, attributes=[header_attribute(topic, stream_id, generation)])
     return TreeAnnouncement(topic, stream_id, generation, envelope, signature)
 
 
@@ -180,9 +194,18 @@ def verify_announcement(
     crl: CrlPolicy = CrlPolicy.REQUIRE,
     at: dt.datetime | None = None,
 ) -> Publisher:
-    """Check the announcement's signature and its signer's certificate; return the publisher."""
+    """Check the announcement's signature and its signer's certificate; return the publisher.
+
+    The header the signature carries is compared with the frame's first, before any signature math: a genuine
+    announcement re-sent under another header costs a parse (required from version 2; checked when present)."""
+    number = announcement.epoch if isinstance(announcement, Announcement) else announcement.generation
+    header = {HEADER_ATTRIBUTE: _header_value(announcement.topic, announcement.stream_id, number)}
     try:
-        verified = signed.verify_signature(announcement.signature, announcement.envelope)
+        verified = signed.verify_signature(announcement.signature, announcement.envelope, attributes=header,
+                                           required=announcement.version >= 2)
+    except cms.AttributeMismatch as exc:
+        raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, f"announcement header not the signed one: {exc}") \
+            from None
     except cms.CmsError as exc:
         raise AnnouncementRejected(exc.reason, f"announcement signature: {exc}", Scope.ANNOUNCEMENT) from None
     try:

@@ -1,4 +1,4 @@
-"""The wire codec of protocol v1 (docs/PROTOCOL.md §3): ZeroMQ multipart messages <-> typed frames.
+"""The wire codec of protocol v2 (docs/PROTOCOL.md §3): ZeroMQ multipart messages <-> typed frames.
 
 Pure and keyless: it knows nothing of sockets or keys.  Every ZeroMQ message
 is two parts, a topic and a msgpack body::
@@ -8,9 +8,9 @@ is two parts, a topic and a msgpack body::
     topic = stream name || 0x00 || R               R run frame (where this publisher run comes from)
     topic = stream name || 0x00 || T || tag || .   T key tree announcement, tag = 0..32 ASCII bits
     D body = [1, stream_id, epoch, seq, ciphertext]
-    K body = [1, stream_id, epoch, envelope, signature]
-    G body = [1, stream_id, generation, envelope, signature]
-    T body = [1, stream_id, generation, envelope, signature]
+    K body = [2, stream_id, epoch, envelope, signature]        (version 1 still read)
+    G body = [2, stream_id, generation, envelope, signature]   (version 1 still read)
+    T body = [2, stream_id, generation, envelope, signature]   (version 1 still read)
     S body = [1, stream_id, first_seq, digests, signature]
     R body = [1, stream_id, previous_stream_id, previous_last_seq, signature]
 
@@ -28,6 +28,8 @@ import msgpack
 from zmqsec.errors import RejectReason, ZmqsecError
 
 from .primitives import (
+    ANNOUNCEMENT_VERSION,
+    ANNOUNCEMENT_VERSIONS,
     DIGEST_BYTES,
     MAX_ANNOUNCEMENT_FRAME,
     MAX_CHECKPOINT_DIGESTS,
@@ -50,7 +52,7 @@ _TAG_END = b"."
 
 
 class FrameError(ZmqsecError):
-    """A ZeroMQ message is not a valid v1 frame; ``reason`` says which rule it broke."""
+    """A ZeroMQ message is not a valid frame; ``reason`` says which rule it broke."""
 
     def __init__(self, reason: RejectReason, message: str) -> None:
         super().__init__(message)
@@ -77,6 +79,7 @@ class Announcement:
     epoch: int
     envelope: bytes  # DER CMS EnvelopedData of the key record
     signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+    version: int = ANNOUNCEMENT_VERSION  # 2: ``signature`` signs the header too (docs/PROTOCOL.md §4.3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +107,7 @@ class GroupAnnouncement:
     generation: int
     envelope: bytes  # DER CMS EnvelopedData of the group key record, one KeyTransRecipientInfo per member
     signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+    version: int = ANNOUNCEMENT_VERSION
 
     @property
     def tag(self) -> bytes:
@@ -133,6 +137,7 @@ class TreeAnnouncement:
     generation: int  # the update that made the first key it carries
     envelope: bytes  # DER CMS EnvelopedData of a tree key record
     signature: bytes  # DER CMS SignedData, detached, over ``envelope``
+    version: int = ANNOUNCEMENT_VERSION
 
     @property
     def tag(self) -> bytes:
@@ -212,9 +217,9 @@ def encode(frame: Frame) -> list[bytes]:
     if isinstance(frame, DataFrame):
         return encode_data(frame.topic, frame.stream_id, frame.epoch, frame.seq, frame.ciphertext)
     if isinstance(frame, Announcement):
-        body = [VERSION, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
+        body = [frame.version, frame.stream_id, frame.epoch, frame.envelope, frame.signature]
     elif isinstance(frame, (GroupAnnouncement, TreeAnnouncement)):
-        body = [VERSION, frame.stream_id, frame.generation, frame.envelope, frame.signature]
+        body = [frame.version, frame.stream_id, frame.generation, frame.envelope, frame.signature]
     elif isinstance(frame, RunFrame):
         body = [VERSION, frame.stream_id, frame.previous_stream_id, frame.previous_last_seq, frame.signature]
     else:
@@ -268,8 +273,10 @@ def decode(parts: list[bytes]) -> Frame:
         raise FrameError(RejectReason.BAD_MSGPACK, "frame body is not valid msgpack") from None
     if not isinstance(fields, list) or not fields:
         raise FrameError(RejectReason.BAD_MSGPACK, "frame body is not a msgpack array")
-    if fields[0] != VERSION or type(fields[0]) is not int:
-        raise FrameError(RejectReason.UNKNOWN_VERSION, f"frame version {fields[0]!r} unsupported (this is v{VERSION})")
+    versions = ANNOUNCEMENT_VERSIONS if kind in (ANNOUNCEMENT, GROUP, TREE) else (VERSION,)
+    if type(fields[0]) is not int or fields[0] not in versions:
+        raise FrameError(RejectReason.UNKNOWN_VERSION,
+                         f"{kind.decode()} frame version {fields[0]!r} unsupported (this reads {versions})")
     if len(fields) != 5:
         raise FrameError(RejectReason.BAD_MSGPACK, f"frame body has {len(fields)} fields, expected 5")
     stream_id = _bin(fields[1], "stream_id", size=STREAM_ID_BYTES)
@@ -281,7 +288,7 @@ def decode(parts: list[bytes]) -> Frame:
                       TREE: (TreeAnnouncement, MAX_GENERATION)}[kind]
         return cls(topic, stream_id, _uint(fields[2], limit, "epoch" if kind == ANNOUNCEMENT else "generation"),
                    _bin(fields[3], "envelope", limit=MAX_ANNOUNCEMENT_FRAME),
-                   _bin(fields[4], "signature", limit=1024 * 1024))
+                   _bin(fields[4], "signature", limit=1024 * 1024), fields[0])
     if kind == RUN:
         previous = _bin(fields[2], "previous_stream_id", limit=STREAM_ID_BYTES)
         if len(previous) not in (0, STREAM_ID_BYTES):

@@ -13,7 +13,11 @@ import struct
 
 import msgpack
 
-VERSION = 1
+VERSION = 1  # data, checkpoint and run frames, and the records inside envelopes
+ANNOUNCEMENT_VERSION = 2  # K, G and T frames: their header is a signed attribute (docs/PROTOCOL.md §4.3)
+ANNOUNCEMENT_VERSIONS = (1, 2)  # what a reader accepts (a version 1 header is bound only by the key record)
+# The signed attribute that carries an announcement's header (a UUID OID, X.667 2.25)
+HEADER_ATTRIBUTE = "2.25.231158218096122888960557104531058619953"
 
 STREAM_ID_BYTES = 16
 KEY_BYTES = 32  # AES-256-GCM
@@ -45,6 +49,8 @@ LABEL_GROUP_KEY_CHECK = b"zmqsec/v1/group-key-check"
 LABEL_RUN = b"zmqsec/v1/run"
 LABEL_TREE_KEY_CHECK = b"zmqsec/v1/tree-key-check"
 LABEL_TREE_DERIVE = b"zmqsec/v1/tree-derive"
+LABEL_HEADER = b"zmqsec/v2/announcement-header"
+HEADER_DIGEST_BYTES = 16
 
 MAX_GROUP_BITS = 16  # a group tag is 0..16 bits of the reader certificate's SHA-256
 MAX_GENERATION = 2**32 - 1
@@ -79,6 +85,13 @@ def frame_digest(topic: bytes, body: bytes) -> bytes:
 def checkpoint_signing_input(topic: bytes, stream_id: bytes, first_seq: int, digests: bytes) -> bytes:
     """The bytes the publisher signs for a checkpoint."""
     return LABEL_CHECKPOINT + _AAD.pack(len(topic)) + topic + stream_id + _SEQ.pack(first_seq) + digests
+
+
+def header_digest(topic: bytes, stream_id: bytes, number: int) -> bytes:
+    """What an announcement's header attribute holds (docs/PROTOCOL.md §4.3): the first 16 bytes of
+    SHA-256(label || len(topic) || topic || stream id || epoch or generation)."""
+    data = LABEL_HEADER + _AAD.pack(len(topic)) + topic + stream_id + struct.pack(">I", number)
+    return hashlib.sha256(data).digest()[:HEADER_DIGEST_BYTES]
 
 
 def run_signing_input(topic: bytes, stream_id: bytes, previous: bytes, previous_last_seq: int) -> bytes:
