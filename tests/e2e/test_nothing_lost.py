@@ -11,6 +11,7 @@ import pytest
 
 from kit import daemons, ports
 from zmqsec.drivers.spool import IncomingSpool
+from zmqsec.keys.registry import ReaderRegistry
 
 
 def _count(site, name) -> int:
@@ -212,3 +213,46 @@ def test_records_past_retention_are_reported_as_an_unrecoverable_gap_with_their_
     assert sorted(_numbers(daemons.bodies(site, "portal"))) == list(range(10)) + list(range(110, 120))
     log = (d / "portal.log").read_text()
     assert "records 11..110 are in no replay server's journal" in log and "ERROR" in log
+
+
+@pytest.mark.timeout(300)
+def test_in_tree_mode_a_reader_away_across_a_publisher_restart_reads_the_old_run_and_a_revoked_one_nothing(site):
+    """Key tree mode (§4.6): the publisher journals each update's root, sealed; a reader that comes back after its
+    publisher was killed and restarted asks the new run's replay server for the old run's roots, and stores every
+    record once.  A reader revoked while it was away gets no roots, and no record after its revocation."""
+    d = site.dir
+    endpoint, replay = ports.tcp_endpoint(), ports.tcp_endpoint()
+    logs = [d / "publisher.log", d / "portal.log", d / "central.log"]
+    tree = {"rotation_mode": "tree", "max_messages": 50}  # epochs of 50 records: K frames of several roots
+    pub = _journaled_publisher(site, endpoint, replay, **tree)
+    readers = [daemons.subscriber(site, n, endpoint, replay=replay) for n in ("portal", "central")]
+    try:
+        daemons.wait(lambda: all(daemons.status(site, n).get("epoch") for n in ("portal", "central")), what="keys",
+                     logs=logs)
+        daemons.feed(site, 100)
+        daemons.wait(lambda: all(len(daemons.bodies(site, n)) == 100 for n in ("portal", "central")),
+                     what="the first 100 at both", logs=logs)
+        daemons.stop(*readers)  # both away from here on
+        daemons.feed(site, 100, start=100)
+        daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 200, what="200 published", logs=logs)
+        ReaderRegistry(site.registry_dir).remove(site.dn("central"))  # revoked while away: a tree update
+        daemons.wait(lambda: daemons.status(site, "publisher").get("readers") == 3, what="the revocation", logs=logs)
+        daemons.feed(site, 100, start=200)
+        daemons.wait(lambda: daemons.status(site, "publisher").get("sent") == 300, what="300 published", logs=logs)
+        pub.send_signal(signal.SIGKILL)  # the run ends while its readers are away
+        pub.wait()
+        (d / "publisher.json").unlink(missing_ok=True)
+        pub = _journaled_publisher(site, endpoint, replay, **tree)
+        readers = [daemons.subscriber(site, n, endpoint, replay=replay) for n in ("portal", "central")]
+        daemons.feed(site, 100, start=300)  # the new run, live
+        daemons.wait(lambda: len(daemons.bodies(site, "portal")) == 400, timeout=90, what="portal: all 400",
+                     logs=logs)
+        time.sleep(2)  # what central could still get, it would get by now (its roots requests are refused at once)
+    finally:
+        daemons.stop(pub, *readers)
+    portal = _numbers(daemons.bodies(site, "portal"))
+    assert len(portal) == 400 and sorted(portal) == list(range(400))  # every record once
+    status = daemons.status(site, "portal")
+    assert status["unrecoverable"] == 0 and status["gaps"] == 0 and status["roots"] >= 1
+    assert sorted(_numbers(daemons.bodies(site, "central"))) == list(range(100))  # nothing after it left
+    assert "not-a-reader" in (d / "central.log").read_text()

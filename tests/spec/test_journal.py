@@ -445,6 +445,29 @@ def test_frames_older_than_max_age_are_dropped(pki, tmp_path):
     assert (info.last_seq, info.first_available, info.last_available) == (10, 11, 10)
 
 
+def test_a_sealed_root_record_stays_while_its_run_has_data_frames(pki, tmp_path):
+    """Key tree mode (§10.3): the roots let a reader open the run's epochs from the journal, so they go only with
+    the run's last data frame, however old they are."""
+    from zmqsec.drivers.roots import RootArchive
+    from zmqsec.protocol.rootarchive import RootRecord
+
+    clock = _Clock(1000.0)
+    sender = _sender(pki, checkpoint_max=5)
+    journal = Journal(tmp_path, max_age=50.0, clock=clock)
+    journal.open_run(STREAM, sender.stream_id, None)
+    RootArchive(journal, STREAM, sender.stream_id).add(RootRecord(1, b"", bytes(32), (bytes(32),), ()))
+    recorder = Recorder(lambda parts: None, journal)
+    _record(recorder, _stream(sender, 5), sender.stream_id)  # written at 1000, with the root record
+    clock.now = 1040.0
+    _record(recorder, _stream(sender, 5), sender.stream_id)
+    clock.now = 1060.0
+    journal.expire()
+    assert [g for g, _ in JournalReader(tmp_path).roots(sender.stream_id)] == [1]  # older than 50 s, still needed
+    clock.now = 1100.0
+    journal.expire()
+    assert JournalReader(tmp_path).roots(sender.stream_id) == [] and journal.count() == 0
+
+
 def test_an_announcement_stays_while_frames_of_its_epoch_are_kept(pki, tmp_path):
     """Replay serves a kept data frame with its epoch's announcement (§10.4); the announcement was written when
     the epoch began and is re-sent, the same bytes, with every re-announcement: it must not expire first."""

@@ -130,7 +130,8 @@ def test_a_reader_that_missed_an_update_asks_for_its_path_and_catches_up(pki, re
     events += feed(receiver, [m for m in _reaching(reader, rekey) if m not in lost], 1.0)
     events += feed(receiver, _reaching(reader, publish(sender, 3, 1.1, start=3)), 1.1)
     asked = receiver.tick(1.5)
-    assert [e for e in asked if isinstance(e, CatchUp)] == [CatchUp(b"apel.jobs", sender.stream_id)]
+    # The epoch announcement waits for the root of update 2: the driver asks for it too (a roots request, §10.4)
+    assert [e for e in asked if isinstance(e, CatchUp)] == [CatchUp(b"apel.jobs", sender.stream_id, 2)]
     # The driver subscribes to its leaf topic anew: the publisher answers with the reader's path.
     answer = _paths(sender, [reader], 1.6)
     events += asked + feed(receiver, _reaching(reader, answer), 1.6) + receiver.tick(1.7)

@@ -20,12 +20,12 @@ from zmqsec.protocol import frames
 from zmqsec.protocol import replay as codec
 from zmqsec.protocol.checkpoint import run_valid, sign_run
 from zmqsec.protocol.primitives import run_signing_input
-from zmqsec.protocol.replay import Cancel, Credit, End, Error, ReplayMessageError, Request
+from zmqsec.protocol.replay import Cancel, Credit, End, Error, ReplayMessageError, Request, Roots
 
 FUZZ = settings(max_examples=500, deadline=None)
 RUN = bytes(range(16))
 VECTORS = json.loads((paths.VECTORS / "replay.json").read_text())["vectors"]
-MESSAGE_TYPES = {"request": Request, "credit": Credit, "cancel": Cancel, "end": End, "error": Error}
+MESSAGE_TYPES = {"request": Request, "credit": Credit, "cancel": Cancel, "end": End, "error": Error, "roots": Roots}
 
 
 def _pack(*fields) -> bytes:
@@ -188,8 +188,9 @@ def test_malformed_server_messages_are_refused(data):
 # -- arbitrary input ---------------------------------------------------------------------------
 
 _field = st.one_of(st.integers(-2**63, 2**64 - 1), st.binary(max_size=40), st.text(max_size=12), st.none(),
-                   st.booleans(), st.floats(allow_nan=False), st.sampled_from([RUN, b"apel.jobs", b"0101", 1, 0]))
-_kind = st.sampled_from(["request", "credit", "cancel", "frame", "end", "error", "x"])
+                   st.booleans(), st.floats(allow_nan=False),
+                   st.sampled_from([RUN, b"apel.jobs", b"0101", b"01" * 128, 1, 0]))
+_kind = st.sampled_from(["request", "credit", "cancel", "roots", "frame", "end", "error", "x"])
 
 
 @FUZZ
@@ -199,7 +200,7 @@ def test_decode_client_on_arbitrary_bytes_raises_only_replay_message_error(data)
         message = codec.decode_client(data)
     except ReplayMessageError:
         return
-    assert isinstance(message, (Request, Credit, Cancel))
+    assert isinstance(message, (Request, Credit, Cancel, Roots))
 
 
 @FUZZ
@@ -214,6 +215,8 @@ def test_structured_garbage_is_refused_or_is_a_valid_message(version, kind, rid,
     assert codec.encode(message) == data  # nothing accepted that the codec would not write itself
     if isinstance(message, Request):
         assert len(message.run) == 16 and message.first >= 1 and (message.last == 0 or message.last >= message.first)
+    if isinstance(message, Roots):
+        assert len(message.run) == 16 and len(message.bits) == 256 and not message.bits.strip(b"01")
 
 
 @FUZZ
@@ -292,7 +295,7 @@ def test_vector(vector):
 def test_every_verdict_and_message_is_exercised():
     assert {v["expect"] for v in VECTORS} == {"success", "bad-run", "bad-request", "bad-field"}
     described = {v["message"]["type"] for v in VECTORS if "message" in v}
-    assert described == {"request", "credit", "cancel", "end", "error", "frame"}
+    assert described == {"request", "credit", "cancel", "end", "error", "frame", "roots"}
 
 
 def test_the_vector_file_holds_what_its_generator_builds():

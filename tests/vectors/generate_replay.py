@@ -31,6 +31,7 @@ STREAM = b"apel.jobs"
 STREAM_ID = bytes.fromhex("00112233445566778899aabbccddeeff")
 PREVIOUS = bytes.fromhex("ffeeddccbbaa99887766554433221100")
 TAGS = b"0110100111000101"
+BITS = (TAGS * 16)[:256]  # a reader's key tree bits, in a roots request
 
 
 def _hex(parts):
@@ -72,6 +73,7 @@ def message_vectors() -> list[dict]:
         ("request-one-frame", codec.Request(0, b"s", STREAM_ID, 5, 5, b"0", 0)),
         ("credit-ok", codec.Credit(7, 256)),
         ("cancel-ok", codec.Cancel(7)),
+        ("roots-ok", codec.Roots(8, STREAM, STREAM_ID, BITS, 3)),
     ]
     vectors = [{"name": name, "kind": "replay-client", "expect": "success", "bytes": codec.encode(m).hex(),
                 "message": _described(m)} for name, m in good]
@@ -80,6 +82,8 @@ def message_vectors() -> list[dict]:
         ("end-nothing-held", codec.End(3, 0, 0, 0)),
         ("error-unknown-run", codec.Error(7, codec.UNKNOWN_RUN, "run 00112233445566778899aabbccddeeff is not in this journal")),
         ("error-busy", codec.Error(9, codec.BUSY, "")),
+        ("error-no-keys", codec.Error(8, codec.NO_KEYS, "this server keeps no keys (an archive)")),
+        ("error-not-a-reader", codec.Error(8, codec.NOT_A_READER, "")),
     ]
     vectors += [{"name": name, "kind": "replay-server", "expect": "success", "bytes": codec.encode(m).hex(),
                  "message": _described(m)} for name, m in servers]
@@ -115,6 +119,11 @@ def message_vectors() -> list[dict]:
         ("refuse-tags-not-bits", _pack(1, "request", 7, STREAM, STREAM_ID, 1, 0, b"012", 512)),
         ("refuse-tags-17-bits", _pack(1, "request", 7, STREAM, STREAM_ID, 1, 0, b"0" * 17, 512)),
         ("refuse-tags-text", _pack(1, "request", 7, STREAM, STREAM_ID, 1, 0, "01", 512)),
+        ("refuse-roots-255-bits", _pack(1, "roots", 8, STREAM, STREAM_ID, BITS[:255], 3)),
+        ("refuse-roots-bits-not-bits", _pack(1, "roots", 8, STREAM, STREAM_ID, BITS[:255] + b"2", 3)),
+        ("refuse-roots-generation-negative", _pack(1, "roots", 8, STREAM, STREAM_ID, BITS, -1)),
+        ("refuse-roots-arity", _pack(1, "roots", 8, STREAM, STREAM_ID, BITS)),
+        ("refuse-roots-run-15-bytes", _pack(1, "roots", 8, STREAM, STREAM_ID[:15], BITS, 3)),
         ("refuse-credit-negative", _pack(1, "credit", 7, -1)),
         ("refuse-credit-too-big", _pack(1, "credit", 7, codec.MAX_CREDIT + 1)),
         ("refuse-over-1-kib", _pack(1, "request", 7, STREAM, STREAM_ID, 1, 0, b"", 512, b"x" * 1000)),

@@ -8,6 +8,11 @@ and concurrent readers (the replay thread) beside the one writer.  Each row
 also carries the SHA-256 of its frame: a row whose bytes were damaged on
 disk is never served.
 
+In key tree mode the publisher's journal also holds, per run and tree update,
+the update's root key and who joined and left, sealed under its archive key
+(rows of kind 'T', not frames: :mod:`zmqsec.protocol.rootarchive`), written in
+the batch of the epoch announcement wrapped under that root.
+
 One writer per journal (the publisher's or the relay's main thread): frames
 are added to a batch and committed together, synced, with the names of the
 spool items they carry (group commit).  Readers open their own
@@ -66,8 +71,8 @@ class Entry:
     """One frame as the journal indexes it."""
 
     stream_id: bytes
-    kind: str  # D, K, G, S, R
-    seq: int  # D: its seq; S: first seq; K: epoch; G: generation
+    kind: str  # D, K, G, S, R; T: a sealed root record (key tree mode), not a frame
+    seq: int  # D: its seq; S: first seq; K: epoch; G and T: generation
     seq_end: int  # D: its seq; S: last seq covered
     epoch: int  # D and K: the epoch
     kek: bytes  # G: the key id of its group key
@@ -290,7 +295,7 @@ class Journal:
                 f"DELETE FROM frames WHERE kind = 'K' AND {where} AND NOT EXISTS (SELECT 1 FROM frames d "
                 "WHERE d.stream_id = frames.stream_id AND d.kind = 'D' AND d.epoch = frames.epoch)", args).rowcount
             dropped += db.execute(
-                f"DELETE FROM frames WHERE kind IN ('G', 'R') AND {where} AND NOT EXISTS (SELECT 1 FROM frames d "
+                f"DELETE FROM frames WHERE kind IN ('G', 'R', 'T') AND {where} AND NOT EXISTS (SELECT 1 FROM frames d "
                 "WHERE d.stream_id = frames.stream_id AND d.kind = 'D')", args).rowcount
 
         def drop_old(db: sqlite3.Connection) -> None:
@@ -387,6 +392,11 @@ class JournalReader:
         marks = ",".join("?" * len(keks))
         return self._rows(f"SELECT kek, topic, body, digest FROM frames WHERE stream_id = ? AND kind = 'G' "
                           f"AND kek IN ({marks})", (stream_id, *keks))
+
+    def roots(self, stream_id: bytes) -> list[tuple[int, bytes]]:
+        """(generation, sealed record) of the run's key tree roots, in generation order."""
+        return [(g, body) for g, _, body in self._rows("SELECT seq, topic, body, digest FROM frames WHERE stream_id = ? "
+                                                       "AND kind = 'T' ORDER BY seq", (stream_id,))]
 
     def run_frame(self, stream_id: bytes) -> tuple[bytes, bytes] | None:
         """(topic, body) of the run's R frame."""

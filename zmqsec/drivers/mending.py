@@ -20,7 +20,7 @@ import zmq
 from zmqsec.errors import ZmqsecError
 from zmqsec.files import atomic_write
 from zmqsec.machines.positions import Positions
-from zmqsec.machines.receiver import Missing, Restarted, RunLinked, StreamReceiver
+from zmqsec.machines.receiver import CatchUp, Missing, Restarted, RunLinked, StreamReceiver
 from zmqsec.machines.repair import Abandon, Ask, Cancel, Grant, Repairer
 from zmqsec.protocol import replay
 from zmqsec.protocol.replay import ReplayMessageError
@@ -30,6 +30,7 @@ from .replay import ReplayLink
 
 log = logging.getLogger("zmqsec.reader")
 
+ROOTS_IN_FLIGHT = 64  # roots requests awaiting an answer, at most
 QUIET = 5.0  # seconds without a live frame (re-announcements come every second) before asking replay
 
 
@@ -66,6 +67,7 @@ class Mender:
         self.repairer = Repairer(len(endpoints), tags)
         self.counters: collections.Counter = collections.Counter()
         self._requests: set[tuple[int, int]] = set()  # (server, request id) in flight
+        self._roots: dict[tuple[int, int], None] = {}  # the roots requests among them (not the repairer's), bounded
         self._last_live = self._next_probe = time.monotonic()
         for name, run, seq in self.positions.resume():
             receiver.resume(name, run, seq)
@@ -92,6 +94,10 @@ class Mender:
                 for name, run, first, last in self.positions.repairs():
                     if run != event.new_stream_id:
                         self._act(self.repairer.missing(name, run, first, last, now))
+            elif isinstance(event, CatchUp) and event.generation and self.link is not None:
+                # Epoch keys of this run wait for tree roots we do not hold: its publisher's replay server keeps
+                # them (archive relays answer no-keys).  Every server is asked; the answer is a path envelope.
+                self._ask_roots(event.stream, event.stream_id, event.generation)
             elif isinstance(event, RunLinked):
                 for name, run, first, last in self.positions.linked(event.stream, event.stream_id,
                                                                     event.previous_stream_id, event.previous_last_seq):
@@ -102,6 +108,17 @@ class Mender:
                         log.info("stream %s: run %s follows run %s, which is not stored to its end; fetching %d..%d",
                                  name.decode(errors="replace"), event.stream_id.hex(), run.hex(), first, last)
                     self._act(self.repairer.missing(name, run, first, last, now))
+
+    def _ask_roots(self, stream: bytes, run: bytes, generation: int) -> None:
+        for server in range(len(self.link.sockets)):
+            request_id = self.repairer.next_id()
+            self._requests.add((server, request_id))
+            self._roots[(server, request_id)] = None
+            while len(self._roots) > ROOTS_IN_FLIGHT:  # unanswered (a dead server): forget the oldest
+                self._requests.discard(oldest := next(iter(self._roots)))
+                del self._roots[oldest]
+            self.counters["roots-requests"] += 1
+            self.link.send(server, replay.Roots(request_id, stream, run, self.receiver.intake.tree_bits, generation))
 
     def stored(self, stream: bytes, stream_id: bytes, seq: int) -> None:
         """A delivered record is in the incoming spool."""
@@ -121,7 +138,9 @@ class Mender:
             if (server, request_id) not in self._requests:
                 self.counters["replay-unasked"] += 1  # an answer to nothing we asked (or asked of another server)
                 continue
-            if kind == replay.FRAME and len(parts) == 3:
+            if (server, request_id) in self._roots:
+                events += self._roots_answer(server, request_id, kind, fields, parts, now)
+            elif kind == replay.FRAME and len(parts) == 3:
                 self.counters["replayed-frames"] += 1
                 self._act(self.repairer.frame(server, request_id, now))
                 events += self.receiver.frame_received(parts[1:], now, replayed=True)
@@ -133,6 +152,18 @@ class Mender:
                 log.warning("replay server %s: %s (%s)", self.link.endpoints[server], fields[0], fields[1])
                 self._act(self.repairer.error(server, request_id, fields[0], now))
         return events
+
+    def _roots_answer(self, server: int, request_id: int, kind: str, fields: list, parts: list, now: float) -> list:
+        """A server's answer to a roots request: the path envelope (checked like any tree announcement), or why
+        not (an archive relay keeps no keys: expected)."""
+        if kind == replay.FRAME and len(parts) == 3:
+            self.counters["roots-received"] += 1
+            return self.receiver.frame_received(parts[1:], now, replayed=True)
+        self._requests.discard((server, request_id))
+        self._roots.pop((server, request_id), None)
+        if kind == replay.ERROR and fields[0] != replay.NO_KEYS:
+            log.warning("replay server %s: no roots (%s: %s)", self.link.endpoints[server], fields[0], fields[1])
+        return []
 
     def live(self, now: float) -> None:
         """A frame arrived on the live stream (the link is alive)."""

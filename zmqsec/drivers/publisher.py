@@ -21,7 +21,8 @@ from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.registry import ReaderRegistry
 from zmqsec.keys.trust import CrlPolicy
 from zmqsec.machines.subscriptions import MAX_SUBSCRIPTIONS_PER_CONNECTION, SUBSCRIBE
-from zmqsec.machines.sender import Rekeyed, RotationPolicy, Send, StreamSender, Suspended
+from zmqsec.machines.rotation import TREE_MODE
+from zmqsec.machines.sender import Archive, Rekeyed, RotationPolicy, Send, StreamSender, Suspended
 from zmqsec.protocol.frames import ANNOUNCEMENT, CHECKPOINT, DATA, subscription_ok, topic_for
 from zmqsec.protocol.primitives import MAX_XPUB_MESSAGE, STREAM_ID_BYTES
 
@@ -29,6 +30,7 @@ from . import gate
 from .curve import CurveServer, apply_server
 from .gate import SubscriptionGate
 from .journal import Journal, JournalError
+from .roots import RootArchive, RootServer
 from .recorder import Recorder
 from .refusals import RefusalLog
 from .replay import ReplayServer
@@ -79,7 +81,9 @@ class Publisher:
             name = stream.encode()
             previous = journal.last_run(name)  # the run before this one (docs/PROTOCOL.md §10.2)
             journal.open_run(name, stream_id, previous)
-        self.sender = StreamSender(stream, credential, self._watch.load(), policy or RotationPolicy(),
+        policy = policy or RotationPolicy()
+        self._archive = RootArchive(journal, stream.encode(), stream_id) if journal and policy.mode == TREE_MODE else None
+        self.sender = StreamSender(stream, credential, self._watch.load(), policy,
                                    stream_id=stream_id, previous=previous)
         self._registry = RegistryThread(self._watch, watch_interval)
         self.last_rekey_seconds = 0.0  # CPU time of the last rekey, for status files
@@ -102,8 +106,9 @@ class Publisher:
         if replay_endpoints:
             if journal is None:
                 raise ZmqsecError("a replay endpoint needs a journal to serve (--journal DIR)")
+            roots = RootServer(journal.directory, credential, lambda: self.sender.readers, transport=policy.transport)
             self.replay = ReplayServer(journal.directory, list(replay_endpoints), context=self._context,
-                                       curve=curve).start()
+                                       curve=curve, roots=roots).start()
         self._next_watch = 0.0
         self._next_expiry = 0.0
         # Subscriptions that receive the key announcements (verbose XPUB: one per subscriber and topic).  A reader
@@ -139,6 +144,9 @@ class Publisher:
                          self.sender.stream, action.epoch, action.readers,
                          f" in {action.groups} groups" if action.groups else "", action.cause.value,
                          action.announcement_bytes)
+            elif isinstance(action, Archive):
+                if self._archive is not None:
+                    self._archive.add(action.record)
             elif isinstance(action, Suspended):
                 log.warning("stream %s: %s", self.sender.stream, action.reason)
 

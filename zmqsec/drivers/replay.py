@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from zmqsec.protocol import replay
-from zmqsec.protocol.replay import Cancel, Credit, End, Error, ReplayMessageError, Request
+from zmqsec.protocol.replay import Cancel, Credit, End, Error, ReplayMessageError, Request, Roots
 
 from .curve import CurveClient, CurveServer, apply_client, apply_server
 from .journal import JournalReader
@@ -55,7 +55,7 @@ class ReplayServer:
     """Serves replay from a journal directory on ``endpoints`` until :meth:`stop`."""
 
     def __init__(self, journal_dir, endpoints: list[str], *, context: zmq.Context | None = None,
-                 curve: CurveServer | None = None, clock=time.monotonic) -> None:
+                 curve: CurveServer | None = None, clock=time.monotonic, roots=None) -> None:
         self._ctx = context or zmq.Context.instance()
         self._journal_dir, self._clock = journal_dir, clock
         self.socket = self._ctx.socket(zmq.ROUTER)
@@ -69,6 +69,7 @@ class ReplayServer:
             bind(self.socket, endpoint)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
         self._serving: dict[tuple[bytes, int], _Serving] = {}
+        self._roots = roots  # zmqsec.drivers.roots.RootServer: the publisher's, which holds the run's tree roots
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = collections.Counter()
@@ -139,7 +140,26 @@ class ReplayServer:
         if isinstance(message, Cancel):
             self._serving.pop(key, None)
             return
+        if isinstance(message, Roots):
+            self._answer_roots(client, message, reader)
+            return
         self._start(client, message, reader)
+
+    def _answer_roots(self, client: bytes, request: Roots, reader: JournalReader) -> None:
+        """A path envelope with the roots of a past run the reader is entitled to, then the end; or an error."""
+        self.stats["roots-requests"] += 1
+        answer = (self._roots.answer(reader, request) if self._roots is not None
+                  else Error(request.id, replay.NO_KEYS, "this server keeps no keys (an archive)"))
+        if isinstance(answer, Error):
+            self._reply(client, answer)
+            return
+        try:
+            self.socket.send_multipart([client, replay.frame_header(request.id), *answer], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            self.stats["replies-dropped"] += 1
+            return
+        self.stats["roots-answered"] += 1
+        self._reply(client, End(request.id, 0, 0, 0))
 
     def _start(self, client: bytes, request: Request, reader: JournalReader) -> None:
         clients = {c for c, _ in self._serving}

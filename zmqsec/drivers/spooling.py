@@ -161,6 +161,7 @@ class SpoolReader:
                 "lag": len(self._unstored) + self.subscriber.receiver.held,
                 "held_bytes": self.subscriber.receiver.held_bytes,
                 "repairs": mender.counters.get("repairs", 0), "repaired": mender.counters.get("replayed-frames", 0),
+                "roots": mender.counters.get("roots-received", 0),
                 "unrecoverable": mender.counters.get("unrecoverable", 0), "spool_full": self._full_until > 0,
                 "endpoints": self.subscriber.links.status()}
 

@@ -25,6 +25,7 @@ from zmqsec.protocol.announce import GroupKey, make_group_announcement
 from zmqsec.protocol.frames import GROUP, encode
 from zmqsec.protocol.groups import group_bits, partition
 from zmqsec.protocol.primitives import KEY_BYTES, MAX_GENERATION
+from zmqsec.protocol.rootarchive import RootRecord
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Wrapping:
     announcements: list[list[bytes]]
     recipients: list[Recipient]
     kind: bytes = GROUP
+    archive: RootRecord | None = None  # key tree mode: the update's root and who joined and left, to journal
 
 
 class KeyDistribution(Protocol):

@@ -111,11 +111,13 @@ class TreeKeysAccepted:
 
 @dataclass(frozen=True)
 class CatchUp:
-    """We miss keys of our key tree path (an update went by while we were away): ask the publisher for our path
-    again, by subscribing to our leaf topic anew (docs/PROTOCOL.md §4.6)."""
+    """We miss keys of our key tree path (an update went by while we were away, or the run's publisher is gone):
+    ask the publisher for our path again, by subscribing to our leaf topic anew, and its replay server for the
+    run's roots from ``generation`` on (0: no epoch announcement waits for a root) (docs/PROTOCOL.md §4.6)."""
 
     stream: bytes
     stream_id: bytes
+    generation: int = 0
 
 
 Event = (Delivered | Rejected | Gap | Missing | Restarted | KeyAccepted | GroupKeyAccepted | RunLinked

@@ -9,6 +9,8 @@ from collections import OrderedDict
 
 import msgpack
 
+from zmqsec.crypto import cms, enveloped
+
 from zmqsec.protocol.announce import GroupKey, TreeKeys
 from zmqsec.protocol.datacipher import DataKey
 from zmqsec.protocol.frames import Announcement, GroupAnnouncement, TreeAnnouncement, encode
@@ -122,6 +124,19 @@ class Keyring:
             return False
         self.tree_wanted, self.tree_asked = None, now
         return True
+
+    def wanted_root(self) -> int:
+        """The lowest generation of the tree roots that the epoch announcements waiting for a key are wrapped
+        under (0: none waits; a missed update of our path is what we miss)."""
+        wanted = []
+        for frame, _, _ in self._awaiting_group:
+            try:
+                kek_ids = enveloped.recipients(frame.envelope).kek_ids
+            except cms.CmsError:
+                continue
+            # An epoch envelope in tree mode is wrapped under the root only: t<its tag>.<generation>
+            wanted += [int(g) for k in kek_ids if k[:1] == b"t" and (g := k.rpartition(b".")[2]).isdigit()]
+        return min(wanted, default=0)
 
     def tree_key_ids(self) -> set[bytes]:
         """The KEK ids of the key tree keys held."""

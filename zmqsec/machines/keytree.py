@@ -18,6 +18,7 @@ from zmqsec.keys.registry import ReaderSet
 from zmqsec.protocol.announce import make_tree_announcement
 from zmqsec.protocol.frames import TREE, encode, topic_for
 from zmqsec.protocol.primitives import MAX_TREE_BITS
+from zmqsec.protocol.rootarchive import RootRecord
 from zmqsec.protocol.tree import KeyTree, tree_bits
 
 from .distribution import Wrapping
@@ -61,8 +62,10 @@ class TreeDistribution:
             update = self.tree.change({fp: tree_bits(fp) for fp in joined}, left)
         except ValueError as exc:
             raise ZmqsecError(f"stream {self.stream.decode(errors='replace')}: {exc}; restart the publisher") from None
-        out = []
+        out, archive = [], None
         if update is not None:
+            archive = RootRecord(update.generation, update.root.tag, update.root.key, tuple(bytes.fromhex(fp) for fp in joined),
+                                 tuple(bytes.fromhex(fp) for fp in left))
             for fp in left:
                 del self._readers[fp]
                 bits = self.tree_bits_of.pop(fp)
@@ -80,7 +83,7 @@ class TreeDistribution:
                     self.stream, self.stream_id, wrap.under.tag, [wrap.carried], wrap.derived,
                     [Kek(wrap.under.kek_id, wrap.under.key)], self.credential, clock=self.wall_clock)))
         root = self.tree.key_of(self.tree.root)
-        return Wrapping(out, [Kek(root.kek_id, root.key)], kind=TREE)
+        return Wrapping(out, [Kek(root.kek_id, root.key)], kind=TREE, archive=archive)
 
     def subscribed(self, topics: list[bytes]) -> None:
         """Subscriptions arrived: a reader's leaf topic (exactly) owes its path envelope."""

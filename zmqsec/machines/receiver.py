@@ -143,7 +143,7 @@ class StreamReceiver:
         events: list[Event] = []
         for run in list(self.runs.runs.values()):
             if run.keyring.catch_up_due(now):
-                events.append(CatchUp(run.name, run.stream_id))
+                events.append(CatchUp(run.name, run.stream_id, run.keyring.wanted_root()))
             events += run.sequencer.expire(now)
             events += [Rejected(RejectReason.NOT_A_RECIPIENT, f"epoch {frame.epoch}: wrapped only for reader groups "
                                 "whose keys we do not hold (not authorized, or revoked)", run.stream_id)

@@ -95,6 +95,10 @@ class Repairer:
         """Ranges being repaired."""
         return len(self._wants)
 
+    def next_id(self) -> int:
+        """A request id none of the repairer's requests uses (for a request it does not track: roots)."""
+        return next(self._ids)
+
     def _ask(self, want: _Want, now: float) -> list[Action]:
         self._wants.pop(want.request_id, None)
         want.request_id, want.asked_at, want.heard_at, want.consumed, want.retry_at = next(self._ids), now, now, 0, None

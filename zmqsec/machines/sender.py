@@ -39,6 +39,7 @@ from zmqsec.protocol.frames import (
     topic_for,
 )
 from zmqsec.protocol.primitives import KEY_BYTES, MAX_EPOCH, MAX_PAYLOAD, STREAM_ID_BYTES, frame_digest
+from zmqsec.protocol.rootarchive import RootRecord
 
 from .checkpoints import Checkpointer
 from .distribution import KeyDistribution, ReaderGroups, SingleEnvelope
@@ -83,13 +84,21 @@ class Rekeyed:
 
 
 @dataclass(frozen=True, slots=True)
+class Archive:
+    """Key tree mode: journal this update's sealed root record before the frames that follow (docs/PROTOCOL.md
+    §10.3), so that a reader can be given the run's roots later."""
+
+    record: RootRecord
+
+
+@dataclass(frozen=True, slots=True)
 class Suspended:
     """Publishing stopped: no key may be used until the reader set changes."""
 
     reason: str
 
 
-Action = Send | Rekeyed | Suspended
+Action = Send | Rekeyed | Suspended | Archive
 
 
 @dataclass
@@ -176,6 +185,7 @@ class StreamSender:
         self._reannounce.epoch_sent(now)
         out: list[Action] = ([Send(wrapping.kind, m) for m in wrapping.announcements]
                              + [Send(ANNOUNCEMENT, announcement)])
+        archived: list[Action] = [Archive(wrapping.archive)] if wrapping.archive is not None else []
         emitted = sum(len(p) for a in out for p in a.parts)
         s = self.stats
         s.epoch, s.readers, s.rekeys, s.announcements = number, len(self.readers), s.rekeys + 1, s.announcements + 1
@@ -185,7 +195,7 @@ class StreamSender:
             s.tree_messages += len(wrapping.announcements)
         else:
             s.group_rekeys += len(wrapping.announcements)
-        return out + [Rekeyed(number, len(self.readers), len(groups), cause, emitted)]
+        return archived + out + [Rekeyed(number, len(self.readers), len(groups), cause, emitted)]
 
     def _suspend(self, reason: str) -> list[Action]:
         """Forget the key: nobody may read what would be published now."""

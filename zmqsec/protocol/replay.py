@@ -14,18 +14,21 @@ import msgpack
 
 from zmqsec.errors import ZmqsecError
 
-from .primitives import MAX_GROUP_BITS, MAX_SEQ, MAX_TOPIC_BYTES, STREAM_ID_BYTES, VERSION
+from .primitives import MAX_GENERATION, MAX_GROUP_BITS, MAX_SEQ, MAX_TOPIC_BYTES, STREAM_ID_BYTES, VERSION
 
 MAX_REQUEST_BYTES = 1024
 MAX_CREDIT = 1 << 20
 MAX_ID = 2**32 - 1
 MAX_REASON = 256
 
-REQUEST, CREDIT, CANCEL = "request", "credit", "cancel"
+REQUEST, CREDIT, CANCEL, ROOTS = "request", "credit", "cancel", "roots"
 FRAME, END, ERROR = "frame", "end", "error"
 
 # error reasons
 BAD_REQUEST, UNKNOWN_RUN, BUSY = "bad-request", "unknown-run", "busy"
+NO_KEYS, NOT_A_READER = "no-keys", "not-a-reader"  # answers to a roots request
+
+TREE_BITS = 256  # a reader's key tree bits (docs/PROTOCOL.md §4.6), as a roots request names it
 
 
 class ReplayMessageError(ZmqsecError):
@@ -48,6 +51,19 @@ class Request:
     last: int
     tags: bytes
     credit: int
+
+
+@dataclass(frozen=True)
+class Roots:
+    """Send the reader whose key tree bits are ``bits`` (256 ASCII bits) the roots of run ``run`` of ``stream``
+    from generation ``generation`` on that it is entitled to, in a path envelope for its certificate
+    (docs/PROTOCOL.md §4.6, §10.4)."""
+
+    id: int
+    stream: bytes
+    run: bytes
+    bits: bytes
+    generation: int
 
 
 @dataclass(frozen=True)
@@ -78,14 +94,15 @@ class End:
 
 @dataclass(frozen=True)
 class Error:
-    """Request ``id`` was refused, with a reason (``bad-request``, ``unknown-run``, ``busy``)."""
+    """Request ``id`` was refused, with a reason (``bad-request``, ``unknown-run``, ``busy``; for a roots request
+    also ``no-keys`` and ``not-a-reader``)."""
 
     id: int
     reason: str
     detail: str
 
 
-ClientMessage = Request | Credit | Cancel
+ClientMessage = Request | Credit | Cancel | Roots
 ServerMessage = End | Error
 
 
@@ -98,6 +115,8 @@ def encode(message) -> bytes:
     if isinstance(message, Request):
         return _pack(REQUEST, message.id, message.stream, message.run, message.first, message.last, message.tags,
                      message.credit)
+    if isinstance(message, Roots):
+        return _pack(ROOTS, message.id, message.stream, message.run, message.bits, message.generation)
     if isinstance(message, Credit):
         return _pack(CREDIT, message.id, message.credit)
     if isinstance(message, Cancel):
@@ -135,22 +154,32 @@ def _uint(value, limit: int, what: str, request_id: int) -> int:
     return value
 
 
+def _check_run(stream, run, rid: int) -> None:
+    if not (isinstance(stream, bytes) and 1 <= len(stream) <= MAX_TOPIC_BYTES and b"\0" not in stream):
+        raise ReplayMessageError("stream must be 1..200 bytes without NUL", rid)
+    if not (isinstance(run, bytes) and len(run) == STREAM_ID_BYTES):
+        raise ReplayMessageError(f"run must be a {STREAM_ID_BYTES}-byte stream id", rid)
+
+
 def decode_client(data: bytes) -> ClientMessage:
     """A message a client sent, validated."""
     fields = _unpack(data, MAX_REQUEST_BYTES)
     kind, rid = fields[1], fields[2]
     if kind == REQUEST and len(fields) == 9:
         _, _, _, stream, run, first, last, tags, credit = fields
-        if not (isinstance(stream, bytes) and 1 <= len(stream) <= MAX_TOPIC_BYTES and b"\0" not in stream):
-            raise ReplayMessageError("stream must be 1..200 bytes without NUL", rid)
-        if not (isinstance(run, bytes) and len(run) == STREAM_ID_BYTES):
-            raise ReplayMessageError(f"run must be a {STREAM_ID_BYTES}-byte stream id", rid)
+        _check_run(stream, run, rid)
         first, last = _uint(first, MAX_SEQ, "first", rid), _uint(last, MAX_SEQ, "last", rid)
         if first < 1 or (last and last < first):
             raise ReplayMessageError("range must have 1 <= first <= last (or last = 0: to the end)", rid)
         if not (isinstance(tags, bytes) and len(tags) <= MAX_GROUP_BITS and not tags.strip(b"01")):
             raise ReplayMessageError("tags must be up to 16 ASCII bits", rid)
         return Request(rid, stream, run, first, last, tags, _uint(credit, MAX_CREDIT, "credit", rid))
+    if kind == ROOTS and len(fields) == 7:
+        _, _, _, stream, run, bits, generation = fields
+        _check_run(stream, run, rid)
+        if not (isinstance(bits, bytes) and len(bits) == TREE_BITS and not bits.strip(b"01")):
+            raise ReplayMessageError(f"bits must be {TREE_BITS} ASCII bits", rid)
+        return Roots(rid, stream, run, bits, _uint(generation, MAX_GENERATION, "generation", rid))
     if kind == CREDIT and len(fields) == 4:
         return Credit(rid, _uint(fields[3], MAX_CREDIT, "credit", rid))
     if kind == CANCEL and len(fields) == 3:
