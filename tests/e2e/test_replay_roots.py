@@ -151,3 +151,35 @@ def test_the_archive_key_is_made_owner_only_and_refused_if_others_may_read_it(tm
     (tmp_path / KEY_FILE).chmod(0o640)
     with pytest.raises(InsecureKeyFile):
         archive_key(tmp_path)
+
+
+def test_the_live_run_s_newer_roots_are_read_when_asked_for(stream_pki, tmp_path):
+    """The publisher's own run goes on making updates: a request for a generation past what the server read
+    makes it read the journal again (and only then)."""
+    readers = lambda *names: ReaderSet(tuple(Reader(stream_pki[n].certificate) for n in names))  # noqa: E731
+    sender = WireSender("apel.jobs", stream_pki["publisher"], readers("portal", "dashboard", "central"),
+                        RotationPolicy(mode="tree")).actions
+    journal = Journal(tmp_path)
+    journal.open_run(STREAM, sender.stream_id, None)
+    archive, recorder = RootArchive(journal, STREAM, sender.stream_id), Recorder(lambda parts: None, journal)
+
+    def record(actions) -> None:
+        for a in actions:
+            if isinstance(a, Archive):
+                archive.add(a.record)
+            elif isinstance(a, Send) and a.kind != frames.DATA:
+                recorder.control(a.parts)
+        journal.commit()
+
+    record(sender.start(0.0))
+    current = [readers("portal", "dashboard", "central")]
+    answers = RootServer(tmp_path, stream_pki["publisher"], lambda: current[0], transport=KeyTransport.OAEP)
+    reader = JournalReader(tmp_path)
+    ask = lambda generation: answers.answer(reader, codec.Roots(1, STREAM, sender.stream_id,  # noqa: E731
+                                                                _bits(stream_pki, "portal"), generation))
+    assert isinstance(ask(1), list) and ask(2).reason == codec.NOT_A_READER  # no update 2 yet
+    record(sender.readers_changed(readers("portal", "dashboard"), 1.0))
+    current[0] = readers("portal", "dashboard")
+    keys = open_tree_announcement(frames.decode(ask(2)), stream_pki["portal"]).keys
+    assert [k.generation for k in keys] == [2]
+    reader.close()

@@ -398,6 +398,11 @@ class JournalReader:
         return [(g, body) for g, _, body in self._rows("SELECT seq, topic, body, digest FROM frames WHERE stream_id = ? "
                                                        "AND kind = 'T' ORDER BY seq", (stream_id,))]
 
+    def newest_root(self, stream_id: bytes) -> int:
+        """The newest generation of the run's root records (0: none)."""
+        row = self._db.execute("SELECT MAX(seq) FROM frames WHERE stream_id = ? AND kind = 'T'", (stream_id,)).fetchone()
+        return row[0] or 0
+
     def run_frame(self, stream_id: bytes) -> tuple[bytes, bytes] | None:
         """(topic, body) of the run's R frame."""
         rows = self._rows("SELECT topic, body, digest FROM frames WHERE stream_id = ? AND kind = 'R' "

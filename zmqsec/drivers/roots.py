@@ -89,9 +89,11 @@ class RootServer:
             self._indexed, self._answers = readers, OrderedDict()
         return self._index.get(fingerprint)
 
-    def _history(self, journal: JournalReader, run: bytes) -> RootHistory | None:
+    def _history(self, journal: JournalReader, run: bytes, generation: int) -> RootHistory | None:
+        """The run's root history; read again when the request is for a generation past it that the journal now
+        holds (the live run goes on making updates)."""
         history = self._histories.get(run)
-        if history is None:
+        if history is None or (generation > history.newest and journal.newest_root(run) > history.newest):
             rows = journal.roots(run)
             if not rows:
                 return None
@@ -118,7 +120,7 @@ class RootServer:
         if journal.run(request.stream, request.run) is None:
             return replay.Error(request.id, replay.UNKNOWN_RUN, f"run {request.run.hex()} is not in this journal")
         try:
-            history = self._history(journal, request.run)
+            history = self._history(journal, request.run, request.generation)
         except (ArchiveError, KeyFileError) as exc:
             log.error("roots of run %s: %s", request.run.hex(), exc)
             history = None

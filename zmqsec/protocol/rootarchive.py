@@ -88,6 +88,11 @@ class RootHistory:
             for fingerprint in record.joined:
                 self._spans.setdefault(fingerprint, []).append([record.generation, 0])
 
+    @property
+    def newest(self) -> int:
+        """The newest generation held (0: none)."""
+        return max(self.roots, default=0)
+
     def entitled(self, fingerprint: bytes, first: int, limit: int = MAX_TREE_KEYS) -> list[NodeKey]:
         """The roots of generation ``first`` on that the reader held (it was in the tree from the update that
         made them until an update that took it out), oldest first, at most ``limit``."""
