@@ -5,6 +5,8 @@ that keeps no keys get errors; new answers are rate-limited while repeated quest
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import zmq
 
@@ -16,8 +18,8 @@ from zmqsec.drivers import roots as roots_module
 from zmqsec.drivers.journal import Journal, JournalReader
 from zmqsec.drivers.recorder import Recorder
 from zmqsec.drivers.replay import ReplayServer
-from zmqsec.drivers.roots import KEY_FILE, RootArchive, RootServer, archive_key
-from zmqsec.keys.errors import InsecureKeyFile
+from zmqsec.drivers.roots import KEY_FILE, RootArchive, RootServer, archive_key, load_archive_key
+from zmqsec.keys.errors import InsecureKeyFile, KeyFileError
 from zmqsec.keys.registry import Reader, ReaderSet, fingerprint
 from zmqsec.machines.sender import Archive, RotationPolicy, Send
 from zmqsec.protocol import frames
@@ -43,7 +45,8 @@ def tree_run(stream_pki, tmp_path_factory):
                         RotationPolicy(mode="tree", max_messages=10)).actions
     journal = Journal(directory)
     journal.open_run(STREAM, sender.stream_id, None)
-    archive, recorder = RootArchive(journal, STREAM, sender.stream_id), Recorder(lambda parts: None, journal)
+    key = archive_key(directory, create=True)
+    archive, recorder = RootArchive(journal, STREAM, sender.stream_id, key), Recorder(lambda parts: None, journal)
     roots = []
 
     def record(actions) -> None:
@@ -62,7 +65,7 @@ def tree_run(stream_pki, tmp_path_factory):
         record(sender.publish(b"record %d" % seq, 1.0))
     record(sender.flush(1.0))
     assert recorder.commit() and [r.generation for r in roots] == [1, 2]
-    return {"directory": directory, "run": sender.stream_id, "roots": roots,
+    return {"directory": directory, "run": sender.stream_id, "roots": roots, "key": key,
             "readers": readers("portal", "dashboard")}
 
 
@@ -73,7 +76,7 @@ def server(stream_pki, tree_run):
     context, started = zmq.Context(), []
 
     def start(with_roots: bool = True) -> Client:
-        roots = RootServer(tree_run["directory"], stream_pki["publisher"], lambda: tree_run["readers"],
+        roots = RootServer(tree_run["key"], stream_pki["publisher"], lambda: tree_run["readers"],
                            transport=KeyTransport.OAEP) if with_roots else None
         replay = ReplayServer(tree_run["directory"], ["tcp://127.0.0.1:*"], context=context, roots=roots).start()
         client = Client(context, replay.endpoints[0])
@@ -130,7 +133,7 @@ def test_new_answers_are_rate_limited_and_repeated_questions_cost_nothing(stream
     assert (roots_module.ANSWERS_PER_SECOND, roots_module.ANSWERS_KEPT) == (20, 1024)  # as §10.4 says
     monkeypatch.setattr(roots_module, "ANSWERS_PER_SECOND", 2)
     now = [0.0]
-    answers = RootServer(tree_run["directory"], stream_pki["publisher"], lambda: tree_run["readers"],
+    answers = RootServer(tree_run["key"], stream_pki["publisher"], lambda: tree_run["readers"],
                          transport=KeyTransport.OAEP, clock=lambda: now[0])
     journal = JournalReader(tree_run["directory"])
     ask = lambda name, generation: answers.answer(journal, codec.Roots(1, STREAM, tree_run["run"],  # noqa: E731
@@ -145,7 +148,8 @@ def test_new_answers_are_rate_limited_and_repeated_questions_cost_nothing(stream
 
 
 def test_the_archive_key_is_made_owner_only_and_refused_if_others_may_read_it(tmp_path):
-    key = archive_key(tmp_path)
+    assert archive_key(tmp_path) is None  # not made unless asked
+    key = archive_key(tmp_path, create=True)
     assert len(key) == 32 and (tmp_path / KEY_FILE).stat().st_mode & 0o777 == 0o600
     assert archive_key(tmp_path) == key
     (tmp_path / KEY_FILE).chmod(0o640)
@@ -153,15 +157,30 @@ def test_the_archive_key_is_made_owner_only_and_refused_if_others_may_read_it(tm
         archive_key(tmp_path)
 
 
+def test_a_publisher_never_makes_a_new_key_for_a_journal_whose_roots_need_the_lost_one(tree_run, tmp_path):
+    journal_dir = tmp_path / "journal"
+    shutil.copytree(tree_run["directory"], journal_dir)
+    (journal_dir / KEY_FILE).unlink()
+    journal = Journal(journal_dir)
+    for tree_mode in (True, False):
+        with pytest.raises(KeyFileError, match="restore the file"):
+            load_archive_key(journal, tree_mode=tree_mode)
+    assert not (journal_dir / KEY_FILE).exists()
+    journal.close()
+    assert load_archive_key(Journal(tmp_path / "fresh"), tree_mode=False) is None
+    assert len(load_archive_key(Journal(tmp_path / "fresh"), tree_mode=True)) == 32
+
+
 def test_the_live_run_s_newer_roots_are_read_when_asked_for(stream_pki, tmp_path):
-    """The publisher's own run goes on making updates: a request for a generation past what the server read
-    makes it read the journal again (and only then)."""
+    """The publisher's own run goes on making updates: the server reads the run's records again when the journal
+    holds newer ones, and only then."""
     readers = lambda *names: ReaderSet(tuple(Reader(stream_pki[n].certificate) for n in names))  # noqa: E731
     sender = WireSender("apel.jobs", stream_pki["publisher"], readers("portal", "dashboard", "central"),
                         RotationPolicy(mode="tree")).actions
     journal = Journal(tmp_path)
     journal.open_run(STREAM, sender.stream_id, None)
-    archive, recorder = RootArchive(journal, STREAM, sender.stream_id), Recorder(lambda parts: None, journal)
+    key = archive_key(tmp_path, create=True)
+    archive, recorder = RootArchive(journal, STREAM, sender.stream_id, key), Recorder(lambda parts: None, journal)
 
     def record(actions) -> None:
         for a in actions:
@@ -173,13 +192,37 @@ def test_the_live_run_s_newer_roots_are_read_when_asked_for(stream_pki, tmp_path
 
     record(sender.start(0.0))
     current = [readers("portal", "dashboard", "central")]
-    answers = RootServer(tmp_path, stream_pki["publisher"], lambda: current[0], transport=KeyTransport.OAEP)
-    reader = JournalReader(tmp_path)
+    answers = RootServer(key, stream_pki["publisher"], lambda: current[0], transport=KeyTransport.OAEP)
+    reader = _CountingReader(tmp_path)
     ask = lambda generation: answers.answer(reader, codec.Roots(1, STREAM, sender.stream_id,  # noqa: E731
                                                                 _bits(stream_pki, "portal"), generation))
     assert isinstance(ask(1), list) and ask(2).reason == codec.NOT_A_READER  # no update 2 yet
+    assert reader.reads == 1
     record(sender.readers_changed(readers("portal", "dashboard"), 1.0))
     current[0] = readers("portal", "dashboard")
     keys = open_tree_announcement(frames.decode(ask(2)), stream_pki["portal"]).keys
-    assert [k.generation for k in keys] == [2]
+    assert [k.generation for k in keys] == [2] and reader.reads == 2
     reader.close()
+
+
+class _CountingReader(JournalReader):
+    """A journal reader that counts the reads of root records."""
+
+    reads = 0
+
+    def roots(self, stream_id: bytes):
+        """The run's sealed root records, counted."""
+        self.reads += 1
+        return super().roots(stream_id)
+
+
+def test_a_stranger_costs_no_journal_read_and_a_history_is_read_once(stream_pki, tree_run):
+    answers = RootServer(tree_run["key"], stream_pki["publisher"], lambda: tree_run["readers"],
+                         transport=KeyTransport.OAEP)
+    journal = _CountingReader(tree_run["directory"])
+    ask = lambda name: answers.answer(journal, codec.Roots(1, STREAM, tree_run["run"],  # noqa: E731
+                                                           _bits(stream_pki, name), 1))
+    assert ask("outsider").reason == codec.NOT_A_READER and ask("central").reason == codec.NOT_A_READER
+    assert journal.reads == 0  # refused on a dictionary lookup: not in the registry
+    assert isinstance(ask("portal"), list) and isinstance(ask("dashboard"), list) and journal.reads == 1
+    journal.close()

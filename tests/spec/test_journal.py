@@ -455,7 +455,7 @@ def test_a_sealed_root_record_stays_while_its_run_has_data_frames(pki, tmp_path)
     sender = _sender(pki, checkpoint_max=5)
     journal = Journal(tmp_path, max_age=50.0, clock=clock)
     journal.open_run(STREAM, sender.stream_id, None)
-    RootArchive(journal, STREAM, sender.stream_id).add(RootRecord(1, b"", bytes(32), (bytes(32),), ()))
+    RootArchive(journal, STREAM, sender.stream_id, bytes(32)).add(RootRecord(1, b"", bytes(32), (bytes(32),), ()))
     recorder = Recorder(lambda parts: None, journal)
     _record(recorder, _stream(sender, 5), sender.stream_id)  # written at 1000, with the root record
     clock.now = 1040.0

@@ -137,10 +137,12 @@ def main(workdir: Path) -> None:
     vectors.append({"name": "announcement-not-for-us", "expect": "not-a-recipient", "reader_cert": _pem_cert(other.certificate),
                     "reader_key": _pem_key(other.key), **ann})
     # Version 2 signs the header: the same envelope and signature under another epoch, as version 2 or as
-    # version 1, is refused before any signature math.
+    # version 1, is refused before any signature math.  The reader is not a recipient: only the signed header
+    # can tell (the key record, which repeats the header, stays closed to it).
+    theirs = {"reader_cert": _pem_cert(other.certificate), "reader_key": _pem_key(other.key)}
     for name, version in (("announcement-reheaded", 2), ("announcement-reheaded-as-version-1", 1)):
         moved = frames.encode(dataclasses.replace(made, epoch=4, version=version))
-        vectors.append({"name": name, "expect": "header-mismatch", **ours, **ann, "parts": _hex(moved)})
+        vectors.append({"name": name, "expect": "header-mismatch", **theirs, **ann, "parts": _hex(moved)})
     vectors.append({"name": "announcement-version-1-ok", "expect": "success", **ours, "key": KEY.hex(), "epoch": 3,
                     **ann, "parts": _hex(frames.encode(version_1(made, pub_cred, lambda: fixed)))})
     fields = msgpack.unpackb(announcement[1])

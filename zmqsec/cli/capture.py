@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from zmqsec.crypto import cms, enveloped, signed
+from zmqsec.crypto import cms, enveloped
 from zmqsec.drivers.capture import read_capture, record
 from zmqsec.drivers.spool import IncomingSpool
 from zmqsec.drivers.spooling import store
@@ -20,6 +20,7 @@ from zmqsec.keys.pemfiles import Credential
 from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.machines.receiver import Delivered, Rejected, StreamReceiver
 from zmqsec.protocol import frames
+from zmqsec.protocol.announce import check_signature
 
 log = logging.getLogger("zmqsec")
 
@@ -52,7 +53,7 @@ def cmd_inspect(args) -> int:
             print(f"{stamp} R {name} stream {sid} {follows}")
         else:
             try:
-                signer = signed.verify_signature(frame.signature, frame.envelope).signer
+                signer = check_signature(frame).signer  # its header too (docs/PROTOCOL.md §4.3)
                 who = f"signed by {slash_dn(signer.subject)} (signature good; certificate not checked)"
             except cms.CmsError as exc:
                 who = f"signature INVALID ({exc})"

@@ -398,6 +398,10 @@ class JournalReader:
         return [(g, body) for g, _, body in self._rows("SELECT seq, topic, body, digest FROM frames WHERE stream_id = ? "
                                                        "AND kind = 'T' ORDER BY seq", (stream_id,))]
 
+    def has_roots(self) -> bool:
+        """Does the journal hold sealed key tree roots (of any run)?"""
+        return self._db.execute("SELECT 1 FROM frames WHERE kind = 'T' LIMIT 1").fetchone() is not None
+
     def newest_root(self, stream_id: bytes) -> int:
         """The newest generation of the run's root records (0: none)."""
         row = self._db.execute("SELECT MAX(seq) FROM frames WHERE stream_id = ? AND kind = 'T'", (stream_id,)).fetchone()

@@ -20,7 +20,8 @@ import zmq
 from zmqsec.errors import ZmqsecError
 from zmqsec.files import atomic_write
 from zmqsec.machines.positions import Positions
-from zmqsec.machines.receiver import CatchUp, Missing, Restarted, RunLinked, StreamReceiver
+from zmqsec.machines.receiver import CatchUp, Missing, Restarted, RunLinked, StreamReceiver, TreeKeysAccepted
+from zmqsec.protocol import frames
 from zmqsec.machines.repair import Abandon, Ask, Cancel, Grant, Repairer
 from zmqsec.protocol import replay
 from zmqsec.protocol.replay import ReplayMessageError
@@ -67,7 +68,7 @@ class Mender:
         self.repairer = Repairer(len(endpoints), tags)
         self.counters: collections.Counter = collections.Counter()
         self._requests: set[tuple[int, int]] = set()  # (server, request id) in flight
-        self._roots: dict[tuple[int, int], None] = {}  # the roots requests among them (not the repairer's), bounded
+        self._roots: dict[tuple[int, int], bytes] = {}  # the roots requests among them -> their run, bounded
         self._last_live = self._next_probe = time.monotonic()
         for name, run, seq in self.positions.resume():
             receiver.resume(name, run, seq)
@@ -113,7 +114,7 @@ class Mender:
         for server in range(len(self.link.sockets)):
             request_id = self.repairer.next_id()
             self._requests.add((server, request_id))
-            self._roots[(server, request_id)] = None
+            self._roots[(server, request_id)] = run
             while len(self._roots) > ROOTS_IN_FLIGHT:  # unanswered (a dead server): forget the oldest
                 self._requests.discard(oldest := next(iter(self._roots)))
                 del self._roots[oldest]
@@ -157,8 +158,19 @@ class Mender:
         """A server's answer to a roots request: the path envelope (checked like any tree announcement), or why
         not (an archive relay keeps no keys: expected)."""
         if kind == replay.FRAME and len(parts) == 3:
-            self.counters["roots-received"] += 1
-            return self.receiver.frame_received(parts[1:], now, replayed=True)
+            run = self._roots[(server, request_id)]
+            # A path envelope protects itself (signed, wrapped for us): a live run's goes in as a live frame, a
+            # run being repaired's as a replayed one; one of another run than the one asked for is dropped.
+            try:
+                asked = frames.decode(parts[1:]).stream_id == run
+            except frames.FrameError:
+                asked = False
+            if not asked:
+                self.counters["replay-unasked"] += 1
+                return []
+            events = self.receiver.frame_received(parts[1:], now, replayed=self.receiver.repairing(run))
+            self.counters["roots-received"] += sum(isinstance(e, TreeKeysAccepted) for e in events)
+            return events
         self._requests.discard((server, request_id))
         self._roots.pop((server, request_id), None)
         if kind == replay.ERROR and fields[0] != replay.NO_KEYS:

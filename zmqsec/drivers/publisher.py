@@ -30,7 +30,7 @@ from . import gate
 from .curve import CurveServer, apply_server
 from .gate import SubscriptionGate
 from .journal import Journal, JournalError
-from .roots import RootArchive, RootServer
+from .roots import RootArchive, RootServer, load_archive_key
 from .recorder import Recorder
 from .refusals import RefusalLog
 from .replay import ReplayServer
@@ -82,7 +82,9 @@ class Publisher:
             previous = journal.last_run(name)  # the run before this one (docs/PROTOCOL.md §10.2)
             journal.open_run(name, stream_id, previous)
         policy = policy or RotationPolicy()
-        self._archive = RootArchive(journal, stream.encode(), stream_id) if journal and policy.mode == TREE_MODE else None
+        tree = policy.mode == TREE_MODE
+        roots_key = load_archive_key(journal, tree_mode=tree) if journal is not None else None  # §4.6
+        self._archive = RootArchive(journal, stream.encode(), stream_id, roots_key) if journal and tree else None
         self.sender = StreamSender(stream, credential, self._watch.load(), policy,
                                    stream_id=stream_id, previous=previous)
         self._registry = RegistryThread(self._watch, watch_interval)
@@ -106,7 +108,7 @@ class Publisher:
         if replay_endpoints:
             if journal is None:
                 raise ZmqsecError("a replay endpoint needs a journal to serve (--journal DIR)")
-            roots = RootServer(journal.directory, credential, lambda: self.sender.readers, transport=policy.transport)
+            roots = RootServer(roots_key, credential, lambda: self.sender.readers, transport=policy.transport)
             self.replay = ReplayServer(journal.directory, list(replay_endpoints), context=self._context,
                                        curve=curve, roots=roots).start()
         self._next_watch = 0.0

@@ -51,6 +51,15 @@ class _Serving:
     finished: bool = False
 
 
+class NoRoots:
+    """The roots of an archive (or of a publisher without a journal key): none."""
+
+    @staticmethod
+    def answer(_journal, request: Roots) -> Error:
+        """Always ``no-keys``."""
+        return Error(request.id, replay.NO_KEYS, "this server keeps no keys (an archive)")
+
+
 class ReplayServer:
     """Serves replay from a journal directory on ``endpoints`` until :meth:`stop`."""
 
@@ -69,7 +78,7 @@ class ReplayServer:
             bind(self.socket, endpoint)
         self.endpoints = [self.socket.getsockopt_string(zmq.LAST_ENDPOINT)] if len(endpoints) == 1 else endpoints
         self._serving: dict[tuple[bytes, int], _Serving] = {}
-        self._roots = roots  # zmqsec.drivers.roots.RootServer: the publisher's, which holds the run's tree roots
+        self._roots = roots or NoRoots()  # zmqsec.drivers.roots.RootServer: the publisher's holds the runs' roots
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = collections.Counter()
@@ -148,8 +157,7 @@ class ReplayServer:
     def _answer_roots(self, client: bytes, request: Roots, reader: JournalReader) -> None:
         """A path envelope with the roots of a past run the reader is entitled to, then the end; or an error."""
         self.stats["roots-requests"] += 1
-        answer = (self._roots.answer(reader, request) if self._roots is not None
-                  else Error(request.id, replay.NO_KEYS, "this server keeps no keys (an archive)"))
+        answer = self._roots.answer(reader, request)
         if isinstance(answer, Error):
             self._reply(client, answer)
             return

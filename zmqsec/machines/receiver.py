@@ -133,6 +133,10 @@ class StreamReceiver:
         """Replayed frames of ``stream_id`` from ``first`` on were asked for: accept them."""
         self.runs.expect(stream_id, first)
 
+    def repairing(self, stream_id: bytes) -> bool:
+        """Were replayed frames of ``stream_id`` asked for (:meth:`expect`)?"""
+        return stream_id in self.runs.expected
+
     def give_up(self, stream_id: bytes, first: int, last: int) -> None:
         """No replay server holds ``first..last`` of ``stream_id``: stop waiting (the gap is reported)."""
         self.runs.give_up(stream_id, first, last)

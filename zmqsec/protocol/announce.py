@@ -186,6 +186,17 @@ def make_tree_announcement(
     return TreeAnnouncement(topic, stream_id, generation, envelope, signature)
 
 
+def check_signature(announcement: Announcement | GroupAnnouncement | TreeAnnouncement) -> signed.Verified:
+    """The announcement's CMS signature checked, its signed header first, before any signature math: a genuine
+    announcement re-sent under another header costs a parse (required from version 2; checked when present).
+    Raises :class:`cms.CmsError` (:class:`cms.AttributeMismatch` for a header not the signed one).  Whether the
+    signer is the publisher is the caller's question (:func:`verify_announcement`)."""
+    number = announcement.epoch if isinstance(announcement, Announcement) else announcement.generation
+    header = {HEADER_ATTRIBUTE: _header_value(announcement.topic, announcement.stream_id, number)}
+    return signed.verify_signature(announcement.signature, announcement.envelope, attributes=header,
+                                   required=announcement.version >= 2)
+
+
 def verify_announcement(
     announcement: Announcement | GroupAnnouncement | TreeAnnouncement,
     trust: TrustStore,
@@ -196,13 +207,9 @@ def verify_announcement(
 ) -> Publisher:
     """Check the announcement's signature and its signer's certificate; return the publisher.
 
-    The header the signature carries is compared with the frame's first, before any signature math: a genuine
-    announcement re-sent under another header costs a parse (required from version 2; checked when present)."""
-    number = announcement.epoch if isinstance(announcement, Announcement) else announcement.generation
-    header = {HEADER_ATTRIBUTE: _header_value(announcement.topic, announcement.stream_id, number)}
+    The header the signature carries is compared with the frame's first (:func:`check_signature`)."""
     try:
-        verified = signed.verify_signature(announcement.signature, announcement.envelope, attributes=header,
-                                           required=announcement.version >= 2)
+        verified = check_signature(announcement)
     except cms.AttributeMismatch as exc:
         raise AnnouncementRejected(RejectReason.HEADER_MISMATCH, f"announcement header not the signed one: {exc}") \
             from None

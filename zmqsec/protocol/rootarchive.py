@@ -10,6 +10,7 @@ and left, sealed with AES-256-GCM under its archive key; from them it tells whic
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class RootHistory:
 
     def __init__(self, records: Iterable[RootRecord]) -> None:
         self.roots: dict[int, NodeKey] = {}
+        self._generations: list[int] = []  # sorted
         self._spans: dict[bytes, list[list[int]]] = {}  # fingerprint -> [[joined at, left at (0: still in)], ...]
         for record in sorted(records, key=lambda r: r.generation):
             self.roots[record.generation] = NodeKey(record.tag, record.generation, record.root)
@@ -87,18 +89,21 @@ class RootHistory:
                     spans[-1][1] = record.generation
             for fingerprint in record.joined:
                 self._spans.setdefault(fingerprint, []).append([record.generation, 0])
+        self._generations = sorted(self.roots)
 
     @property
     def newest(self) -> int:
         """The newest generation held (0: none)."""
-        return max(self.roots, default=0)
+        return self._generations[-1] if self._generations else 0
 
     def entitled(self, fingerprint: bytes, first: int, limit: int = MAX_TREE_KEYS) -> list[NodeKey]:
         """The roots of generation ``first`` on that the reader held (it was in the tree from the update that
         made them until an update that took it out), oldest first, at most ``limit``."""
-        spans = self._spans.get(fingerprint, ())
+        spans = self._spans.get(fingerprint)
+        if not spans:
+            return []
         out = []
-        for generation in sorted(g for g in self.roots if g >= first):
+        for generation in self._generations[bisect.bisect_left(self._generations, first):]:
             if any(joined <= generation and (left == 0 or generation < left) for joined, left in spans):
                 out.append(self.roots[generation])
                 if len(out) == limit:

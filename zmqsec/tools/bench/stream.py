@@ -146,6 +146,7 @@ def run_stream(profile: Profile, pki: Pki, workdir: Path) -> list[dict]:
                 "zmqsec_reader_problems": problems[system],
                 "plain_msgs_per_s_samples": samples[PLAIN], "zmqsec_msgs_per_s_samples": samples[system],
                 "reader_peak_rss_mb": {s: rss[s]["reader"].get("peak_rss_mb") for s in (PLAIN, system)},
+                "zmqsec_reader_peak_rss_mb": rss[system]["reader"].get("peak_rss_mb"),  # the stream issue's key
                 **cpu,
             }
             if system == JOURNALED:
