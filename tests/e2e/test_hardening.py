@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import subprocess
 import sys
 import time
@@ -306,14 +307,14 @@ time.sleep(60)
 """
 
 
-def _links(endpoint: str, queue_bytes: int, largest: int):
+def _links(endpoint: str, queue_bytes: int, largest: int, topics=(b"",)):
     from zmqsec.drivers.links import Links
 
     def configure(socket: zmq.Socket) -> None:
         socket.setsockopt(zmq.RCVTIMEO, 20_000)
         socket.setsockopt(zmq.LINGER, 0)
 
-    return Links(zmq.Context.instance(), [endpoint], configure, topics=[b""], queue_bytes=queue_bytes,
+    return Links(zmq.Context.instance(), [endpoint], configure, topics=list(topics), queue_bytes=queue_bytes,
                  largest=largest)
 
 
@@ -357,11 +358,12 @@ def small(until):
     global n
     while time.monotonic() < until:
         for _ in range(50):
-            s.send(n.to_bytes(4, "big", signed=True) + bytes(1020))
+            s.send_multipart([b"x\\x00D", n.to_bytes(4, "big", signed=True) + bytes(1020)])
             n += 1
+        s.send_multipart([b"x\\x00K", b"the current key"])  # a re-announcement: the same bytes every time
         time.sleep(0.01)
 small(time.monotonic() + seconds)
-s.send((-1).to_bytes(4, "big", signed=True) + bytes(big - 4))
+s.send_multipart([b"x\\x00D", (-1).to_bytes(4, "big", signed=True) + bytes(big - 4)])
 print(n, flush=True)
 small(time.monotonic() + seconds)
 print(n, flush=True)
@@ -380,7 +382,7 @@ def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_f
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     sender = subprocess.Popen([sys.executable, "-c", _SMALL_THEN_BIG, endpoint, "6", str(2 << 20)],
                               stdout=subprocess.PIPE, text=True)
-    links = _links(endpoint, queue_bytes=64 << 20, largest=64 << 20)
+    links = _links(endpoint, queue_bytes=64 << 20, largest=64 << 20, topics=(b"x\x00D", b"x\x00K"))
     link = links.links[0]
     taken: list[int] = []
     narrowed_at = widened = None
@@ -399,13 +401,13 @@ def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_f
                 count = largest = 0
                 while count < 1000:
                     try:
-                        frame = socket.recv(zmq.NOBLOCK)
+                        parts = socket.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
                     count += 1
-                    largest = max(largest, len(frame))
-                    if link.fresh(socket, [frame]):
-                        taken.append(int.from_bytes(frame[:4], "big", signed=True))
+                    largest = max(largest, sum(map(len, parts)))
+                    if link.fresh(socket, parts) and parts[0] == b"x\x00D":
+                        taken.append(int.from_bytes(parts[1][:4], "big", signed=True))
                 if count:
                     link.took(socket, count, largest, now)
             if narrowed_at is None and link.narrowed:
@@ -666,3 +668,79 @@ def test_a_shut_out_address_keeps_its_open_connections_and_connects_again_once_t
             sock.close(linger=0)
         xpub.close(linger=0)
         ctx.term()
+
+
+_LAGGING = """
+import sys, time, zmq
+endpoint, seconds = sys.argv[1], float(sys.argv[2])
+s = zmq.Context().socket(zmq.XPUB)
+s.setsockopt(zmq.SNDHWM, 1_000_000)
+s.bind(endpoint)
+s.recv()
+n, until, announced = 0, time.monotonic() + seconds, 0.0
+while time.monotonic() < until:
+    for _ in range(50):
+        s.send_multipart([b"x\\x00D", n.to_bytes(4, "big") + bytes(1020)])
+        n += 1
+    if time.monotonic() - announced >= 0.1:  # a re-announcement: the same bytes every time
+        s.send_multipart([b"x\\x00K", b"the current key"])
+        announced = time.monotonic()
+    time.sleep(0.01)
+print(n, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_link_whose_old_socket_lags_far_behind_hands_over_without_losing_what_it_still_holds():
+    """A slow reader narrows while its old socket holds thousands of frames not yet read.  libzmq filters a SUB
+    socket's queue by its subscriptions as it is read: the old socket may unsubscribe only once it has caught up
+    with the new one (a data frame both brought), not on a re-announcement both brought (the same bytes every
+    time).  Every frame is taken, once."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sender = subprocess.Popen([sys.executable, "-c", _LAGGING, endpoint, "5"], stdout=subprocess.PIPE, text=True)
+    from zmqsec.drivers.links import Links
+
+    def configure(socket: zmq.Socket) -> None:
+        socket.setsockopt(zmq.LINGER, 0)
+
+    links = Links(zmq.Context.instance(), [endpoint], configure, topics=[b"x\x00D", b"x\x00K"],
+                  queue_bytes=64 << 20, largest=64 << 20)
+    link = links.links[0]
+    taken: list[int] = []
+    total = None
+    try:
+        poller, polled = None, -1
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and (total is None or len(set(taken)) < total):
+            now = time.monotonic()
+            links.watch(now)
+            if polled != links.generation:
+                polled, poller = links.generation, zmq.Poller()
+                for socket in links.sockets:
+                    poller.register(socket, zmq.POLLIN)
+            poller.poll(10)
+            time.sleep(0.01)  # at most 100 turns a second
+            for socket in link.sockets:
+                # the first socket reads slowly (20 frames a turn: 2,000 a second, below the 5,000 sent): it lags
+                limit = 20 if socket is link.sockets[0] else 1000
+                count = 0
+                while count < limit:
+                    try:
+                        parts = socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    count += 1
+                    if link.fresh(socket, parts) and parts[0] == b"x\x00D":
+                        taken.append(int.from_bytes(parts[1][:4], "big"))
+                if count:
+                    link.took(socket, count, 1024, now)
+            if total is None and sender.poll() is None:
+                ready = select.select([sender.stdout], [], [], 0)[0]
+                if ready:
+                    total = int(sender.stdout.readline())
+    finally:
+        sender.kill()
+        links.close()
+    assert link.narrowed >= 1, "the link never narrowed"
+    assert total and len(taken) == len(set(taken)) == total and set(taken) == set(range(total)), \
+        (total, len(taken), len(set(taken)))

@@ -20,9 +20,12 @@ announcements of a few hundred), it opens a socket for frames four times
 the largest it saw, with a queue of hundreds or more, and reads both,
 taking a frame both carry once.  A publisher or relay applies a
 connection's subscriptions in the order they were made, the data topic
-first: once the new socket has brought a frame of another topic that the
-old one brought too, everything the old one subscribed reaches the new one,
-and only then does the old one unsubscribe, empty and close.  Nothing is
+first: once the new socket has brought a frame of another topic, what the
+old one subscribed reaches the new one; once the old one has brought a data
+frame the new one brought already, nothing older is left in it (libzmq
+filters a SUB queue by its subscriptions as it is read, so the old socket
+must not unsubscribe before); only then does it unsubscribe, empty and
+close.  Nothing is
 lost or taken twice, however long the subscriptions take to apply (a
 relay's gate takes them a few at a time); while both are read, the one
 that lags may bring a frame after a later one from the other, which the
@@ -100,10 +103,13 @@ class Link:
         self._subscribed_at: float | None = None  # the new socket's handshake, during a handover
         self._unsubscribed_at: float | None = None
         self._old_frame_at = 0.0
-        # Digests of the frames taken during a handover, from the old socket and from the new one; whether a frame
-        # other than data came through both (the new socket receives everything the old one does).
+        # Digests of the frames taken during a handover, from the old socket and from the new one.  The old socket
+        # may unsubscribe once the new one has brought a frame other than data (its subscriptions, data first, are
+        # in effect) and the old one has caught up: it brought a data frame the new one had brought already (a
+        # data frame is sent once, so nothing older is left in the old socket's queue, which libzmq would filter
+        # away once it unsubscribes).  Re-announcements are the same bytes every time: they prove nothing.
         self._seen: tuple[set[bytes], set[bytes]] | None = None
-        self._proved = False
+        self._control_on_new = self._old_caught_up = False
         self._closed_at = 0.0
         self.socket, self._monitor = self._open(self.widest)
 
@@ -137,10 +143,12 @@ class Link:
         if self._seen is None:
             return True
         digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
-        mine, other = self._seen if socket is self._old else self._seen[::-1]
+        from_old, data = socket is self._old, parts[0].endswith(b"\x00D")
+        mine, other = self._seen if from_old else self._seen[::-1]
+        if not from_old and not data:
+            self._control_on_new = True
         if digest in other:
-            if not parts[0].endswith(b"\x00D"):
-                self._proved = True  # the data topic, subscribed first, is in effect on the new socket too
+            self._old_caught_up |= from_old and data
             return False
         if len(mine) < _MAX_REMEMBERED:
             mine.add(digest)
@@ -220,13 +228,14 @@ class Link:
         self._old.disable_monitor()
         self._monitor.close(0)
         self._subscribed_at = self._unsubscribed_at = None
-        self._seen, self._proved = (set(), set()), False
+        self._seen, self._control_on_new, self._old_caught_up = (set(), set()), False, False
         self.socket, self._monitor = self._open(bound)  # the link stays connected through the old socket
 
     def _hand_over(self, now: float) -> None:
         """The old socket unsubscribes once the new one has been subscribed for OVERLAP and has proved that its
         subscriptions are in effect (:meth:`fresh`), and closes once it has been empty for OVERLAP after that."""
-        if self._subscribed_at is None or now - self._subscribed_at < OVERLAP or not self._proved:
+        if (self._subscribed_at is None or now - self._subscribed_at < OVERLAP
+                or not (self._control_on_new and self._old_caught_up)):
             return
         if self._unsubscribed_at is None:
             self._unsubscribed_at = now
