@@ -76,6 +76,16 @@ OVERLAP = 0.5
 _MAX_REMEMBERED = 200_000
 
 
+def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:
+    try:
+        socket.disable_monitor()
+    except zmq.ZMQError:
+        pass
+    if monitor is not None:
+        monitor.close(0)
+    socket.close(0)
+
+
 class Link:
     """One endpoint's SUB socket (and, while it hands over to a narrower one, the one before) and what its monitor
     said.  ``configure(socket)`` sets a new socket up before it connects (CURVE, LINGER); the link subscribes it to
@@ -102,7 +112,7 @@ class Link:
         self._old: zmq.Socket | None = None  # the socket handing over, read until it is empty
         self._subscribed_at: float | None = None  # the new socket's handshake, during a handover
         self._unsubscribed_at: float | None = None
-        self._old_frame_at = 0.0
+        self._old_frame_at = self._old_read_at = 0.0
         # Digests of the frames taken during a handover, from the old socket and from the new one.  The old socket
         # may unsubscribe once the new one has brought a frame other than data (its subscriptions, data first, are
         # in effect) and the old one has caught up: it brought a data frame the new one had brought already (a
@@ -145,8 +155,7 @@ class Link:
         digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
         from_old, data = socket is self._old, parts[0].endswith(b"\x00D")
         mine, other = self._seen if from_old else self._seen[::-1]
-        if not from_old and not data:
-            self._control_on_new = True
+        self._control_on_new |= not from_old and not data
         if digest in other:
             self._old_caught_up |= from_old and data
             return False
@@ -155,11 +164,15 @@ class Link:
         return True
 
     def took(self, socket: zmq.Socket, count: int, largest: int, now: float) -> None:
-        """``count`` messages were taken from ``socket`` in a turn, the largest of ``largest`` bytes."""
+        """``count`` messages were taken from ``socket`` in a turn (0: it was read and found empty), the largest
+        of ``largest`` bytes."""
+        if socket is self._old:
+            self._old_read_at = now
+            self._old_frame_at = now if count else self._old_frame_at
+        if not count:
+            return
         self.frames += count
         self.last_frame = time.time()
-        if socket is self._old:
-            self._old_frame_at = now
         if self._window_start is None:
             self._window_start = now
         self._window_largest = max(self._window_largest, largest)
@@ -200,7 +213,7 @@ class Link:
             self._window = min(MAX_WINDOW, self._window * 2)
             self._close_old()
             self._seen = None
-            self._close(self.socket, self._monitor)
+            _close(self.socket, self._monitor)
             self._window_start, self._window_largest = None, 0
             self.state = "connecting"
             self.socket, self._monitor = self._open(self.widest)
@@ -229,11 +242,14 @@ class Link:
         self._monitor.close(0)
         self._subscribed_at = self._unsubscribed_at = None
         self._seen, self._control_on_new, self._old_caught_up = (set(), set()), False, False
+        self._old_frame_at = self._old_read_at = now
         self.socket, self._monitor = self._open(bound)  # the link stays connected through the old socket
 
     def _hand_over(self, now: float) -> None:
-        """The old socket unsubscribes once the new one has been subscribed for OVERLAP and has proved that its
-        subscriptions are in effect (:meth:`fresh`), and closes once it has been empty for OVERLAP after that."""
+        """The old socket unsubscribes once the new one has been subscribed for OVERLAP, its subscriptions are in
+        effect and the old one has caught up (:meth:`fresh`; or was read and found empty for OVERLAP: an idle
+        stream sends no data frame), and closes once it has been empty for OVERLAP after that."""
+        self._old_caught_up |= self._control_on_new and self._old_read_at - self._old_frame_at >= OVERLAP
         if (self._subscribed_at is None or now - self._subscribed_at < OVERLAP
                 or not (self._control_on_new and self._old_caught_up)):
             return
@@ -252,16 +268,6 @@ class Link:
             self.generation += 1
             self._closed_at = time.monotonic()
 
-    @staticmethod
-    def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:
-        try:
-            socket.disable_monitor()
-        except zmq.ZMQError:
-            pass
-        if monitor is not None:
-            monitor.close(0)
-        socket.close(0)
-
     def status(self) -> dict:
         """What the status file shows of this link."""
         last = None if self.last_frame is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.last_frame))
@@ -271,7 +277,7 @@ class Link:
     def close(self) -> None:
         """Close the sockets and the monitor."""
         self._close_old()
-        self._close(self.socket, self._monitor)
+        _close(self.socket, self._monitor)
 
 
 class Links:

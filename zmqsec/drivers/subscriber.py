@@ -217,8 +217,7 @@ class _Base:
                     largest = max(largest, sum(map(len, parts)))
                     if link.fresh(socket, parts):
                         self._process(parts)
-                if taken:
-                    link.took(socket, taken, largest, now)
+                link.took(socket, taken, largest, now)  # taken or not: an old socket found empty has caught up
 
 
 class Subscriber(_Base):
