@@ -346,6 +346,35 @@ def test_a_links_receive_queue_is_sized_in_bytes(tmp_path):
 
 # Numbered 1 KiB frames, 5,000 a second, on an XPUB once a reader subscribed; after SECONDS, one frame of BIG
 # bytes (number -1), then SECONDS more of small ones.
+def _turn(links, polling: dict, timeout_ms: int) -> float:
+    """Watch the links, then wait up to ``timeout_ms`` for a frame on a poller renewed whenever a link opens or
+    closes a socket; the time of the turn."""
+    now = time.monotonic()
+    links.watch(now)
+    if polling.get("generation") != links.generation:
+        polling["generation"], polling["poller"] = links.generation, zmq.Poller()
+        for socket in links.sockets:
+            polling["poller"].register(socket, zmq.POLLIN)
+    polling["poller"].poll(timeout_ms)
+    return now
+
+
+def _read(link, socket, limit: int, now: float) -> list[int]:
+    """Up to ``limit`` frames from one of a link's sockets, as the subscriber takes them: the numbers of the data
+    frames taken (a frame both sockets of a handover carry once)."""
+    numbers, count, largest = [], 0, 0
+    while count < limit:
+        try:
+            parts = socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            break
+        count, largest = count + 1, max(largest, sum(map(len, parts)))
+        if link.fresh(socket, parts) and parts[0] == b"x\x00D":
+            numbers.append(int.from_bytes(parts[1][:4], "big", signed=True))
+    link.took(socket, count, largest, now)
+    return numbers
+
+
 _SMALL_THEN_BIG = """
 import sys, time, zmq
 endpoint, seconds, big = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
@@ -387,29 +416,12 @@ def test_a_link_narrows_its_frame_bound_to_the_frames_it_carries_and_widens_it_f
     taken: list[int] = []
     narrowed_at = widened = None
     try:
-        poller, polled = None, -1
+        polling: dict = {}
         deadline = time.monotonic() + 15  # the sender's 12 s, and time to take what it sent
         while time.monotonic() < deadline:
-            now = time.monotonic()
-            links.watch(now)
-            if polled != links.generation:
-                polled, poller = links.generation, zmq.Poller()
-                for socket in links.sockets:
-                    poller.register(socket, zmq.POLLIN)
-            poller.poll(50)
+            now = _turn(links, polling, 50)
             for socket in link.sockets:
-                count = largest = 0
-                while count < 1000:
-                    try:
-                        parts = socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    count += 1
-                    largest = max(largest, sum(map(len, parts)))
-                    if link.fresh(socket, parts) and parts[0] == b"x\x00D":
-                        taken.append(int.from_bytes(parts[1][:4], "big", signed=True))
-                if count:
-                    link.took(socket, count, largest, now)
+                taken += _read(link, socket, 1000, now)
             if narrowed_at is None and link.narrowed:
                 narrowed_at = len(taken)
                 narrowed = (link.max_frame, link.queued_frames)
@@ -709,31 +721,14 @@ def test_a_link_whose_old_socket_lags_far_behind_hands_over_without_losing_what_
     taken: list[int] = []
     total = None
     try:
-        poller, polled = None, -1
+        polling: dict = {}
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline and (total is None or len(set(taken)) < total):
-            now = time.monotonic()
-            links.watch(now)
-            if polled != links.generation:
-                polled, poller = links.generation, zmq.Poller()
-                for socket in links.sockets:
-                    poller.register(socket, zmq.POLLIN)
-            poller.poll(10)
+            now = _turn(links, polling, 10)
             time.sleep(0.01)  # at most 100 turns a second
             for socket in link.sockets:
                 # the first socket reads slowly (20 frames a turn: 2,000 a second, below the 5,000 sent): it lags
-                limit = 20 if socket is link.sockets[0] else 1000
-                count = 0
-                while count < limit:
-                    try:
-                        parts = socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    count += 1
-                    if link.fresh(socket, parts) and parts[0] == b"x\x00D":
-                        taken.append(int.from_bytes(parts[1][:4], "big"))
-                if count:
-                    link.took(socket, count, 1024, now)
+                taken += _read(link, socket, 20 if socket is link.sockets[0] else 1000, now)
             if total is None and sender.poll() is None:
                 ready = select.select([sender.stdout], [], [], 0)[0]
                 if ready:
