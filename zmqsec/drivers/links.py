@@ -22,7 +22,8 @@ taking a frame both carry once.  A publisher or relay applies a
 connection's subscriptions in the order they were made, the data topic
 first: once the new socket has brought a frame of another topic, what the
 old one subscribed reaches the new one; once the old one has brought a data
-frame the new one brought already, nothing older is left in it (libzmq
+frame the new one brought already (or, on a stream without data, was read
+and found empty for a while), nothing older is left in it (libzmq
 filters a SUB queue by its subscriptions as it is read, so the old socket
 must not unsubscribe before); only then does it unsubscribe, empty and
 close.  Nothing is
