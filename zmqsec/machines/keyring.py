@@ -14,7 +14,7 @@ from zmqsec.crypto import cms, enveloped
 from zmqsec.protocol.announce import GroupKey, TreeKeys
 from zmqsec.protocol.datacipher import DataKey
 from zmqsec.protocol.frames import Announcement, GroupAnnouncement, TreeAnnouncement, encode
-from zmqsec.protocol.primitives import tree_derive
+from zmqsec.protocol.primitives import MAX_GENERATION, tree_derive
 from zmqsec.protocol.tree import NodeKey
 
 from .events import ReceiverPolicy
@@ -135,7 +135,8 @@ class Keyring:
             except cms.CmsError:
                 continue
             # An epoch envelope in tree mode is wrapped under the root only: t<its tag>.<generation>
-            wanted += [int(g) for k in kek_ids if k[:1] == b"t" and (g := k.rpartition(b".")[2]).isdigit()]
+            wanted += [n for k in kek_ids if k[:1] == b"t" and (g := k.rpartition(b".")[2]).isdigit()
+                       and len(g) <= 10 and (n := int(g)) <= MAX_GENERATION]
         return min(wanted, default=0)
 
     def tree_key_ids(self) -> set[bytes]:
