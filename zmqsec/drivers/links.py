@@ -17,20 +17,19 @@ max_frame`` of them, so the queue never holds more than its share.  A new
 link takes the largest frames its share allows, in a queue of a few; once it
 has seen ``WINDOW`` seconds of frames far smaller (data frames of a few KiB,
 announcements of a few hundred), it opens a socket for frames four times
-the largest it saw, with a queue of hundreds or more, and reads both,
-taking a frame both carry once.  A publisher or relay applies a
-connection's subscriptions in the order they were made, the data topic
-first: once the new socket has brought a frame of another topic, what the
-old one subscribed reaches the new one; once the old one has brought a data
-frame the new one brought already (or, on a stream without data, was read
-and found empty for a while), nothing older is left in it (libzmq
-filters a SUB queue by its subscriptions as it is read, so the old socket
-must not unsubscribe before); only then does it unsubscribe, empty and
-close.  Nothing is
-lost or taken twice, however long the subscriptions take to apply (a
-relay's gate takes them a few at a time); while both are read, the one
-that lags may bring a frame after a later one from the other, which the
-receiver puts in order like frames from two paths.  A
+the largest it saw, with a queue of hundreds or more, and reads both: the
+old one's frames are handed on as they come, the new one's are held (in
+order, bounded in bytes) until the old one brings them too (then dropped)
+or closes (then handed on).  So the reader sees the frames in the order
+they were sent, however far the old socket lags (:class:`Handover`).  A
+publisher or relay applies a connection's subscriptions in the order they
+were made, the data topic first: once the new socket has brought a frame
+of another topic, what the old one subscribed reaches the new one; once
+the old one has brought a data frame the new one brought (or, on a stream
+without data, was read and found empty for a while), whatever is left in
+the old socket's queue the new one holds or will bring, and the old one
+closes.  Nothing is lost or taken twice, however long the subscriptions
+take to apply (a relay's gate takes them a few at a time).  A
 frame over the smaller bound makes libzmq drop the connection: the link
 opens a socket for the largest frames again, and waits twice as long before
 it narrows once more.  libzmq 4.3 cannot change the bound of a live
@@ -43,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import Counter, deque
 from collections.abc import Callable
 
 import zmq
@@ -70,11 +70,100 @@ MIN_FRAME_BOUND = 256 * 1024
 WINDOW = 2.0
 MAX_WINDOW = 300.0
 # A narrowed socket takes over once it has been subscribed this long and has proved that it receives the stream;
-# the old one is read until it stays empty this long after it unsubscribed, and frames both carried are looked
-# for this long after it closed.
+# an old socket of an idle stream has caught up once read and found empty this long; frames both carried are
+# looked for this long after the old one closed.
 OVERLAP = 0.5
 # Frames taken during a handover are taken once: remembered by digest, this many at most.
 _MAX_REMEMBERED = 200_000
+
+
+def _digest(parts: list[bytes]) -> bytes:
+    return hashlib.blake2b(b"".join(parts), digest_size=16).digest()
+
+
+class Handover:
+    """What a link takes while two sockets carry its frames: the old one, read until it has caught up, and the
+    narrower new one.  Frames from the old socket are handed on as they come; frames from the new one are held, in
+    order, until the old one brings them too (then dropped: taken once) or the old one closes (then handed on,
+    after everything the old one brought).  So the new socket never runs ahead of a lagging old one: the reader
+    sees the stream in the order it was sent, as if from one socket.  What is held is bounded by ``hold_bytes``:
+    past it, the oldest held frames are handed on early (and dropped when the old socket brings them after).
+
+    A frame is known by a digest of its bytes.  Re-announcements are the same bytes every time: one copy is taken
+    for another, which costs nothing (they repeat)."""
+
+    def __init__(self, hold_bytes: int) -> None:
+        self.hold_bytes = hold_bytes
+        self.control_on_new = False  # the new socket brought a frame other than data: its subscriptions are in effect
+        self.old_caught_up = False  # a data frame both brought: nothing older is left in the old socket's queue
+        self.closed = False
+        self._from_old: set[bytes] = set()  # digests taken from the old socket, this many at most
+        self._early: set[bytes] = set()  # held frames handed on before the old socket brought them
+        self._held: deque[tuple[bytes, list[bytes], int]] = deque()
+        self._held_count: Counter[bytes] = Counter()
+        self.held_bytes = 0
+
+    def from_old(self, parts: list[bytes]) -> list[list[bytes]]:
+        """A frame from the old socket: the frames to hand on (the new socket's held ones it passed, then it)."""
+        digest, data = _digest(parts), parts[0].endswith(b"\x00D")
+        if len(self._from_old) < _MAX_REMEMBERED:
+            self._from_old.add(digest)
+        out = []
+        if data and self._held_count[digest]:  # (other frames may repeat: a re-announcement matches any copy)
+            self.old_caught_up = True
+            while self._held:  # held frames before it that the old socket never brought (dropped at its queue)
+                held, frame, size = self._pop()
+                if held == digest:
+                    break
+                if held not in self._from_old:
+                    out.append(frame)
+        if digest in self._early:
+            self._early.discard(digest)
+        else:
+            out.append(parts)
+        return out
+
+    def from_new(self, parts: list[bytes]) -> list[list[bytes]]:
+        """A frame from the new socket: the frames to hand on (none while the old socket is read, unless the
+        hold is full)."""
+        digest, data = _digest(parts), parts[0].endswith(b"\x00D")
+        self.control_on_new |= not data
+        if digest in self._from_old:  # the new socket lags: the old one brought it already
+            self.old_caught_up |= data
+            return []
+        if self.closed:
+            return [parts]
+        size = sum(map(len, parts))
+        self._held.append((digest, parts, size))
+        self._held_count[digest] += 1
+        self.held_bytes += size
+        out = []
+        while self.held_bytes > self.hold_bytes:
+            held, frame, _ = self._pop()
+            if len(self._early) < _MAX_REMEMBERED:
+                self._early.add(held)
+            out.append(frame)
+        return out
+
+    def close(self) -> list[list[bytes]]:
+        """The old socket closed: the held frames it never brought, in order.  Frames the new socket brings later
+        are still looked up among the old socket's (the new one may lag)."""
+        self.closed = True
+        out = []
+        while self._held:
+            held, frame, _ = self._pop()
+            if held not in self._from_old:
+                out.append(frame)
+        self._early.clear()
+        return out
+
+    def _pop(self) -> tuple[bytes, list[bytes], int]:
+        digest, frame, size = self._held.popleft()
+        self._held_count[digest] -= 1
+        if not self._held_count[digest]:
+            del self._held_count[digest]
+        self.held_bytes -= size
+        return digest, frame, size
 
 
 def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:
@@ -112,15 +201,10 @@ class Link:
         self._window_largest = self._previous_largest = 0
         self._old: zmq.Socket | None = None  # the socket handing over, read until it is empty
         self._subscribed_at: float | None = None  # the new socket's handshake, during a handover
-        self._unsubscribed_at: float | None = None
         self._old_frame_at = self._old_read_at = 0.0
-        # Digests of the frames taken during a handover, from the old socket and from the new one.  The old socket
-        # may unsubscribe once the new one has brought a frame other than data (its subscriptions, data first, are
-        # in effect) and the old one has caught up: it brought a data frame the new one had brought already (a
-        # data frame is sent once, so nothing older is left in the old socket's queue, which libzmq would filter
-        # away once it unsubscribes).  Re-announcements are the same bytes every time: they prove nothing.
-        self._seen: tuple[set[bytes], set[bytes]] | None = None
-        self._control_on_new = self._old_caught_up = False
+        # During a handover, and for OVERLAP after the old socket closed (the new one may lag behind it).
+        self._handover: Handover | None = None
+        self._released: list[list[bytes]] = []  # held frames the old socket's close handed on
         self._closed_at = 0.0
         self.socket, self._monitor = self._open(self.widest)
 
@@ -149,20 +233,17 @@ class Link:
         carry is taken once: :meth:`fresh`)."""
         return [self.socket] if self._old is None else [self._old, self.socket]
 
-    def fresh(self, socket: zmq.Socket, parts: list[bytes]) -> bool:
-        """False for a frame of a handover already taken from the other socket."""
-        if self._seen is None:
-            return True
-        digest = hashlib.blake2b(b"".join(parts), digest_size=16).digest()
-        from_old, data = socket is self._old, parts[0].endswith(b"\x00D")
-        mine, other = self._seen if from_old else self._seen[::-1]
-        self._control_on_new |= not from_old and not data
-        if digest in other:
-            self._old_caught_up |= from_old and data
-            return False
-        if len(mine) < _MAX_REMEMBERED:
-            mine.add(digest)
-        return True
+    def arrived(self, socket: zmq.Socket, parts: list[bytes]) -> list[list[bytes]]:
+        """The frames to hand on now that ``parts`` came from ``socket``: itself, or during a handover none (the
+        new socket's frames wait for the old one) or several (:class:`Handover`)."""
+        if self._handover is None:
+            return [parts]
+        return self._handover.from_old(parts) if socket is self._old else self._handover.from_new(parts)
+
+    def released(self) -> list[list[bytes]]:
+        """The frames handed on by :meth:`watch` (the new socket's held ones, when the old one closed), once."""
+        released, self._released = self._released, []
+        return released
 
     def took(self, socket: zmq.Socket, count: int, largest: int, now: float) -> None:
         """``count`` messages were taken from ``socket`` in a turn (0: it was read and found empty), the largest
@@ -199,8 +280,8 @@ class Link:
             self._reconnect(now)
         elif self._old is not None:
             self._hand_over(now)
-        elif self._seen is not None and now - self._closed_at >= OVERLAP:
-            self._seen = None  # the new socket's queue holds nothing the old one carried any more
+        elif self._handover is not None and now - self._closed_at >= OVERLAP:
+            self._handover = None  # the new socket's queue holds nothing the old one carried any more
         elif self._window_start is not None and now - self._window_start >= self._window:
             self._narrow(now)
 
@@ -213,7 +294,7 @@ class Link:
                         self.widest)
             self._window = min(MAX_WINDOW, self._window * 2)
             self._close_old()
-            self._seen = None
+            self._handover = None
             _close(self.socket, self._monitor)
             self._window_start, self._window_largest = None, 0
             self.state = "connecting"
@@ -241,25 +322,19 @@ class Link:
         self._old = self.socket
         self._old.disable_monitor()
         self._monitor.close(0)
-        self._subscribed_at = self._unsubscribed_at = None
-        self._seen, self._control_on_new, self._old_caught_up = (set(), set()), False, False
+        self._subscribed_at = None
+        self._handover = Handover(self.queue_bytes)
         self._old_frame_at = self._old_read_at = now
         self.socket, self._monitor = self._open(bound)  # the link stays connected through the old socket
 
     def _hand_over(self, now: float) -> None:
-        """The old socket unsubscribes once the new one has been subscribed for OVERLAP, its subscriptions are in
-        effect and the old one has caught up (:meth:`fresh`; or was read and found empty for OVERLAP: an idle
-        stream sends no data frame), and closes once it has been empty for OVERLAP after that."""
-        self._old_caught_up |= self._control_on_new and self._old_read_at - self._old_frame_at >= OVERLAP
-        if (self._subscribed_at is None or now - self._subscribed_at < OVERLAP
-                or not (self._control_on_new and self._old_caught_up)):
-            return
-        if self._unsubscribed_at is None:
-            self._unsubscribed_at = now
-            for topic in self.topics:
-                self._old.setsockopt(zmq.UNSUBSCRIBE, topic)
-            return
-        if now - max(self._unsubscribed_at, self._old_frame_at) >= OVERLAP:
+        """The old socket closes once the new one has been subscribed for OVERLAP, its subscriptions are in effect
+        and the old one has caught up (:class:`Handover`; or was read and found empty for OVERLAP: an idle stream
+        sends no data frame).  What the old socket still queues the new one holds or will bring."""
+        handover = self._handover
+        handover.old_caught_up |= handover.control_on_new and self._old_read_at - self._old_frame_at >= OVERLAP
+        if (self._subscribed_at is not None and now - self._subscribed_at >= OVERLAP
+                and handover.control_on_new and handover.old_caught_up):
             self._close_old()
 
     def _close_old(self) -> None:
@@ -268,6 +343,7 @@ class Link:
             self._old = None
             self.generation += 1
             self._closed_at = time.monotonic()
+            self._released += self._handover.close()
 
     def status(self) -> dict:
         """What the status file shows of this link."""
@@ -308,6 +384,10 @@ class Links:
         """Every link's monitor news; reconnect where libzmq gave up; narrow the bounds the frames allow."""
         for link in self.links:
             link.watch(now)
+
+    def released(self) -> list[list[bytes]]:
+        """The frames :meth:`watch` handed on (a handover's held frames, when its old socket closed), once."""
+        return [parts for link in self.links for parts in link.released()]
 
     def resubscribe(self, topic: bytes) -> None:
         """Subscribe every socket to ``topic`` anew: the publisher sees a new subscription (through relays too)."""

@@ -174,6 +174,8 @@ class _Base:
         self._handle(self.receiver.tick(now), now)
         self.mender.tick(now)
         self.links.watch(now)
+        for parts in self.links.released():
+            self._process(parts)
         self.events.refusals.flush()
         if self._trust_watch.changed(now):  # a new CRL or CA: later announcements are judged by it
             try:
@@ -215,8 +217,8 @@ class _Base:
                         break
                     taken += 1
                     largest = max(largest, sum(map(len, parts)))
-                    if link.fresh(socket, parts):
-                        self._process(parts)
+                    for frame in link.arrived(socket, parts):  # during a handover: none, or several
+                        self._process(frame)
                 link.took(socket, taken, largest, now)  # taken or not: an old socket found empty has caught up
 
 
