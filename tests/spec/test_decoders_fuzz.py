@@ -51,6 +51,47 @@ def test_structured_garbage_bodies(kind, fields):
         pass
 
 
+def _around(*values):  # each bound, and one past it
+    return st.sampled_from([v + d for v in values for d in (-1, 0, 1)])
+
+
+# A data frame's topic and fields, each field either valid or one of the values a rule refuses: most frames
+# drawn break one rule or none.
+_DATA_CHOICES = (
+    st.sampled_from([b"apel\x00D", b"\x00D", b"a\x00b\x00D", b"x" * 255 + b"\x00D", b"x" * 256 + b"\x00D"]),
+    st.one_of(st.just(1), st.just(True), _around(1)),
+    st.one_of(st.binary(min_size=16, max_size=16), st.binary(max_size=20), st.text(max_size=1)),
+    st.one_of(_around(0, 2**32 - 1), st.booleans(), st.binary(max_size=2), st.none()),
+    st.one_of(_around(0, 2**64 - 2), st.none(), st.floats(0, 1)),
+    st.one_of(st.binary(max_size=40), st.integers(0, 9), st.text(max_size=1)),
+    st.binary(max_size=2),  # trailing bytes
+)
+_VALID = [b"apel\x00D", 1, b"s" * 16, 7, 9, b"ciphertext", b""]
+
+
+@st.composite
+def _data_frames(draw):
+    values = list(_VALID)
+    for index in draw(st.lists(st.integers(0, len(values) - 1), max_size=2)):
+        values[index] = draw(_DATA_CHOICES[index])
+    topic, *fields, trailing = values
+    return topic, msgpack.packb(fields) + trailing
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.one_of(_data_frames(), st.tuples(st.just(b"apel\x00D"), body_fields.map(msgpack.packb))))
+def test_the_data_frame_fast_path_decides_as_the_full_decoder(frame):
+    """The per-message path (frames._data_frame) takes a data frame only if the full rules take it, and makes
+    the same frame of it; it takes every data frame they take."""
+    topic, body = frame
+    fast = frames._data_frame(topic, body)
+    try:
+        full = frames.decode_strictly([topic, body])
+    except frames.FrameError:
+        full = None
+    assert fast == full
+
+
 @pytest.mark.parametrize("parts,reason", [
     ([b"apel\x00D"], "bad-parts"),
     ([b"apel", b"x"], "bad-topic"),

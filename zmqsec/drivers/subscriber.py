@@ -25,7 +25,7 @@ from zmqsec.keys.trust import CrlPolicy, TrustStore
 from zmqsec.machines.positions import Positions
 
 from .curve import CurveClient, apply_client
-from .links import MAX_QUEUED_BYTES, Links
+from .links import MAX_QUEUED_BYTES, Links, receive
 from .mending import Mender
 from .refusals import RefusalLog
 from zmqsec.protocol.groups import leaf_topic, reader_bits, reader_topics
@@ -160,6 +160,8 @@ class _Base:
         self.mender.stored(message.stream, message.stream_id, message.seq)
 
     def _handle(self, events, now: float) -> None:
+        if not events:
+            return
         self.mender.handle(events, now)
         self.events.handle(events)
         if self.events.catch_up:  # a new subscription to our leaf topic: the publisher sends our path (§4.6)
@@ -212,7 +214,7 @@ class _Base:
                 taken = largest = 0
                 while taken < DRAIN:
                     try:
-                        parts = socket.recv_multipart(zmq.NOBLOCK)
+                        parts = receive(socket)
                     except zmq.Again:
                         break
                     taken += 1

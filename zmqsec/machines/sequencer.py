@@ -224,7 +224,7 @@ class Sequencer:
                 break
             expected = self._vouched.pop(seq)
             candidates = self._pending.pop(seq)
-            self._held(-len(candidates), -sum(len(c.payload) for c in candidates))
+            self._held(-len(candidates), -sum([len(c.payload) for c in candidates]))
             for cand in candidates:
                 if cand.digest != expected:
                     events.append(self._reject(RejectReason.FORGED, "frame differs from what the publisher signed "
