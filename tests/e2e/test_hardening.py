@@ -375,6 +375,8 @@ def _read(link, socket, limit: int, now: float) -> list[int]:
             break
         count, largest = count + 1, max(largest, sum(map(len, parts)))
         numbers += _numbers(link.arrived(socket, parts))
+        if link.paused is socket:  # the handover holds all it may of this socket's frames
+            break
     link.took(socket, count, largest, now)
     return numbers
 

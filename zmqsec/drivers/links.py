@@ -101,8 +101,9 @@ class Handover:
     narrower new one.  Frames from the old socket are handed on as they come; frames from the new one are held, in
     order, until the old one brings them too (then dropped: taken once) or the old one closes (then handed on,
     after everything the old one brought).  So the new socket never runs ahead of a lagging old one: the reader
-    sees the stream in the order it was sent, as if from one socket.  What is held is bounded by ``hold_bytes``:
-    past it, the oldest held frames are handed on early (and dropped when the old socket brings them after).
+    sees the stream in the order it was sent, as if from one socket.  Once ``hold_bytes`` are held (:attr:`full`)
+    the link stops reading the new socket, whose queue then holds back its publisher like any full queue, until
+    the old one has caught up.
 
     A frame is known by a digest of its bytes.  Re-announcements are the same bytes every time: one copy is taken
     for another, which costs nothing (they repeat)."""
@@ -113,10 +114,14 @@ class Handover:
         self.old_caught_up = False  # a data frame both brought: nothing older is left in the old socket's queue
         self.closed = False
         self._from_old: set[bytes] = set()  # digests taken from the old socket, this many at most
-        self._early: set[bytes] = set()  # held frames handed on before the old socket brought them
         self._held: deque[tuple[bytes, list[bytes], int]] = deque()
         self._held_count: Counter[bytes] = Counter()
         self.held_bytes = 0
+
+    @property
+    def full(self) -> bool:
+        """Are ``hold_bytes`` held (the new socket is not read until the old one brings some)?"""
+        return self.held_bytes >= self.hold_bytes and not self.closed
 
     def from_old(self, parts: list[bytes]) -> list[list[bytes]]:
         """A frame from the old socket: the frames to hand on (the new socket's held ones it passed, then it)."""
@@ -127,20 +132,16 @@ class Handover:
         if data and self._held_count[digest]:  # (other frames may repeat: a re-announcement matches any copy)
             self.old_caught_up = True
             while self._held:  # held frames before it that the old socket never brought (dropped at its queue)
-                held, frame, size = self._pop()
+                held, frame = self._pop()
                 if held == digest:
                     break
                 if held not in self._from_old:
                     out.append(frame)
-        if digest in self._early:
-            self._early.discard(digest)
-        else:
-            out.append(parts)
+        out.append(parts)
         return out
 
     def from_new(self, parts: list[bytes]) -> list[list[bytes]]:
-        """A frame from the new socket: the frames to hand on (none while the old socket is read, unless the
-        hold is full)."""
+        """A frame from the new socket: the frames to hand on (none while the old socket is read)."""
         digest, data = _digest(parts), parts[0].endswith(b"\x00D")
         self.control_on_new |= not data
         if digest in self._from_old:  # the new socket lags: the old one brought it already
@@ -152,13 +153,7 @@ class Handover:
         self._held.append((digest, parts, size))
         self._held_count[digest] += 1
         self.held_bytes += size
-        out = []
-        while self.held_bytes > self.hold_bytes:
-            held, frame, _ = self._pop()
-            if len(self._early) < _MAX_REMEMBERED:
-                self._early.add(held)
-            out.append(frame)
-        return out
+        return []
 
     def close(self) -> list[list[bytes]]:
         """The old socket closed: the held frames it never brought, in order.  Frames the new socket brings later
@@ -166,19 +161,18 @@ class Handover:
         self.closed = True
         out = []
         while self._held:
-            held, frame, _ = self._pop()
+            held, frame = self._pop()
             if held not in self._from_old:
                 out.append(frame)
-        self._early.clear()
         return out
 
-    def _pop(self) -> tuple[bytes, list[bytes], int]:
+    def _pop(self) -> tuple[bytes, list[bytes]]:
         digest, frame, size = self._held.popleft()
         self._held_count[digest] -= 1
         if not self._held_count[digest]:
             del self._held_count[digest]
         self.held_bytes -= size
-        return digest, frame, size
+        return digest, frame
 
 
 def _close(socket: zmq.Socket, monitor: zmq.Socket | None) -> None:
@@ -220,6 +214,7 @@ class Link:
         # During a handover, and for OVERLAP after the old socket closed (the new one may lag behind it).
         self._handover: Handover | None = None
         self._released: list[list[bytes]] = []  # held frames the old socket's close handed on
+        self.paused: zmq.Socket | None = None  # the new socket, while the handover's hold is full: not read
         self._closed_at = 0.0
         self.socket, self._monitor = self._open(self.widest)
 
@@ -246,14 +241,21 @@ class Link:
     def sockets(self) -> list[zmq.Socket]:
         """The sockets to read: during a handover, the old one until it has closed and the new one (a frame both
         carry is taken once: :meth:`fresh`)."""
-        return [self.socket] if self._old is None else [self._old, self.socket]
+        if self._old is None:
+            return [self.socket]
+        return [self._old] if self.paused is not None else [self._old, self.socket]
 
     def arrived(self, socket: zmq.Socket, parts: list[bytes]) -> list[list[bytes]]:
         """The frames to hand on now that ``parts`` came from ``socket``: itself, or during a handover none (the
         new socket's frames wait for the old one) or several (:class:`Handover`)."""
-        if self._handover is None:
+        handover = self._handover
+        if handover is None:
             return [parts]
-        return self._handover.from_old(parts) if socket is self._old else self._handover.from_new(parts)
+        out = handover.from_old(parts) if socket is self._old else handover.from_new(parts)
+        if handover.full != (self.paused is not None):  # the new socket is read again, or no longer
+            self.paused = self.socket if handover.full else None
+            self.generation += 1
+        return out
 
     def released(self) -> list[list[bytes]]:
         """The frames handed on by :meth:`watch` (the new socket's held ones, when the old one closed), once."""
@@ -345,11 +347,14 @@ class Link:
     def _hand_over(self, now: float) -> None:
         """The old socket closes once the new one has been subscribed for OVERLAP, its subscriptions are in effect
         and the old one has caught up (:class:`Handover`; or was read and found empty for OVERLAP: an idle stream
-        sends no data frame).  What the old socket still queues the new one holds or will bring."""
+        sends no data frame).  What the old socket still queues the new one holds or will bring.  With the hold
+        full (the new socket not read, so no frame of another topic can show its subscriptions), an old socket
+        found empty for OVERLAP has nothing more to bring: it closes too."""
         handover = self._handover
-        handover.old_caught_up |= handover.control_on_new and self._old_read_at - self._old_frame_at >= OVERLAP
+        ready = handover.control_on_new or handover.full
+        handover.old_caught_up |= ready and self._old_read_at - self._old_frame_at >= OVERLAP
         if (self._subscribed_at is not None and now - self._subscribed_at >= OVERLAP
-                and handover.control_on_new and handover.old_caught_up):
+                and ready and handover.old_caught_up):
             self._close_old()
 
     def _close_old(self) -> None:
@@ -359,6 +364,7 @@ class Link:
             self.generation += 1
             self._closed_at = time.monotonic()
             self._released += self._handover.close()
+            self.paused = None
 
     def status(self) -> dict:
         """What the status file shows of this link."""

@@ -221,6 +221,8 @@ class _Base:
                     largest = max(largest, sum(map(len, parts)))
                     for frame in link.arrived(socket, parts):  # during a handover: none, or several
                         self._process(frame)
+                    if link.paused is socket:  # a handover holds all it may of this socket's frames
+                        break
                 link.took(socket, taken, largest, now)  # taken or not: an old socket found empty has caught up
 
 
